@@ -1,0 +1,80 @@
+"""Every kind of the `spine.iiot.dev` API, with the names kubectl shows and the models behind it.
+
+The CRD generator, the handlers and `spine render` read this table. Every kind is in the
+category `iiot` (`kubectl get iiot`); not `spine`, which kubectl would expand before it looks up
+the kind whose singular is `spine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from spine_operator.api.spine import SpineSpec, SpineStatus
+
+GROUP = "spine.iiot.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "iiot"
+
+READY_COLUMN = {
+    "name": "Ready",
+    "type": "string",
+    "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    "description": "Whether the resource is reconciled and its workloads are ready.",
+}
+REASON_COLUMN = {
+    "name": "Reason",
+    "type": "string",
+    "priority": 1,
+    "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    "description": "Why the resource is (not) ready.",
+}
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec_model: type[BaseModel]
+    status_model: type[BaseModel]
+    description: str
+    extra_columns: tuple[dict, ...] = field(default=())
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+    @property
+    def printer_columns(self) -> list[dict]:
+        return [READY_COLUMN, *self.extra_columns, REASON_COLUMN, AGE_COLUMN]
+
+
+SPINE = KindInfo(
+    kind="Spine",
+    plural="spines",
+    singular="spine",
+    short_names=("spn",),
+    spec_model=SpineSpec,
+    status_model=SpineStatus,
+    description="A namespace's Industrial-IoT spine: its MQTT broker and shared settings. "
+    "One per namespace, usually named default; spec: {} is a complete default.",
+    extra_columns=(
+        {
+            "name": "Broker",
+            "type": "string",
+            "jsonPath": ".status.broker.endpoint",
+            "description": "The broker's address inside the cluster.",
+        },
+    ),
+)
+
+KINDS: tuple[KindInfo, ...] = (SPINE,)
+
+
+def kind_by_name(kind: str) -> KindInfo | None:
+    return next((info for info in KINDS if info.kind == kind), None)

@@ -1,0 +1,111 @@
+"""`spine`: run the operator, render what it would create, regenerate the CRDs.
+
+spine run [--namespace NS]... [--health-port 8080] [--metrics-port 9090]
+spine render -f FILE_OR_DIR [-f ...]
+spine render-crds [--check] [--dir crds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    import spine_operator.handlers  # noqa: F401 - registers the handlers
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    namespaces = args.namespace or []
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
+        if args.health_port
+        else None,
+    )
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from spine_operator.environment import operator_environment
+    from spine_operator.render import RenderError, dump_yaml, load_resources, render
+
+    try:
+        objects = render(load_resources(args.file), operator_environment())
+    except RenderError as error:
+        print(f"spine render: invalid input\n{error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(dump_yaml(objects))
+    return 0
+
+
+def _render_crds(args: argparse.Namespace) -> int:
+    from spine_operator.crdgen import render_crd_files, write_crds
+
+    if args.check:
+        stale = [
+            name
+            for name, content in render_crd_files().items()
+            if not (args.dir / name).exists() or (args.dir / name).read_text() != content
+        ]
+        if stale:
+            print(
+                f"spine render-crds: out of date: {', '.join(stale)}; run `spine render-crds`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    for path in write_crds(args.dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="spine", description="Spine: Industrial-IoT operator")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator (in a cluster or against $KUBECONFIG)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", help="watch only this namespace")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument("--health-port", type=int, default=8080, help="liveness /healthz (0: off)")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(handler=_run)
+
+    render = commands.add_parser("render", help="print the objects the operator would create")
+    render.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        action="append",
+        required=True,
+        help="YAML file or directory of spine.iiot.dev resources",
+    )
+    render.set_defaults(handler=_render)
+
+    crds = commands.add_parser("render-crds", help="regenerate crds/ from the API models")
+    crds.add_argument("--dir", type=Path, default=Path("crds"))
+    crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
+    crds.set_defaults(handler=_render_crds)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Where the rendered workloads run: in a cluster, or as local processes for `spine up` and tests.
+
+DESIGN.md, "Local or cluster": builders take an Environment that supplies addresses, ports,
+images and file paths, so one builder renders both. Paths that differ between the container
+image and Debian's packages (the dynamic-security plugin, data directories) live here, never in
+a template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# eclipse-mosquitto 2.0.x matches Debian 12's mosquitto 2.0.11, on which the tests run it;
+# 2.1 renamed plugin options, so the minor version is pinned.
+BROKER_IMAGE = "eclipse-mosquitto:2.0.21"
+RUNTIME_IMAGE = "ghcr.io/spine-iiot/spine:0.1.0"
+DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Addresses, ports, images and paths of one place where workloads run."""
+
+    local: bool = False
+    runtime_image: str = RUNTIME_IMAGE
+    broker_image: str = BROKER_IMAGE
+    broker_host_override: str | None = None  # local: 127.0.0.1
+    broker_bind_address: str = ""  # empty: every interface of the pod
+    broker_port: int = 1883
+    broker_tls_port: int = 8883
+    dynsec_plugin_path: str = "/usr/lib/mosquitto_dynamic_security.so"
+    broker_config_dir: str = "/mosquitto/config"
+    broker_data_dir: str = "/mosquitto/data"
+    broker_tls_dir: str = "/mosquitto/certs"
+    broker_secrets_dir: str = "/var/run/spine/broker-admin"
+
+    @classmethod
+    def cluster(cls, runtime_image: str = RUNTIME_IMAGE) -> Environment:
+        return cls(runtime_image=runtime_image)
+
+    @classmethod
+    def for_local(cls, state_dir: Path, broker_port: int, broker_tls_port: int = 0) -> Environment:
+        broker_dir = state_dir / "broker"
+        return cls(
+            local=True,
+            broker_host_override="127.0.0.1",
+            broker_bind_address="127.0.0.1",
+            broker_port=broker_port,
+            broker_tls_port=broker_tls_port,
+            dynsec_plugin_path=find_dynsec_plugin(),
+            broker_config_dir=str(broker_dir / "config"),
+            broker_data_dir=str(broker_dir / "data"),
+            broker_tls_dir=str(broker_dir / "certs"),
+            broker_secrets_dir=str(broker_dir / "admin"),
+        )
+
+    def broker_host(self, namespace: str) -> str:
+        return self.broker_host_override or f"spine-broker.{namespace}.svc"
+
+    def replace(self, **changes: object) -> Environment:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def find_dynsec_plugin() -> str:
+    """The dynamic-security plugin of the locally installed mosquitto (Debian's package)."""
+    if Path(DEBIAN_DYNSEC_PLUGIN).exists():
+        return DEBIAN_DYNSEC_PLUGIN
+    try:
+        listing = subprocess.run(
+            ["dpkg", "-L", "mosquitto"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    for line in listing.splitlines():
+        if line.endswith("mosquitto_dynamic_security.so"):
+            return line
+    return DEBIAN_DYNSEC_PLUGIN
+
+
+def operator_environment() -> Environment:
+    """The environment the operator renders for: its own image runs the runtime workloads."""
+    return Environment.cluster(runtime_image=os.environ.get("SPINE_RUNTIME_IMAGE", RUNTIME_IMAGE))

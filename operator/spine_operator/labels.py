@@ -1,0 +1,54 @@
+"""The only place that spells label keys, annotation keys and the names of child objects.
+
+Children get deterministic names so a reconcile is idempotent and a person can find them with
+`kubectl get sts spine-broker`; their labels say who made them and which part they are.
+"""
+
+from __future__ import annotations
+
+PREFIX = "spine.iiot.dev"
+FIELD_MANAGER = "spine-operator"
+FINALIZER = f"{PREFIX}/finalizer"
+
+# Pod template annotation: a digest of the config and Secrets that need a restart to apply.
+CONFIG_CHECKSUM = f"{PREFIX}/config-checksum"
+# On generated Secrets: the operator created it and owns its content.
+GENERATED = f"{PREFIX}/generated"
+
+NAME = "app.kubernetes.io/name"
+INSTANCE = "app.kubernetes.io/instance"
+COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+
+BROKER_NAME = "spine-broker"
+BROKER_HEADLESS_NAME = "spine-broker-headless"
+BROKER_CONFIG_NAME = "spine-broker-config"
+BROKER_ADMIN_SECRET = "spine-broker-admin"
+BROKER_DATA_VOLUME = "data"
+
+
+def broker_pvc_name(ordinal: int = 0) -> str:
+    """The PVC the StatefulSet's volumeClaimTemplate creates for pod `ordinal`."""
+    return f"{BROKER_DATA_VOLUME}-{BROKER_NAME}-{ordinal}"
+
+
+def login_secret_name(workload: str) -> str:
+    """The Secret holding a workload's broker login (see `brokeraccess`)."""
+    return f"spine-mqtt-{workload}"
+
+
+def labels(component: str, instance: str, name: str = "spine") -> dict[str, str]:
+    """Labels of every child: what it is, which resource it belongs to, who manages it."""
+    return {
+        NAME: name,
+        INSTANCE: instance,
+        COMPONENT: component,
+        PART_OF: "spine",
+        MANAGED_BY: "spine-operator",
+    }
+
+
+def selector(component: str, instance: str, name: str = "spine") -> dict[str, str]:
+    """The immutable subset of `labels` that Services and StatefulSets select on."""
+    return {NAME: name, INSTANCE: instance, COMPONENT: component}

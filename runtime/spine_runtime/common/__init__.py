@@ -1,0 +1,1 @@
+"""What every runtime shares: its HTTP server (health, metrics, status, config push), configs."""

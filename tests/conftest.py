@@ -1,0 +1,47 @@
+"""Shared fixtures: a real mosquitto on the operator's config, and the kopf-on-kmock harness."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.mosquitto import LocalBroker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A running mosquitto with the rendered default config and a seeded admin login."""
+    local = LocalBroker(tmp_path / "state").start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The emulated API server, with the operator's clients pointed at it."""
+    from tests.support.operator import emulated_cluster, point_clients_at, write_kubeconfig
+
+    async with emulated_cluster() as emulator:
+        point_clients_at(write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig"), monkeypatch)
+        yield emulator
+
+
+@pytest.fixture
+async def operator(cluster):
+    """The real kopf runtime with Spine's handlers, running against `cluster`."""
+    from spine_operator.context import CONTEXT
+    from spine_operator.handlers import spine as spine_handlers
+    from tests.support.operator import RunningOperator
+
+    spine_handlers._outcomes.clear()
+    spine_handlers._locks.clear()
+    spine_handlers._status_locks.clear()
+    saved_delay = CONTEXT.retry_delay
+    CONTEXT.retry_delay = 0.5
+    running = RunningOperator()
+    await running.start()
+    yield running
+    await running.stop()
+    CONTEXT.retry_delay = saved_delay
