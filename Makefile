@@ -3,13 +3,15 @@
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-APT_PACKAGES := mosquitto mosquitto-clients haproxy
+# The venv's programs (kubectl, hadolint from their wheels) come first for the tests.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+APT_PACKAGES := mosquitto mosquitto-clients haproxy prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && echo sudo -n))
 
 .PHONY: install system-packages test lint unit integration crds golden demo clean
 
 system-packages:
-	@missing=""; for program in mosquitto haproxy; do \
+	@missing=""; for program in mosquitto haproxy promtool; do \
 	  command -v $$program >/dev/null || [ -x /usr/sbin/$$program ] || missing="$$missing $$program"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null && ( [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null ); then \

@@ -9,7 +9,6 @@ never overwrite each other with stale conditions.
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from spine_operator.api.common import parse_quantity
 from spine_operator.api.registry import API_VERSION, GROUP, SPINE, VERSION
 from spine_operator.api.spine import BrokerSpec, SpineSpec
 from spine_operator.build import broker as broker_build
-from spine_operator.build.common import secret_data_digest
+from spine_operator.build.common import secret_data_digest, secret_values
 from spine_operator.context import CONTEXT
 from spine_operator.k8s import ApiError, Kubernetes
 from spine_operator.readiness import statefulset_ready
@@ -72,15 +71,6 @@ def invalid_spec_message(error: ValidationError) -> str:
 # Secrets ------------------------------------------------------------------------------------
 
 
-def _decoded(secret: dict[str, Any]) -> dict[str, str]:
-    data = {
-        key: base64.b64decode(value).decode(errors="replace")
-        for key, value in (secret.get("data") or {}).items()
-    }
-    data.update(secret.get("stringData") or {})
-    return data
-
-
 async def ensure_admin_secret(k8s: Kubernetes, spec: BrokerSpec, owner: dict[str, Any]) -> str:
     """The admin Secret's digest; generates the Secret once unless the user brings one."""
     namespace = owner["metadata"]["namespace"]
@@ -104,7 +94,7 @@ async def ensure_admin_secret(k8s: Kubernetes, spec: BrokerSpec, owner: dict[str
                 raise
             secret = await k8s.get("v1", "Secret", namespace, name)
             assert secret is not None
-    data = _decoded(secret)
+    data = secret_values(secret)
     missing = [key for key in ("username", "password") if not data.get(key)]
     if missing:
         raise DependencyMissing(
@@ -125,7 +115,7 @@ async def tls_secret_digest(k8s: Kubernetes, spec: BrokerSpec, namespace: str) -
             f"Secret {spec.tls.secret_name} (spec.broker.tls.secretName) does not exist in "
             f"{namespace}: create a kubernetes.io/tls Secret, e.g. with cert-manager",
         )
-    data = _decoded(secret)
+    data = secret_values(secret)
     missing = [key for key in ("tls.crt", "tls.key") if not data.get(key)]
     if missing:
         raise DependencyMissing(
@@ -426,7 +416,7 @@ async def secret_changed(
         outcome = _outcomes.get((namespace, spine_name))
         if outcome is None:
             continue  # its first reconcile is still running and reads the Secret itself
-        digest = secret_data_digest(_decoded(dict(body))) if type != "DELETED" else None
+        digest = secret_data_digest(secret_values(dict(body))) if type != "DELETED" else None
         if outcome.failure is None and outcome.secret_digests.get(name) == digest:
             continue
         logger.info("Secret %s changed: reconciling Spine %s/%s", name, namespace, spine_name)
