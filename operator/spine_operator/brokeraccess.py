@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.build.broker import admin_secret_name
 from spine_operator.build.common import secret_values
 from spine_operator.environment import Environment
-from spine_operator.k8s import ApiError, Kubernetes, resource_path
+from spine_operator.k8s import Kubernetes, resource_path
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,11 @@ class BrokerAdmin:
         if self._client is not None:
             client, self._client = self._client, None
             client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            # paho joins its network thread, which may sit in a DNS lookup or a connect
+            # timeout: wait briefly, never block a reconcile on it (the thread is a daemon).
+            stopper = threading.Thread(target=client.loop_stop, daemon=True)
+            stopper.start()
+            await asyncio.to_thread(stopper.join, 2.0)
         for future in self._pending.values():
             if not future.done():
                 future.cancel()
@@ -242,6 +247,10 @@ class BrokerAdmin:
         if error == allowed:
             return True
         raise BrokerAccessError(f"{response.get('command')}: {error}")
+
+    def declare(self, login: Login, password: str) -> None:
+        """Remember a login to apply on the next (re)connect, without talking to the broker."""
+        self.declared[login.username] = _Declared(login, password)
 
     async def ensure_login(self, login: Login, password: str) -> bool:
         """Make the broker hold exactly this login; returns whether anything changed."""
@@ -400,11 +409,14 @@ class BrokerAccess:
             self._admins[namespace] = (fingerprint, admin)
             return admin
 
-    async def ensure_login(self, namespace: str, login: Login, owner: dict[str, Any]) -> str:
+    async def ensure_login(
+        self, namespace: str, login: Login, owner: dict[str, Any], wait: bool = True
+    ) -> str:
+        """The login's Secret name; the ACL is applied now, or (wait=False and the broker not
+        reachable yet) as soon as the admin connection comes up."""
         name = labels.login_secret_name(login.username)
-        secret = await self.k8s.get("v1", "Secret", namespace, name)
-        if secret is None:
-            body = {
+        secret = await self.k8s.get_or_create(
+            {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "Opaque",
@@ -420,16 +432,15 @@ class BrokerAccess:
                     "host": self.environment.broker_host(namespace),
                     "port": str(self.environment.broker_port),
                 },
-            }
-            try:
-                secret = await self.k8s.create(body, owner=owner)
-            except ApiError as error:
-                if error.status != 409:  # 409: created concurrently, use that one
-                    raise
-                secret = await self.k8s.get("v1", "Secret", namespace, name)
+            },
+            owner=owner,
+        )
         password = secret_values(secret).get("password", "")
         admin = await self.admin(namespace)
-        await admin.ensure_login(login, password)
+        if wait or admin.connected:
+            await admin.ensure_login(login, password)
+        else:
+            admin.declare(login, password)
         return name
 
     async def remove_login(self, namespace: str, username: str) -> None:

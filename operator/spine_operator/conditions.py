@@ -14,6 +14,7 @@ from typing import Any
 # Condition types.
 READY = "Ready"
 BROKER_READY = "BrokerReady"
+TWIN_READY = "TwinReady"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 
@@ -29,6 +30,8 @@ DEPENDENCY_UNAVAILABLE = "DependencyUnavailable"  # a dependency cannot be reach
 APPLY_FAILED = "ApplyFailed"  # the API server refused a child; the message has its answer
 BROKER_STARTING = "BrokerStarting"  # the broker pod is not ready yet
 BROKER_RUNNING = "BrokerRunning"  # the broker pod is ready
+TWIN_STARTING = "TwinStarting"  # the twin pod is not ready yet
+TWIN_RUNNING = "TwinRunning"  # the twin pod is ready
 VOLUME_EXPANSION_UNSUPPORTED = "VolumeExpansionUnsupported"  # PVC cannot grow in its class
 VOLUME_SHRINK_REFUSED = "VolumeShrinkRefused"  # a PVC can never shrink
 VOLUME_EXPANDING = "VolumeExpanding"  # a larger size was requested from the storage class

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spine_operator.brokeraccess import BrokerAccess
 from spine_operator.environment import Environment, operator_environment
 from spine_operator.k8s import Kubernetes
 from spine_operator.metrics import METRICS, OperatorMetrics
@@ -19,6 +20,19 @@ class OperatorContext:
     environment: Environment = field(default_factory=operator_environment)
     metrics: OperatorMetrics = METRICS
     retry_delay: float = 30.0  # seconds before a retry when a dependency is missing
+    _broker_access: BrokerAccess | None = None
+
+    @property
+    def broker_access(self) -> BrokerAccess:
+        """Logins on each namespace's broker; one admin connection per namespace."""
+        if self._broker_access is None:
+            self._broker_access = BrokerAccess(self.k8s, self.environment)
+        return self._broker_access
+
+    async def close(self) -> None:
+        if self._broker_access is not None:
+            await self._broker_access.close()
+            self._broker_access = None
 
 
 CONTEXT = OperatorContext()

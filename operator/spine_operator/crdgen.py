@@ -68,6 +68,13 @@ def _structural(node: Any) -> Any:
         node.pop("additionalProperties")
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # OpenAPI v3.0 (what a CRD holds) has boolean exclusive bounds beside minimum/maximum;
+    # JSON Schema 2020, which pydantic writes for gt/lt, has numeric ones.
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        value = node.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            node[bound] = value
+            node[exclusive] = True
     if node.get("format") and node["format"] not in KNOWN_FORMATS:
         node.pop("format")
     _describe_default(node)
@@ -100,7 +107,10 @@ def _check_typed(node: Any, path: str) -> None:
     """Fail loudly if a node lacks a type: the API server would reject the CRD."""
     if not isinstance(node, dict):
         return
-    if "type" not in node and not node.get("x-kubernetes-int-or-string"):
+    # Only int-or-string and preserve-unknown-fields nodes may go without a type.
+    if "type" not in node and not (
+        node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         raise ValueError(f"schema node {path} has no type")
     for name, sub in node.get("properties", {}).items():
         _check_typed(sub, f"{path}.{name}")

@@ -37,14 +37,24 @@ class Environment:
     broker_data_dir: str = "/mosquitto/data"
     broker_tls_dir: str = "/mosquitto/certs"
     broker_secrets_dir: str = "/var/run/spine/broker-admin"
+    twin_host_override: str | None = None  # local: 127.0.0.1
+    twin_bind_address: str = "0.0.0.0"
+    twin_port: int = 8080
+    twin_config_dir: str = "/etc/spine"
+    twin_data_dir: str = "/var/lib/spine/twin"
+    twin_secrets_dir: str = "/var/run/spine"
+    operator_namespace: str = "spine-system"
 
     @classmethod
     def cluster(cls, runtime_image: str = RUNTIME_IMAGE) -> Environment:
         return cls(runtime_image=runtime_image)
 
     @classmethod
-    def for_local(cls, state_dir: Path, broker_port: int, broker_tls_port: int = 0) -> Environment:
+    def for_local(
+        cls, state_dir: Path, broker_port: int, broker_tls_port: int = 0, twin_port: int = 8080
+    ) -> Environment:
         broker_dir = state_dir / "broker"
+        twin_dir = state_dir / "twin"
         return cls(
             local=True,
             broker_host_override="127.0.0.1",
@@ -56,10 +66,20 @@ class Environment:
             broker_data_dir=str(broker_dir / "data"),
             broker_tls_dir=str(broker_dir / "certs"),
             broker_secrets_dir=str(broker_dir / "admin"),
+            twin_host_override="127.0.0.1",
+            twin_bind_address="127.0.0.1",
+            twin_port=twin_port,
+            twin_config_dir=str(twin_dir / "config"),
+            twin_data_dir=str(twin_dir / "data"),
+            twin_secrets_dir=str(twin_dir / "secrets"),
         )
 
     def broker_host(self, namespace: str) -> str:
         return self.broker_host_override or f"spine-broker.{namespace}.svc"
+
+    def twin_url(self, namespace: str) -> str:
+        host = self.twin_host_override or f"spine-twin.{namespace}.svc"
+        return f"http://{host}:{self.twin_port}"
 
     def replace(self, **changes: object) -> Environment:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -83,4 +103,7 @@ def find_dynsec_plugin() -> str:
 
 def operator_environment() -> Environment:
     """The environment the operator renders for: its own image runs the runtime workloads."""
-    return Environment.cluster(runtime_image=os.environ.get("SPINE_RUNTIME_IMAGE", RUNTIME_IMAGE))
+    return Environment(
+        runtime_image=os.environ.get("SPINE_RUNTIME_IMAGE", RUNTIME_IMAGE),
+        operator_namespace=os.environ.get("SPINE_OPERATOR_NAMESPACE", "spine-system"),
+    )

@@ -204,6 +204,27 @@ class Kubernetes:
         path = resource_path(obj["apiVersion"], obj["kind"], metadata.get("namespace"))
         return await self.request("POST", path, body=obj, query=[("fieldManager", FIELD_MANAGER)])
 
+    async def get_or_create(self, obj: dict[str, Any], owner: dict[str, Any] | None = None) -> dict:
+        """The existing object, or `obj` created now: for generated Secrets, made once and never
+        rewritten (a concurrent creator wins and its object is returned)."""
+        metadata = obj["metadata"]
+        found = await self.get(
+            obj["apiVersion"], obj["kind"], metadata.get("namespace"), metadata["name"]
+        )
+        if found is not None:
+            return found
+        try:
+            return await self.create(obj, owner=owner)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        found = await self.get(
+            obj["apiVersion"], obj["kind"], metadata.get("namespace"), metadata["name"]
+        )
+        if found is None:
+            raise ApiError(409, "Conflict", f"{metadata['name']} was created and deleted at once")
+        return found
+
     async def patch_merge(
         self,
         api_version: str,

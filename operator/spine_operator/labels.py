@@ -27,6 +27,11 @@ BROKER_CONFIG_NAME = "spine-broker-config"
 BROKER_ADMIN_SECRET = "spine-broker-admin"
 BROKER_DATA_VOLUME = "data"
 
+TWIN_NAME = "spine-twin"
+TWIN_CONFIG_NAME = "spine-twin-config"
+TWIN_TOKENS_SECRET = "spine-twin-tokens"
+TWIN_CONFIG_FILE = "twin.json"
+
 
 def broker_pvc_name(ordinal: int = 0) -> str:
     """The PVC the StatefulSet's volumeClaimTemplate creates for pod `ordinal`."""

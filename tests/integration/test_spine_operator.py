@@ -47,14 +47,16 @@ def condition(cluster, namespace: str, type_: str, name: str = "default") -> dic
     raise KeyError(type_)
 
 
-async def mark_statefulset_ready(k8s: Kubernetes, cluster, namespace: str) -> None:
+async def mark_statefulset_ready(
+    k8s: Kubernetes, cluster, namespace: str, name: str = "spine-broker"
+) -> None:
     """Act as the StatefulSet controller: one ready pod on the current revision."""
-    sts = stored(cluster, STS, namespace, "spine-broker")
+    sts = stored(cluster, STS, namespace, name)
     await k8s.patch_merge(
         "apps/v1",
         "StatefulSet",
         namespace,
-        "spine-broker",
+        name,
         {
             "status": {
                 "observedGeneration": sts["metadata"]["generation"],
@@ -82,6 +84,12 @@ async def test_spine_creates_broker_and_turns_ready(cluster, operator) -> None:
         ("v1/services", "spine-broker-headless"),
         ("v1/configmaps", "spine-broker-config"),
         ("v1/secrets", "spine-broker-admin"),
+        (STS, "spine-twin"),
+        ("v1/services", "spine-twin"),
+        ("v1/configmaps", "spine-twin-config"),
+        ("v1/secrets", "spine-twin-tokens"),
+        ("v1/secrets", "spine-mqtt-spine-twin"),
+        ("networking.k8s.io/v1/networkpolicies", "spine-twin"),
     ]:
         child = stored(cluster, resource, "plant-a", name)
         refs = child["metadata"]["ownerReferences"]
@@ -113,6 +121,12 @@ async def test_spine_creates_broker_and_turns_ready(cluster, operator) -> None:
 
     await mark_statefulset_ready(k8s, cluster, "plant-a")
     await eventually(
+        lambda: condition(cluster, "plant-a", "BrokerReady")["status"] == "True", 10, "broker"
+    )
+    assert condition(cluster, "plant-a", "Ready")["status"] == "False"  # the twin is not ready
+    assert "twin" in condition(cluster, "plant-a", "Ready")["message"]
+    await mark_statefulset_ready(k8s, cluster, "plant-a", "spine-twin")
+    await eventually(
         lambda: condition(cluster, "plant-a", "Ready")["status"] == "True",
         10,
         "Ready=True after the broker pod is ready",
@@ -121,6 +135,12 @@ async def test_spine_creates_broker_and_turns_ready(cluster, operator) -> None:
     assert status["broker"] == {
         "endpoint": "spine-broker.plant-a.svc:1883",
         "adminSecretName": "spine-broker-admin",
+    }
+    assert status["twin"] == {
+        "api": "http://spine-twin.plant-a.svc:8080",
+        "namespace": "plant_a",
+        "writeTokenSecretName": "spine-twin-tokens",
+        "things": 0,
     }
     assert status["observedGeneration"] == 1
     assert condition(cluster, "plant-a", "BrokerReady")["reason"] == "BrokerRunning"

@@ -26,6 +26,11 @@ def to_jsonschema(node: Any) -> Any:
         node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
     if node.pop("nullable", False) and "type" in node:
         node["type"] = [node["type"], "null"]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if node.get(exclusive) is True:  # OpenAPI v3.0's boolean form -> JSON Schema 2020's
+            node[exclusive] = node.pop(bound)
+        elif node.get(exclusive) is False:
+            node.pop(exclusive)
     preserve = node.pop("x-kubernetes-preserve-unknown-fields", False)
     for key in [key for key in node if key.startswith("x-kubernetes-")]:
         node.pop(key)

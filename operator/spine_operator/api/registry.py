@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from spine_operator.api.spine import SpineSpec, SpineStatus
+from spine_operator.api.twinmodel import TwinModelSpec, TwinModelStatus
 
 GROUP = "spine.iiot.dev"
 VERSION = "v1alpha1"
@@ -73,7 +74,32 @@ SPINE = KindInfo(
     ),
 )
 
-KINDS: tuple[KindInfo, ...] = (SPINE,)
+TWINMODEL = KindInfo(
+    kind="TwinModel",
+    plural="twinmodels",
+    singular="twinmodel",
+    short_names=("twm",),
+    spec_model=TwinModelSpec,
+    status_model=TwinModelStatus,
+    description="A machine model in the W3C WoT Thing Model vocabulary and the things (machines) "
+    "that follow it; the namespace's twin service holds each thing's reported and desired state.",
+    extra_columns=(
+        {
+            "name": "Things",
+            "type": "integer",
+            "jsonPath": ".status.things",
+            "description": "How many things follow this model.",
+        },
+        {
+            "name": "Version",
+            "type": "string",
+            "jsonPath": ".spec.version",
+            "description": "Model version.",
+        },
+    ),
+)
+
+KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL)
 
 
 def kind_by_name(kind: str) -> KindInfo | None:

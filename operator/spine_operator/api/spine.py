@@ -22,6 +22,7 @@ from spine_operator.api.common import (
     ResourceRequirements,
     parse_quantity,
 )
+from spine_runtime.config.twin import TwinNamespace
 
 # mosquitto's duration syntax for persistent_client_expiration: a number and h, d, w, m or y.
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}[hdwmy]$"
@@ -29,8 +30,9 @@ Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 PATTERN_HINTS[DURATION_PATTERN] = "must be a number and a unit h, d, w, m or y, such as 12h or 7d"
 
 
-class BrokerPersistence(CamelModel):
-    """Where the broker keeps retained messages, sessions and its logins (a PVC)."""
+class Persistence(CamelModel):
+    """A workload's PVC: where the broker keeps retained messages, sessions and logins, and the
+    twin service its state."""
 
     size: Quantity = Field(
         default="1Gi",
@@ -115,7 +117,7 @@ class BrokerSpec(CamelModel):
         description="Seconds between snapshots of retained messages and queued sessions to the "
         "PVC. A SIGKILL loses what changed since the last snapshot.",
     )
-    persistence: BrokerPersistence = Field(default_factory=BrokerPersistence)
+    persistence: Persistence = Field(default_factory=Persistence)
     tls: BrokerTls | None = Field(default=None, description="Enable the TLS listener on 8883.")
     limits: BrokerLimits = Field(default_factory=BrokerLimits)
     resources: ResourceRequirements = Field(
@@ -127,10 +129,39 @@ class BrokerSpec(CamelModel):
     )
 
 
+class TwinSpec(CamelModel):
+    """The namespace's digital-twin service (every TwinModel's things)."""
+
+    namespace: TwinNamespace | None = Field(
+        default=None,
+        description="Twin namespace: thing ids are `<namespace>:<thing>`. Default: the "
+        "Kubernetes namespace with '-' turned into '_' (plant-a becomes plant_a).",
+    )
+    desired_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=86_400,
+        description="How long a desired value stays pending before it is marked failed.",
+    )
+    persistence: Persistence = Field(default_factory=Persistence)
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests=ResourceList(cpu="100m", memory="96Mi"),
+            limits=ResourceList(cpu="1", memory="512Mi"),
+        ),
+        description="Compute resources of the twin container.",
+    )
+
+
 class SpineSpec(CamelModel):
     """Settings shared by the namespace's workloads. `{}` is a complete default."""
 
     broker: BrokerSpec = Field(default_factory=BrokerSpec)
+    twin: TwinSpec = Field(default_factory=TwinSpec)
+
+    def twin_namespace(self, kubernetes_namespace: str) -> str:
+        """DESIGN.md, Thing ids: Ditto needs each namespace part to start with a letter."""
+        return self.twin.namespace or kubernetes_namespace.replace("-", "_")
 
 
 class BrokerStatus(CamelModel):
@@ -141,7 +172,15 @@ class BrokerStatus(CamelModel):
     admin_secret_name: str | None = Field(default=None, description="Secret with the admin login.")
 
 
+class TwinStatus(CamelModel):
+    api: str | None = Field(default=None, description="The twin's HTTP API inside the cluster.")
+    namespace: str | None = Field(default=None, description="The twin namespace of thing ids.")
+    write_token_secret_name: str | None = None
+    things: int | None = None
+
+
 class SpineStatus(CamelModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     broker: BrokerStatus | None = None
+    twin: TwinStatus | None = None

@@ -24,6 +24,11 @@ from spine_operator.api.spine import BrokerSpec, SpineSpec
 from spine_operator.build import broker as broker_build
 from spine_operator.build.common import secret_data_digest, secret_values
 from spine_operator.context import CONTEXT
+from spine_operator.handlers.twin_workload import (
+    TwinOutcome,
+    refresh_twinmodel_statuses,
+    sync_twin,
+)
 from spine_operator.k8s import ApiError, Kubernetes
 from spine_operator.readiness import statefulset_ready
 from spine_runtime.common.configsource import describe_validation_error
@@ -57,6 +62,7 @@ class Outcome:
     failure: tuple[str, str] | None = None  # (reason, message) if the reconcile did not apply
     persistence: dict[str, Any] | None = None
     secret_digests: dict[str, str] = field(default_factory=dict)
+    twin: TwinOutcome | None = None
 
 
 _outcomes: dict[tuple[str, str], Outcome] = {}
@@ -229,36 +235,55 @@ async def sync_spine(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
     secret_digests = {broker_build.admin_secret_name(spec.broker): digests.admin}
     if spec.broker.tls and digests.tls:
         secret_digests[spec.broker.tls.secret_name] = digests.tls
-    return Outcome(generation, persistence=persistence, secret_digests=secret_digests)
+    twin = await sync_twin(k8s, body, spec)
+    secret_digests.update(twin.secret_digests)
+    return Outcome(generation, persistence=persistence, secret_digests=secret_digests, twin=twin)
 
 
 def spine_conditions(
-    body: dict[str, Any], outcome: Outcome | None, statefulset: dict[str, Any] | None
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The conditions and broker status of a Spine, from what is live now. Pure."""
+    body: dict[str, Any],
+    outcome: Outcome | None,
+    statefulset: dict[str, Any] | None,
+    twin_statefulset: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    """The conditions, broker status and twin status of a Spine, from what is live now. Pure."""
     generation = int(body["metadata"].get("generation") or 0)
     namespace = body["metadata"]["namespace"]
     try:
         spec = SpineSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         message = invalid_spec_message(error)
-        return [
-            cond.condition(cond.READY, False, cond.INVALID_SPEC, message, generation),
-            cond.condition(cond.BROKER_READY, False, cond.INVALID_SPEC, message, generation),
-        ], None
+        return (
+            [
+                cond.condition(cond.READY, False, cond.INVALID_SPEC, message, generation),
+                cond.condition(cond.BROKER_READY, False, cond.INVALID_SPEC, message, generation),
+            ],
+            None,
+            None,
+        )
     if outcome is None or outcome.generation != generation:
         message = "Reconciling the latest change"
-        return [
-            cond.condition(cond.READY, False, cond.PROGRESSING_REASON, message, generation),
-            cond.condition(cond.PROGRESSING, True, cond.PROGRESSING_REASON, message, generation),
-        ], None
+        return (
+            [
+                cond.condition(cond.READY, False, cond.PROGRESSING_REASON, message, generation),
+                cond.condition(
+                    cond.PROGRESSING, True, cond.PROGRESSING_REASON, message, generation
+                ),
+            ],
+            None,
+            None,
+        )
     if outcome.failure is not None:
         reason, message = outcome.failure
-        return [
-            cond.condition(cond.READY, False, reason, message, generation),
-            cond.condition(cond.BROKER_READY, False, reason, message, generation),
-            cond.condition(cond.PROGRESSING, False, reason, message, generation),
-        ], None
+        return (
+            [
+                cond.condition(cond.READY, False, reason, message, generation),
+                cond.condition(cond.BROKER_READY, False, reason, message, generation),
+                cond.condition(cond.PROGRESSING, False, reason, message, generation),
+            ],
+            None,
+            None,
+        )
     env = CONTEXT.environment
     broker_status = {
         "endpoint": broker_build.broker_endpoint(env, namespace),
@@ -266,20 +291,44 @@ def spine_conditions(
     }
     if spec.broker.tls:
         broker_status["tlsEndpoint"] = broker_build.broker_endpoint(env, namespace, tls=True)
-    ready, detail = statefulset_ready(statefulset)
+    broker_ready, broker_detail = statefulset_ready(statefulset)
+    twin_ready, twin_detail = statefulset_ready(twin_statefulset)
+    twin_api = env.twin_url(namespace)
+    twin_status: dict[str, Any] = {
+        "api": twin_api,
+        "namespace": spec.twin_namespace(namespace),
+        "writeTokenSecretName": labels.TWIN_TOKENS_SECRET,
+        "things": outcome.twin.things if outcome.twin else 0,
+    }
+    ready = broker_ready and twin_ready
+    waiting = [f"broker: {broker_detail}"] if not broker_ready else []
+    waiting += [f"twin: {twin_detail}"] if not twin_ready else []
+    twin_message = f"Twin {labels.TWIN_NAME}: {twin_detail}"
+    if outcome.twin is not None and not outcome.twin.push.delivered:
+        twin_message += (
+            f"; config push not delivered ({outcome.twin.push.message}), the twin "
+            "reads its ConfigMap within about a minute"
+        )
     found = [
         cond.condition(
             cond.BROKER_READY,
-            ready,
-            cond.BROKER_RUNNING if ready else cond.BROKER_STARTING,
-            f"Broker {labels.BROKER_NAME}: {detail}",
+            broker_ready,
+            cond.BROKER_RUNNING if broker_ready else cond.BROKER_STARTING,
+            f"Broker {labels.BROKER_NAME}: {broker_detail}",
+            generation,
+        ),
+        cond.condition(
+            cond.TWIN_READY,
+            twin_ready,
+            cond.TWIN_RUNNING if twin_ready else cond.TWIN_STARTING,
+            twin_message,
             generation,
         ),
         cond.condition(
             cond.PROGRESSING,
             not ready,
             cond.PROGRESSING_REASON if not ready else cond.RECONCILED,
-            "Waiting for the broker to become ready"
+            "Waiting for " + "; ".join(waiting)
             if not ready
             else "Every child is applied and ready",
             generation,
@@ -288,15 +337,15 @@ def spine_conditions(
             cond.READY,
             ready,
             cond.RECONCILED if ready else cond.PROGRESSING_REASON,
-            f"Broker ready at {broker_status['endpoint']}"
+            f"Broker at {broker_status['endpoint']}, twin API at {twin_api}"
             if ready
-            else f"Waiting for the broker: {detail}",
+            else "Waiting for " + "; ".join(waiting),
             generation,
         ),
     ]
     if outcome.persistence is not None:
         found.append(outcome.persistence)
-    return found, broker_status
+    return found, broker_status, twin_status
 
 
 async def refresh_spine_status(k8s: Kubernetes, namespace: str, name: str) -> None:
@@ -305,15 +354,22 @@ async def refresh_spine_status(k8s: Kubernetes, namespace: str, name: str) -> No
         body = await k8s.get(API_VERSION, KIND, namespace, name)
         if body is None:
             return
-        statefulset = await k8s.get("apps/v1", "StatefulSet", namespace, labels.BROKER_NAME)
-        owner = _controller_uid(statefulset)
-        if owner is not None and owner[0] != body["metadata"].get("uid"):
-            statefulset = None  # another Spine's broker says nothing about this one
+        statefulsets = []
+        for child in (labels.BROKER_NAME, labels.TWIN_NAME):
+            statefulset = await k8s.get("apps/v1", "StatefulSet", namespace, child)
+            owner = _controller_uid(statefulset)
+            if owner is not None and owner[0] != body["metadata"].get("uid"):
+                statefulset = None  # another Spine's workload says nothing about this one
+            statefulsets.append(statefulset)
         outcome = _outcomes.get((namespace, name))
-        found, broker_status = spine_conditions(body, outcome, statefulset)
+        found, broker_status, twin_status = spine_conditions(body, outcome, *statefulsets)
         status = body.get("status") or {}
         merged = cond.merge_conditions(status.get("conditions"), found)
-        new_status: dict[str, Any] = {"conditions": merged, "broker": broker_status}
+        new_status: dict[str, Any] = {
+            "conditions": merged,
+            "broker": broker_status,
+            "twin": twin_status,
+        }
         if outcome is not None:
             new_status["observedGeneration"] = outcome.generation
         CONTEXT.metrics.set_ready(KIND, namespace, name, cond.is_true(merged, cond.READY))
@@ -344,31 +400,52 @@ async def reconcile(namespace: str, name: str, logger: Any) -> None:
             generation = int(body["metadata"].get("generation") or 0)
             try:
                 _outcomes[key] = await sync_spine(k8s, body)
-                logger.info("Applied broker of Spine %s/%s", *key)
+                logger.info("Applied the workloads of Spine %s/%s", *key)
             except ValidationError as error:
                 result["result"] = "invalid"
                 message = invalid_spec_message(error)
-                _outcomes[key] = Outcome(generation, failure=(cond.INVALID_SPEC, message))
-                await refresh_spine_status(k8s, *key)
+                await report_spine_failure(
+                    k8s, *key, Outcome(generation, failure=(cond.INVALID_SPEC, message))
+                )
                 raise kopf.PermanentError(message) from None
             except (DependencyMissing, SpecConflict) as error:
                 result["result"] = "retry"
-                _outcomes[key] = Outcome(generation, failure=(error.reason, error.message))
-                await refresh_spine_status(k8s, *key)
+                await report_spine_failure(
+                    k8s, *key, Outcome(generation, failure=(error.reason, error.message))
+                )
                 raise kopf.TemporaryError(error.message, delay=CONTEXT.retry_delay) from None
             except ApiError as error:
                 result["result"] = "retry"
                 if not error.retryable:
-                    _outcomes[key] = Outcome(
-                        generation,
-                        failure=(
-                            cond.APPLY_FAILED,
-                            f"The API server refused a child object: {error.message}",
+                    await report_spine_failure(
+                        k8s,
+                        *key,
+                        Outcome(
+                            generation,
+                            failure=(
+                                cond.APPLY_FAILED,
+                                f"The API server refused a child object: {error.message}",
+                            ),
                         ),
                     )
-                    await refresh_spine_status(k8s, *key)
                 raise kopf.TemporaryError(str(error), delay=5 if error.retryable else 60) from None
         await refresh_spine_status(k8s, *key)
+
+
+async def report_spine_failure(
+    k8s: Kubernetes, namespace: str, name: str, outcome: Outcome
+) -> None:
+    """Write the Spine's status and tell its TwinModels they wait for it."""
+    _outcomes[(namespace, name)] = outcome
+    await refresh_spine_status(k8s, namespace, name)
+    assert outcome.failure is not None
+    await refresh_twinmodel_statuses(
+        k8s,
+        namespace,
+        None,
+        (cond.DEPENDENCY_NOT_READY, f"Spine {name} is not ready: {outcome.failure[1]}"),
+        None,
+    )
 
 
 # kopf wiring ------------------------------------------------------------------------------
@@ -414,10 +491,12 @@ async def secret_changed(
         return
     for spine_name in spine_secrets.get((namespace, name), []):
         outcome = _outcomes.get((namespace, spine_name))
-        if outcome is None:
-            continue  # its first reconcile is still running and reads the Secret itself
         digest = secret_data_digest(secret_values(dict(body))) if type != "DELETED" else None
-        if outcome.failure is None and outcome.secret_digests.get(name) == digest:
+        # No outcome yet: a first reconcile may be running with the Secret's previous value;
+        # reconcile again after it (the lock queues it), re-reading everything.
+        if outcome is not None and outcome.failure is None and (
+            outcome.secret_digests.get(name) == digest
+        ):
             continue
         logger.info("Secret %s changed: reconciling Spine %s/%s", name, namespace, spine_name)
         try:
@@ -430,10 +509,15 @@ async def secret_changed(
     "apps",
     "v1",
     "statefulsets",
-    labels={labels.COMPONENT: broker_build.COMPONENT, labels.PART_OF: "spine"},
+    labels={labels.PART_OF: "spine", labels.MANAGED_BY: "spine-operator"},
 )
-async def broker_statefulset_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-    """The broker's StatefulSet changed (e.g. its pod became ready): refresh its Spine's status."""
+async def workload_statefulset_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """A Spine's StatefulSet changed (e.g. its pod became ready): refresh the Spine's status."""
     owner = _controller_uid(dict(body))
     if owner is not None and namespace:
         await refresh_spine_status(CONTEXT.k8s, namespace, owner[1])
+
+
+@kopf.on.cleanup()
+async def close_connections(**_: Any) -> None:
+    await CONTEXT.close()

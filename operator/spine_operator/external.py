@@ -1,0 +1,41 @@
+"""Adapter for the operator's HTTP calls to runtimes: config push, with explicit timeouts.
+
+DESIGN.md, Config delivery: the operator pushes a runtime's new config to its admin endpoint so
+it applies within a second; the runtime also watches its mounted ConfigMap, so a failed push is
+a delay (about a minute), never a loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+PUSH_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    delivered: bool
+    message: str
+
+
+async def push_config(base_url: str, token: str, document: str) -> PushResult:
+    """PUT the document to `<base_url>/admin/config`; never raises for network trouble."""
+    try:
+        async with httpx.AsyncClient(timeout=PUSH_TIMEOUT) as client:
+            response = await client.put(
+                f"{base_url}/admin/config",
+                content=document,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+    except httpx.HTTPError as error:
+        return PushResult(False, f"{base_url} is not reachable ({type(error).__name__})")
+    if response.status_code == 200:
+        applied = response.json().get("applied")
+        return PushResult(True, "applied" if applied else "already current")
+    try:
+        detail = response.json().get("detail") or response.json().get("error")
+    except ValueError:
+        detail = response.text[:200]
+    return PushResult(False, f"{base_url} refused the config ({response.status_code}): {detail}")
