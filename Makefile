@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 install: system-packages $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks
+	$(VENV)/bin/ruff check operator runtime tests benchmarks
 	$(VENV)/bin/mypy
 
 test: install lint

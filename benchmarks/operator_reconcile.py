@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from spine_operator.api.registry import API_VERSION
-from spine_operator.k8s import Kubernetes, reset_api_client
 from tests.support.operator import emulated_cluster, write_kubeconfig
 from tests.support.processes import ManagedProcess, free_port
+
+from spine_operator.api.registry import API_VERSION
+from spine_operator.k8s import Kubernetes, reset_api_client
 
 CHILDREN = [
     ("apps/v1/statefulsets", "spine-broker"),
