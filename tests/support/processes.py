@@ -30,24 +30,44 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
+class _Deadline:
+    """One wait for a condition: "not yet" until it holds, a clear failure after the deadline.
+
+    An exception from the predicate counts as "not yet" (the thing may not exist yet), except an
+    AssertionError, which fails at once; the last one is shown if the wait times out.
+    """
+
+    def __init__(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        self.predicate, self.timeout, self.what = predicate, timeout, what
+        self.deadline = time.monotonic() + timeout
+        self.last_error: Exception | None = None
+
+    def check(self) -> object:
         try:
-            result = predicate()
-            if result:
-                return result
+            return self.predicate()
         except AssertionError:
             raise
-        except Exception as error:  # a condition that cannot be checked yet is "not yet"
-            last_error = error
+        except Exception as error:
+            self.last_error = error
+            return None
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def failure(self) -> AssertionError:
+        last = f" (last error: {self.last_error!r})" if self.last_error else ""
+        return AssertionError(f"timed out after {self.timeout}s waiting for {self.what}{last}")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` s."""
+    wait = _Deadline(predicate, timeout, what)
+    while not wait.expired():
+        result = wait.check()
+        if result:
+            return result
         time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last_error!r})" if last_error else "")
-    )
+    raise wait.failure()
 
 
 async def eventually(
@@ -57,22 +77,13 @@ async def eventually(
     interval: float = 0.05,
 ):
     """The async form of `wait_until`, for tests whose event loop must keep serving."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except AssertionError:
-            raise
-        except Exception as error:
-            last_error = error
+    wait = _Deadline(predicate, timeout, what)
+    while not wait.expired():
+        result = wait.check()
+        if result:
+            return result
         await asyncio.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last_error!r})" if last_error else "")
-    )
+    raise wait.failure()
 
 
 class ManagedProcess:

@@ -77,38 +77,40 @@ def invalid_spec_message(error: ValidationError) -> str:
 # Secrets ------------------------------------------------------------------------------------
 
 
-async def ensure_admin_secret(k8s: Kubernetes, spec: BrokerSpec, owner: dict[str, Any]) -> str:
-    """The admin Secret's digest; generates the Secret once unless the user brings one."""
-    namespace = owner["metadata"]["namespace"]
-    name = broker_build.admin_secret_name(spec)
-    secret = await k8s.get("v1", "Secret", namespace, name)
-    if secret is None and spec.admin_secret_name:
-        raise DependencyMissing(
-            cond.DEPENDENCY_NOT_FOUND,
-            f"Secret {name} (spec.broker.adminSecretName) does not exist in {namespace}: "
-            "create it with keys username and password, or remove the field to let the "
-            "operator generate one",
-        )
-    if secret is None:
-        generated = broker_build.build_admin_secret(
-            namespace, owner["metadata"]["name"], broker_build.generate_password()
-        )
-        try:
-            secret = await k8s.create(generated, owner=owner)
-        except ApiError as error:
-            if error.status != 409:  # another reconcile created it first: read that one
-                raise
-            secret = await k8s.get("v1", "Secret", namespace, name)
-            assert secret is not None
-    data = secret_values(secret)
-    missing = [key for key in ("username", "password") if not data.get(key)]
+def required_values(secret: dict[str, Any], keys: tuple[str, ...], purpose: str) -> dict:
+    """The Secret's values, or InvalidReference naming the keys it lacks."""
+    values = secret_values(secret)
+    missing = [key for key in keys if not values.get(key)]
     if missing:
         raise DependencyMissing(
             cond.INVALID_REFERENCE,
-            f"Secret {name} lacks the key(s) {', '.join(missing)}: the broker admin login needs "
-            "username and password",
+            f"Secret {secret['metadata']['name']} lacks {', '.join(missing)}: {purpose} "
+            f"needs {' and '.join(keys)}",
         )
-    return secret_data_digest(data)
+    return values
+
+
+async def ensure_admin_secret(k8s: Kubernetes, spec: BrokerSpec, owner: dict[str, Any]) -> str:
+    """The admin Secret's digest; generates the Secret once unless the user brings one."""
+    namespace = owner["metadata"]["namespace"]
+    if spec.admin_secret_name:
+        secret = await k8s.get("v1", "Secret", namespace, spec.admin_secret_name)
+        if secret is None:
+            raise DependencyMissing(
+                cond.DEPENDENCY_NOT_FOUND,
+                f"Secret {spec.admin_secret_name} (spec.broker.adminSecretName) does not exist "
+                f"in {namespace}: create it with keys username and password, or remove the "
+                "field to let the operator generate one",
+            )
+    else:
+        secret = await k8s.get_or_create(
+            broker_build.build_admin_secret(
+                namespace, owner["metadata"]["name"], broker_build.generate_password()
+            ),
+            owner=owner,
+        )
+    values = required_values(secret, ("username", "password"), "the broker admin login")
+    return secret_data_digest(values)
 
 
 async def tls_secret_digest(k8s: Kubernetes, spec: BrokerSpec, namespace: str) -> str | None:
@@ -121,15 +123,8 @@ async def tls_secret_digest(k8s: Kubernetes, spec: BrokerSpec, namespace: str) -
             f"Secret {spec.tls.secret_name} (spec.broker.tls.secretName) does not exist in "
             f"{namespace}: create a kubernetes.io/tls Secret, e.g. with cert-manager",
         )
-    data = secret_values(secret)
-    missing = [key for key in ("tls.crt", "tls.key") if not data.get(key)]
-    if missing:
-        raise DependencyMissing(
-            cond.INVALID_REFERENCE,
-            f"Secret {spec.tls.secret_name} lacks {', '.join(missing)}: the TLS listener "
-            "needs a certificate and its key",
-        )
-    return secret_data_digest(data)
+    values = required_values(secret, ("tls.crt", "tls.key"), "the TLS listener")
+    return secret_data_digest(values)
 
 
 # Volume expansion ---------------------------------------------------------------------------
@@ -494,8 +489,10 @@ async def secret_changed(
         digest = secret_data_digest(secret_values(dict(body))) if type != "DELETED" else None
         # No outcome yet: a first reconcile may be running with the Secret's previous value;
         # reconcile again after it (the lock queues it), re-reading everything.
-        if outcome is not None and outcome.failure is None and (
-            outcome.secret_digests.get(name) == digest
+        if (
+            outcome is not None
+            and outcome.failure is None
+            and (outcome.secret_digests.get(name) == digest)
         ):
             continue
         logger.info("Secret %s changed: reconciling Spine %s/%s", name, namespace, spine_name)

@@ -1,0 +1,1 @@
+"""Pure desired-state builders: spec in, Kubernetes objects and config files out. No I/O."""

@@ -1,0 +1,58 @@
+"""Small pieces every builder uses: object metadata, checksums, the restricted security context."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from spine_operator import labels
+
+
+def metadata(name: str, namespace: str, component: str, instance: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels.labels(component, instance)}
+
+
+def checksum(*parts: object) -> str:
+    """A stable digest of configs and Secret digests, for pod template annotations."""
+    canonical = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def secret_data_digest(data: dict[str, str] | None) -> str:
+    """Digest of a Secret's data, so a pod can roll on a change without the value leaving here."""
+    return checksum(sorted((data or {}).items()))
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """Pod Security Standards "restricted", plus a read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(spec_resources: Any) -> dict[str, Any]:
+    """A pod spec's resources from a ResourceRequirements model, leaving out unset values."""
+    result: dict[str, Any] = {}
+    for section in ("requests", "limits"):
+        values = getattr(spec_resources, section).to_wire()
+        if values:
+            result[section] = values
+    return result
+
+
+def secret_values(secret: dict[str, Any] | None) -> dict[str, str]:
+    """A Secret's values, decoded (`data`) or as written (`stringData`)."""
+    if not secret:
+        return {}
+    values = {
+        key: base64.b64decode(value).decode(errors="replace")
+        for key, value in (secret.get("data") or {}).items()
+    }
+    values.update(secret.get("stringData") or {})
+    return values
