@@ -33,11 +33,13 @@ _templates = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - mosquitto.conf, not HTML; every value is validated first
+    autoescape=False,
 )
 
 
-def render_mosquitto_conf(spec: BrokerSpec, env: Environment, namespace: str, spine_name: str) -> str:
+def render_mosquitto_conf(
+    spec: BrokerSpec, env: Environment, namespace: str, spine_name: str
+) -> str:
     """The broker's config file. Every value comes from a validated model: no newlines."""
     text = _templates.get_template("mosquitto.conf.j2").render(
         spec=spec, env=env, namespace=namespace, spine_name=spine_name
@@ -87,7 +89,9 @@ def _ports(spec: BrokerSpec, env: Environment) -> list[dict[str, Any]]:
     return ports
 
 
-def build_services(spec: BrokerSpec, env: Environment, namespace: str, spine_name: str) -> list[dict]:
+def build_services(
+    spec: BrokerSpec, env: Environment, namespace: str, spine_name: str
+) -> list[dict]:
     """The client Service, and the headless one the StatefulSet needs for stable pod names."""
     select = labels.selector(COMPONENT, spine_name)
     client = {
@@ -150,10 +154,14 @@ def build_statefulset(
         "name": "seed-logins",
         "image": env.runtime_image,
         "command": [
-            "spine-runtime", "broker-seed",
-            "--file", f"{data_dir}/dynamic-security.json",
-            "--username-file", f"{secrets_dir}/username",
-            "--password-file", f"{secrets_dir}/password",
+            "spine-runtime",
+            "broker-seed",
+            "--file",
+            f"{data_dir}/dynamic-security.json",
+            "--username-file",
+            f"{secrets_dir}/username",
+            "--password-file",
+            f"{secrets_dir}/password",
         ],
         "volumeMounts": [
             {"name": labels.BROKER_DATA_VOLUME, "mountPath": data_dir},
@@ -230,7 +238,9 @@ def build_statefulset(
     }
 
 
-def keep_claim_templates(desired: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+def keep_claim_templates(
+    desired: dict[str, Any], existing: dict[str, Any] | None
+) -> dict[str, Any]:
     """volumeClaimTemplates are immutable: re-apply the existing ones (sizes grow on the PVCs)."""
     if not existing:
         return desired
@@ -238,8 +248,10 @@ def keep_claim_templates(desired: dict[str, Any], existing: dict[str, Any] | Non
     if current is None:
         return desired
     kept = [
-        {"metadata": {k: v for k, v in t.get("metadata", {}).items() if k in ("name", "labels")},
-         "spec": t.get("spec", {})}
+        {
+            "metadata": {k: v for k, v in t.get("metadata", {}).items() if k in ("name", "labels")},
+            "spec": t.get("spec", {}),
+        }
         for t in current
     ]
     return {**desired, "spec": {**desired["spec"], "volumeClaimTemplates": kept}}

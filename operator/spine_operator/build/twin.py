@@ -40,8 +40,13 @@ def build_tokens_secret(namespace: str, spine_name: str, write: str, admin: str)
     """Bearer tokens: `write` for HTTP writes to the twin API, `admin` for config pushes."""
     meta = metadata(labels.TWIN_TOKENS_SECRET, namespace, COMPONENT, spine_name)
     meta["annotations"] = {labels.GENERATED: "true"}
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
-            "stringData": {"write": write, "admin": admin}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {"write": write, "admin": admin},
+    }
 
 
 def twin_config(
@@ -49,27 +54,30 @@ def twin_config(
 ) -> TwinConfig:
     """The twin's config document from the Spine and the namespace's valid TwinModels."""
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
-    return TwinConfig.model_validate({
-        "namespace": spec.twin_namespace(namespace),
-        "mqtt": {
-            "host": env.broker_host(namespace),
-            "port": env.broker_port,
-            "username": TWIN_USERNAME,
-            "passwordFile": str(secrets_dir / "mqtt" / "password"),
-            "clientId": TWIN_USERNAME,
-        },
-        "http": {
-            "host": env.twin_bind_address,
-            "port": env.twin_port,
-            "adminTokenFile": str(secrets_dir / "tokens" / "admin"),
-        },
-        "writeTokenFile": str(secrets_dir / "tokens" / "write"),
-        "storage": {"path": str(PurePosixPath(env.twin_data_dir) / "twin.db")},
-        "desiredTimeoutSeconds": spec.twin.desired_timeout_seconds,
-        "models": [model.thing_model(name).to_wire() for name, model in models],
-        "things": [thing.to_wire() for name, model in models
-                   for thing in model.thing_instances(name)],
-    })
+    return TwinConfig.model_validate(
+        {
+            "namespace": spec.twin_namespace(namespace),
+            "mqtt": {
+                "host": env.broker_host(namespace),
+                "port": env.broker_port,
+                "username": TWIN_USERNAME,
+                "passwordFile": str(secrets_dir / "mqtt" / "password"),
+                "clientId": TWIN_USERNAME,
+            },
+            "http": {
+                "host": env.twin_bind_address,
+                "port": env.twin_port,
+                "adminTokenFile": str(secrets_dir / "tokens" / "admin"),
+            },
+            "writeTokenFile": str(secrets_dir / "tokens" / "write"),
+            "storage": {"path": str(PurePosixPath(env.twin_data_dir) / "twin.db")},
+            "desiredTimeoutSeconds": spec.twin.desired_timeout_seconds,
+            "models": [model.thing_model(name).to_wire() for name, model in models],
+            "things": [
+                thing.to_wire() for name, model in models for thing in model.thing_instances(name)
+            ],
+        }
+    )
 
 
 def config_document(config: TwinConfig) -> str:
@@ -106,23 +114,37 @@ def build_twin(
     pod_labels = labels.labels(COMPONENT, spine_name)
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
     config_map = {
-        "apiVersion": "v1", "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
         "metadata": metadata(labels.TWIN_CONFIG_NAME, namespace, COMPONENT, spine_name),
         "data": {labels.TWIN_CONFIG_FILE: config_document(config)},
     }
     service = {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
-        "spec": {"type": "ClusterIP", "selector": select, "ports": [
-            {"name": "http", "port": env.twin_port, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": select,
+            "ports": [
+                {"name": "http", "port": env.twin_port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
     }
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-             "timeoutSeconds": 3}
+    probe = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+    }
     container = {
         "name": "twin",
         "image": env.runtime_image,
-        "command": ["spine-runtime", "twin", "--config",
-                    f"{env.twin_config_dir}/{labels.TWIN_CONFIG_FILE}"],
+        "command": [
+            "spine-runtime",
+            "twin",
+            "--config",
+            f"{env.twin_config_dir}/{labels.TWIN_CONFIG_FILE}",
+        ],
         "ports": [{"name": "http", "containerPort": env.twin_port, "protocol": "TCP"}],
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
@@ -141,12 +163,16 @@ def build_twin(
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": spec.twin.persistence.size}},
-            **({"storageClassName": spec.twin.persistence.storage_class_name}
-               if spec.twin.persistence.storage_class_name else {}),
+            **(
+                {"storageClassName": spec.twin.persistence.storage_class_name}
+                if spec.twin.persistence.storage_class_name
+                else {}
+            ),
         },
     }
     statefulset = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
         "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
         "spec": {
             "replicas": 1,
@@ -157,21 +183,36 @@ def build_twin(
                 "whenScaled": "Retain",
             },
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {
-                    labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)}},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)
+                    },
+                },
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {
-                        "runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
-                        "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "runAsNonRoot": True,
+                        "runAsUser": RUNTIME_UID,
+                        "runAsGroup": RUNTIME_UID,
+                        "fsGroup": RUNTIME_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [container],
                     "volumes": [
                         {"name": "config", "configMap": {"name": labels.TWIN_CONFIG_NAME}},
-                        {"name": "mqtt", "secret": {"secretName": login_secret,
-                                                    "defaultMode": 0o440}},
-                        {"name": "tokens", "secret": {"secretName": labels.TWIN_TOKENS_SECRET,
-                                                      "defaultMode": 0o440}},
+                        {
+                            "name": "mqtt",
+                            "secret": {"secretName": login_secret, "defaultMode": 0o440},
+                        },
+                        {
+                            "name": "tokens",
+                            "secret": {
+                                "secretName": labels.TWIN_TOKENS_SECRET,
+                                "defaultMode": 0o440,
+                            },
+                        },
                         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
                     ],
                 },
@@ -182,19 +223,27 @@ def build_twin(
     # DESIGN.md: only the namespace's own workloads (and the operator, which pushes config and
     # reads /status) may reach the twin until the proxy fronts it.
     network_policy = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
         "spec": {
             "podSelector": {"matchLabels": select},
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [
-                    {"podSelector": {}},
-                    {"namespaceSelector": {"matchLabels": {
-                        "kubernetes.io/metadata.name": env.operator_namespace}}},
-                ],
-                "ports": [{"port": env.twin_port, "protocol": "TCP"}],
-            }],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {}},
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {
+                                    "kubernetes.io/metadata.name": env.operator_namespace
+                                }
+                            }
+                        },
+                    ],
+                    "ports": [{"port": env.twin_port, "protocol": "TCP"}],
+                }
+            ],
         },
     }
     return TwinObjects(config_map, service, statefulset, network_policy)
@@ -214,8 +263,13 @@ def select_twin_models(items: list[dict[str, Any]]) -> ModelSelection:
     Pure, so the Spine's reconcile (building the config) and each TwinModel's status (saying
     whether it is in) always agree.
     """
-    ordered = sorted(items, key=lambda item: (item["metadata"].get("creationTimestamp") or "",
-                                              item["metadata"]["name"]))
+    ordered = sorted(
+        items,
+        key=lambda item: (
+            item["metadata"].get("creationTimestamp") or "",
+            item["metadata"]["name"],
+        ),
+    )
     accepted: list[tuple[str, TwinModelSpec]] = []
     rejected: dict[str, tuple[str, str]] = {}
     owners: dict[str, str] = {}
@@ -227,16 +281,21 @@ def select_twin_models(items: list[dict[str, Any]]) -> ModelSelection:
             spec = TwinModelSpec.model_validate(item.get("spec") or {})
             spec.thing_model(name)
         except ValidationError as error:
-            rejected[name] = (cond.INVALID_SPEC,
-                              f"Invalid spec: {describe_validation_error(error, 'spec')}")
+            rejected[name] = (
+                cond.INVALID_SPEC,
+                f"Invalid spec: {describe_validation_error(error, 'spec')}",
+            )
             continue
-        clashes = [(thing.name, owners[thing.name]) for thing in spec.things
-                   if thing.name in owners]
+        clashes = [
+            (thing.name, owners[thing.name]) for thing in spec.things if thing.name in owners
+        ]
         if clashes:
             thing, owner = clashes[0]
-            rejected[name] = (cond.INVALID_REFERENCE,
-                              f"Thing {thing} is already defined by TwinModel {owner}: a thing "
-                              "belongs to one model; rename it or remove it from one of them")
+            rejected[name] = (
+                cond.INVALID_REFERENCE,
+                f"Thing {thing} is already defined by TwinModel {owner}: a thing "
+                "belongs to one model; rename it or remove it from one of them",
+            )
             continue
         owners.update({thing.name: name for thing in spec.things})
         accepted.append((name, spec))
