@@ -1,0 +1,242 @@
+"""Start the real twin process against a LocalBroker, with its production broker login.
+
+`await start_twin(tmp_path, broker, models, things)` creates the twin's login through the
+operator's BrokerAdmin (exactly `twin_login()`'s ACLs), writes a config file and token files,
+runs `python -m spine_runtime.cli twin --config FILE` on free ports and waits until it serves
+and is connected. The returned `TwinHandle` stops, kills (SIGKILL), restarts and reconfigures it.
+Used by the twin's tests, the gateway tests, the benchmarks and the demo.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from spine_operator.brokeraccess import BrokerAdmin
+from spine_operator.build.logins import TWIN_USERNAME, gateway_login, twin_login
+from tests.support.mosquitto import LocalBroker
+from tests.support.processes import ManagedProcess, free_port, wait_until
+
+DEFAULT_NAMESPACE = "plant_a"
+
+
+async def ensure_login(broker: LocalBroker, login: Any, password: str) -> None:
+    """Create (or fix) a broker login the way the operator does."""
+    admin = BrokerAdmin(broker.host, broker.port, broker.admin_username, broker.admin_password)
+    await admin.start()
+    try:
+        await admin.wait_connected(10)
+        await admin.ensure_login(login, password)
+    finally:
+        await admin.close()
+
+
+async def ensure_gateway_login(
+    broker: LocalBroker, gateway: str, things: list[str], writable_things: list[str] | None = None
+) -> tuple[str, str]:
+    """A gateway's production login; returns (username, password)."""
+    login = gateway_login(gateway, things, writable_things or [])
+    password = secrets.token_urlsafe(12)
+    await ensure_login(broker, login, password)
+    return login.username, password
+
+
+@dataclass
+class TwinHandle:
+    """A running twin process and what a test needs to talk to it."""
+
+    state_dir: Path
+    config: dict[str, Any]
+    process: ManagedProcess
+    port: int
+    token: str
+    admin_token: str
+    namespace: str
+    starts: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "twin.json"
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.config["storage"]["path"])
+
+    def thing_id(self, name: str) -> str:
+        return f"{self.namespace}:{name}"
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def http(self, timeout: float = 10.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/status", timeout=5).json())
+
+    def thing(self, name: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.url}/api/2/things/{self.thing_id(name)}",
+            params={"fields": "thingId,definition,attributes,features,_revision"},
+            timeout=5,
+        )
+        response.raise_for_status()
+        return dict(response.json())
+
+    def log(self) -> str:
+        return self.process.log()
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        log_path = self.state_dir / f"twin-{self.starts}.log"
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "spine_runtime.cli", "twin", "--config", str(self.config_path)],
+            log_path,
+            env=self.extra_env or None,
+        ).start()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        self.process.wait_for_port(self.port, timeout)
+
+        def connected() -> bool:
+            if not self.process.running():
+                raise AssertionError(f"the twin exited:\n{self.log()[-3000:]}")
+            return bool(self.status().get("mqttConnected"))
+
+        wait_until(connected, timeout, "the twin to connect to the broker")
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.process.kill()
+
+    def start(self) -> None:
+        if self.process.running():
+            raise RuntimeError("the twin is already running")
+        self.starts += 1
+        self._launch()
+        self.wait_ready()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # config ---------------------------------------------------------------------------------
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Rewrite the mounted file, as kubelet would (atomically, by rename)."""
+        self.config = copy.deepcopy(config)
+        temporary = self.config_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(config, indent=1))
+        temporary.replace(self.config_path)
+
+    def push_config(self, config: dict[str, Any]) -> httpx.Response:
+        """PUT /admin/config with the admin token, as the operator pushes it."""
+        self.config = copy.deepcopy(config)
+        return httpx.put(
+            f"{self.url}/admin/config",
+            content=json.dumps(config),
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=10,
+        )
+
+
+def twin_config(
+    state_dir: Path,
+    broker: LocalBroker,
+    password_file: Path,
+    token_file: Path,
+    admin_token_file: Path,
+    port: int,
+    models: list[dict[str, Any]],
+    things: list[dict[str, Any]],
+    namespace: str = DEFAULT_NAMESPACE,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The config document the operator would render for a local twin."""
+    config: dict[str, Any] = {
+        "namespace": namespace,
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "username": TWIN_USERNAME,
+            "passwordFile": str(password_file),
+            "clientId": "spine-twin",
+        },
+        "http": {"host": "127.0.0.1", "port": port, "adminTokenFile": str(admin_token_file)},
+        "writeTokenFile": str(token_file),
+        "storage": {"path": str(state_dir / "twin.db")},
+        "models": models,
+        "things": things,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def start_twin(
+    tmp_path: Path,
+    broker: LocalBroker,
+    models: list[dict[str, Any]],
+    things: list[dict[str, Any]],
+    namespace: str = DEFAULT_NAMESPACE,
+    wait: bool = True,
+    **overrides: Any,
+) -> TwinHandle:
+    """Create the twin's broker login, write its config, start it and wait until it serves."""
+    state_dir = tmp_path / "twin"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(16)
+    await ensure_login(broker, twin_login(), password)
+    token, admin_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    port = free_port()
+    config = twin_config(
+        state_dir,
+        broker,
+        password_file=_secret_file(state_dir / "mqtt-password", password),
+        token_file=_secret_file(state_dir / "write-token", token),
+        admin_token_file=_secret_file(state_dir / "admin-token", admin_token),
+        port=port,
+        models=models,
+        things=things,
+        namespace=namespace,
+        **overrides,
+    )
+    handle = TwinHandle(
+        state_dir,
+        config,
+        process=None,
+        port=port,  # type: ignore[arg-type]
+        token=token,
+        admin_token=admin_token,
+        namespace=namespace,
+    )
+    handle.write_config(config)
+    handle._launch()
+    if wait:
+        handle.wait_ready()
+    return handle
