@@ -1,0 +1,410 @@
+"""Gateway performance: Modbus tag values/s to the broker, requests per cycle, OPC UA items, RSS.
+
+Starts its own mosquitto (the operator's rendered config), the press simulator as the PLC (it
+counts the requests it serves), a stand-in twin that acks (tests/support/gateway.py) and the
+real gateway process with its production broker login, for each scenario. Prints the figures
+and writes benchmarks/reports/gateway.md. Run from the repository root:
+
+    python -m benchmarks.gateway_throughput [--scenario all|modbus|opcua] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.support.gateway import (
+    GatewayHandle,
+    StandInAcker,
+    modbus_connection,
+    opcua_connection,
+    start_gateway,
+)
+from tests.support.mosquitto import LocalBroker
+from tests.support.processes import wait_until
+from tests.support.sim import SimHandle, start_sim
+
+REPORT = Path(__file__).parent / "reports" / "gateway.md"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def parse_time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+@dataclass
+class Window:
+    """What happened between two samples, at both ends and at the PLC."""
+
+    seconds: float
+    values: int  # property values that reached the (stand-in) twin
+    messages: int
+    cycles: int  # poll cycles the gateway reports
+    requests: int  # read requests the PLC served
+    notifications: float
+    gateway_cpu: float  # percent of one core
+    sim_cpu: float
+    gateway_rss: float
+    latencies: list[float] = field(default_factory=list)  # arrival - source time, seconds
+
+
+class Run:
+    """One scenario's processes: broker, simulators, stand-in twin, gateway."""
+
+    def __init__(self, sims: list[SimHandle], gateway: GatewayHandle, acker: StandInAcker) -> None:
+        self.sims, self.gateway, self.acker = sims, gateway, acker
+
+    def sim_pids(self) -> list[int]:
+        return [sim.process.pid for sim in self.sims if sim.process is not None]
+
+    def sample(self) -> dict[str, Any]:
+        gateway_pid = self.gateway.process.pid  # type: ignore[union-attr]
+        received = self.acker.received()
+        status = self.gateway.status()
+        return {
+            "at": time.monotonic(),
+            "updates": len(received),
+            "values": sum(len(update.features) for update in received),
+            "cycles": sum(c["cycles"] for c in status["connections"]),
+            "notifications": self.gateway.metric("spine_gateway_notifications_total"),
+            "gateway_cpu": cpu_seconds(gateway_pid),
+            "sim_cpu": sum(cpu_seconds(pid) for pid in self.sim_pids()),
+        }
+
+    def measure(self, seconds: float) -> Window:
+        for sim in self.sims:
+            sim.reset_counters()
+        start = self.sample()
+        time.sleep(seconds)  # a benchmark window, not a test's wait
+        served: dict[str, dict[str, int]] = {}
+        for sim in self.sims:
+            for protocol, kinds in sim.reset_counters().items():
+                for kind, count in kinds.items():
+                    served.setdefault(protocol, {})[kind] = (
+                        served.get(protocol, {}).get(kind, 0) + count
+                    )
+        end = self.sample()
+        elapsed = end["at"] - start["at"]
+        window_updates = self.acker.received()[start["updates"] : end["updates"]]
+        requests = sum(
+            count
+            for protocol in served.values()
+            for kind, count in protocol.items()
+            if kind.startswith("read") and not kind.endswith(("_node", "_item"))
+        )
+        return Window(
+            seconds=elapsed,
+            values=end["values"] - start["values"],
+            messages=end["updates"] - start["updates"],
+            cycles=end["cycles"] - start["cycles"],
+            requests=requests,
+            notifications=end["notifications"] - start["notifications"],
+            gateway_cpu=100 * (end["gateway_cpu"] - start["gateway_cpu"]) / elapsed,
+            sim_cpu=100 * (end["sim_cpu"] - start["sim_cpu"]) / elapsed,
+            gateway_rss=rss_mib(self.gateway.process.pid),  # type: ignore[union-attr]
+            latencies=[u.arrived_at - parse_time(u.source_time) for u in window_updates],
+        )
+
+
+async def start_run(
+    work: Path,
+    broker: LocalBroker,
+    sim: SimHandle,
+    connections: list[dict[str, Any]],
+    tags: list[dict[str, Any]],
+    extra_sims: list[SimHandle] | None = None,
+) -> Run:
+    acker = await StandInAcker.create(broker)
+    gateway = await start_gateway(
+        work, broker, connections=connections, tags=tags, publish={"maxInFlight": 5000}
+    )
+    return Run([sim, *(extra_sims or [])], gateway, acker)
+
+
+def stop_run(run: Run) -> None:
+    run.gateway.stop()
+    run.acker.stop()
+
+
+# Modbus ---------------------------------------------------------------------------------------
+
+
+async def modbus_scenario(seconds: float, per_tag: bool) -> dict[str, Any]:
+    """100 holding registers at a 10 ms poll interval; per_tag: one request per tag."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as directory:
+        work = Path(directory)
+        broker = LocalBroker(work / "broker").start()
+        try:
+            with start_sim(
+                work, protocols=("modbus",), benchRegisters=100, tickIntervalMs=10
+            ) as sim:
+                settings = {"maxRegistersPerRead": 1} if per_tag else {}
+                tags = [
+                    {
+                        "name": f"bench{i}",
+                        "connection": "plc",
+                        "thing": "press-1",
+                        "property": f"bench{i}",
+                        "address": f"holding:{100 + i}",
+                        "type": "uint16",
+                        "interval": 10,
+                    }
+                    for i in range(100)
+                ]
+                run = await start_run(
+                    work,
+                    broker,
+                    sim,
+                    [modbus_connection("plc", sim.ports.modbus, **settings)],
+                    tags,
+                )
+                try:
+                    wait_until(lambda: len(run.acker.received()) >= 10, 30, "first updates")
+                    time.sleep(2)  # warm-up: connections, first plan, page cache
+                    window = run.measure(seconds)
+                    status = run.gateway.connection_status("plc")
+                finally:
+                    stop_run(run)
+        finally:
+            broker.stop()
+    return {
+        "scenario": "one request per tag" if per_tag else "coalesced",
+        "values_per_second": window.values / window.seconds,
+        "messages_per_second": window.messages / window.seconds,
+        "cycles_per_second": window.cycles / window.seconds,
+        "requests_per_cycle": window.requests / max(1, window.cycles),
+        "planned_requests_per_cycle": status["requestsPerCycle"],
+        "overruns": status["overruns"],
+        "gateway_cpu": window.gateway_cpu,
+        "sim_cpu": window.sim_cpu,
+        "gateway_rss": window.gateway_rss,
+        "latency_p50_ms": 1000 * percentile(window.latencies, 0.5),
+        "latency_p99_ms": 1000 * percentile(window.latencies, 0.99),
+    }
+
+
+# OPC UA ---------------------------------------------------------------------------------------
+
+
+SIM_MAX_NODES = 2000  # the simulator serves at most this many bench nodes
+
+
+async def opcua_scenario(items: int, seconds: float) -> dict[str, Any]:
+    """`items` monitored items changing once a second, 100 per thing, one subscription per
+    server; above 2,000 items, several simulators (one connection each) serve them."""
+    counts = [min(SIM_MAX_NODES, items - first) for first in range(0, items, SIM_MAX_NODES)]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as directory, ExitStack() as stack:
+        work = Path(directory)
+        broker = LocalBroker(work / "broker").start()
+        stack.callback(broker.stop)
+        sims = [
+            stack.enter_context(
+                start_sim(
+                    work,
+                    protocols=("opcua",),
+                    benchRegisters=count,
+                    tickIntervalMs=1000,
+                    timeout=120,
+                )
+            )
+            for count in counts
+        ]
+        tags = [
+            {
+                "name": f"s{server}-bench{i}",
+                "connection": f"ua{server}",
+                "thing": f"press-{server}-{i // 100}",
+                "property": f"bench{i % 100}",
+                "address": f"ns=2;s=Press.bench[{i}]",
+                "subscribe": {"publishingInterval": 1000},
+            }
+            for server, count in enumerate(counts)
+            for i in range(count)
+        ]
+        connections = [
+            opcua_connection(f"ua{server}", sim.opcua_endpoint, timeout=30)
+            for server, sim in enumerate(sims)
+        ]
+        started = time.monotonic()
+        run = await start_run(work, broker, sims[0], connections, tags, extra_sims=sims[1:])
+        try:
+            wait_until(
+                lambda: run.gateway.status()["tags"]["ok"] == items,
+                180,
+                f"all {items} items reporting",
+            )
+            ready = time.monotonic() - started
+            time.sleep(2)
+            window = run.measure(seconds)
+            status = run.gateway.status()
+        finally:
+            stop_run(run)
+    return {
+        "items": items,
+        "servers": len(counts),
+        "ready_seconds": ready,
+        "notifications_per_second": window.notifications / window.seconds,
+        "values_per_second": window.values / window.seconds,
+        "messages_per_second": window.messages / window.seconds,
+        "reads": window.requests,
+        "failing": len(status["tags"]["failing"]),
+        "gateway_cpu": window.gateway_cpu,
+        "sim_cpu": window.sim_cpu,
+        "gateway_rss": window.gateway_rss,
+        "latency_p50_ms": 1000 * percentile(window.latencies, 0.5),
+        "latency_p99_ms": 1000 * percentile(window.latencies, 0.99),
+    }
+
+
+# Report ---------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}); "
+        f"load average at the end {load}"
+    )
+
+
+def write_report(
+    modbus: list[dict[str, Any]], opcua: list[dict[str, Any]], load_start: tuple[float, ...]
+) -> None:
+    lines = [
+        "# Gateway benchmark",
+        "",
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; load average "
+        f"at the start {', '.join(f'{v:.1f}' for v in load_start)}. Others ran tests on the "
+        "same 2 cores at the same time: the figures are lower bounds, not a quiet machine's.",
+        "",
+        "Set-up: real mosquitto (the operator's rendered config), the press simulator as the PLC "
+        "(`spine-runtime sim`, which counts the requests it serves), the gateway process with "
+        "its production login, and a stand-in twin that acks every update (Python, paho). "
+        "All on 127.0.0.1. Latency is arrival at the stand-in twin minus `spine-source-time`.",
+        "",
+        "Reproduce: `python -m benchmarks.gateway_throughput`.",
+        "",
+    ]
+    if modbus:
+        lines += [
+            "## Modbus TCP: 100 holding registers polled every 10 ms",
+            "",
+            "| reads | tag values/s at the broker | updates/s | cycles/s | requests per cycle "
+            "(counted at the PLC) | overruns | gateway CPU | gateway RSS | latency p50 / p99 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in modbus:
+            lines.append(
+                f"| {row['scenario']} | {row['values_per_second']:,.0f} | "
+                f"{row['messages_per_second']:,.0f} | {row['cycles_per_second']:.1f} | "
+                f"{row['requests_per_cycle']:.2f} | {row['overruns']} | "
+                f"{row['gateway_cpu']:.0f} % | {row['gateway_rss']:.0f} MiB | "
+                f"{row['latency_p50_ms']:.1f} / {row['latency_p99_ms']:.1f} ms |"
+            )
+        lines += [
+            "",
+            "The simulator ticks every 10 ms, so most cycles see all 100 registers changed and "
+            "publish one update carrying 100 values. A cycle slower than 10 ms (an overrun) "
+            'starts the next one at once instead of bursting. "One request per tag" is the '
+            "same gateway with `maxRegistersPerRead: 1`.",
+            "",
+        ]
+    if opcua:
+        lines += [
+            "## OPC UA: monitored items changing once a second (one subscription, 1 s)",
+            "",
+            "| items (servers) | ready after | notifications/s | tag values/s at the broker "
+            "| updates/s | Read calls | failing | gateway CPU | simulator CPU | gateway RSS "
+            "| latency p50 / p99 |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in opcua:
+            lines.append(
+                f"| {row['items']:,} ({row['servers']}) | {row['ready_seconds']:.1f} s | "
+                f"{row['notifications_per_second']:,.0f} | {row['values_per_second']:,.0f} | "
+                f"{row['messages_per_second']:.1f} | {row['reads']} | {row['failing']} | "
+                f"{row['gateway_cpu']:.0f} % | {row['sim_cpu']:.0f} % | "
+                f"{row['gateway_rss']:.0f} MiB | "
+                f"{row['latency_p50_ms']:.0f} / {row['latency_p99_ms']:.0f} ms |"
+            )
+        lines += [
+            "",
+            "Items are spread 100 per thing, so each publish response becomes one update per "
+            'thing. "Ready after" runs from starting the gateway to every item having '
+            "reported. Latency includes up to one publishing interval (1 s) of waiting at the "
+            "server, by design of OPC UA subscriptions.",
+            "",
+        ]
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(lines))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scenario", choices=("all", "modbus", "opcua"), default="all")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--items", type=int, nargs="*", default=[250, 1000, 2000, 4000, 6000])
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    modbus: list[dict[str, Any]] = []
+    opcua: list[dict[str, Any]] = []
+    if args.scenario in ("all", "modbus"):
+        for per_tag in (False, True):
+            row = await modbus_scenario(args.seconds, per_tag)
+            print(
+                f"modbus {row['scenario']}: {row['values_per_second']:,.0f} values/s, "
+                f"{row['cycles_per_second']:.1f} cycles/s, "
+                f"{row['requests_per_cycle']:.2f} requests/cycle, "
+                f"gateway {row['gateway_cpu']:.0f} % CPU, {row['gateway_rss']:.0f} MiB, "
+                f"latency p50 {row['latency_p50_ms']:.1f} ms",
+                flush=True,
+            )
+            modbus.append(row)
+    if args.scenario in ("all", "opcua"):
+        for items in args.items:
+            row = await opcua_scenario(items, args.seconds)
+            print(
+                f"opcua {items} items: ready {row['ready_seconds']:.1f} s, "
+                f"{row['notifications_per_second']:,.0f} notifications/s, "
+                f"{row['values_per_second']:,.0f} values/s, {row['reads']} reads, "
+                f"{row['failing']} failing, gateway {row['gateway_cpu']:.0f} % CPU, "
+                f"{row['gateway_rss']:.0f} MiB",
+                flush=True,
+            )
+            opcua.append(row)
+    write_report(modbus, opcua, load_start)
+    print(f"wrote {REPORT}; load average {statistics.fmean(os.getloadavg()):.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
