@@ -267,7 +267,7 @@ def gateway_names(index: int) -> list[str]:
 
 SHAPES = {
     "single": "a modify of one value (one event)",
-    "valid": "a merge of 3 values (three events)",
+    "valid": "a merge of 3 values (one merged event)",
 }
 
 
@@ -646,8 +646,8 @@ def write_report(results: dict[str, Any], command: str) -> str:
         "session persists), then start it and time the first to the last processed update "
         "from `/status`, so they measure the twin alone; CPU comes from /proc. Every update is "
         "validated against the model, stored in SQLite (WAL) before its PUBACK, acknowledged "
-        "per gateway, and announced as one QoS 1 Ditto event per changed path "
-        "(docs/protocol.md): that publishing is most of the cost of a 3-value merge.",
+        "per gateway, and announced as one QoS 1 Ditto event (`modified` for one value, "
+        "`merged` for several; docs/protocol.md).",
         "",
     ]
     text = "\n".join(lines)

@@ -246,6 +246,29 @@ async def test_a_valid_update_changes_state_and_reaches_sse_and_events(
     assert metric(twin, "spine_twin_updates_total", {"result": "accepted"}) == 2
     assert metric(twin, "spine_twin_update_latency_seconds_count") == 2
 
+    # A merge of several values is one revision, announced as one Ditto `merged` event.
+    gateway.publish(
+        "press-1",
+        gateway.command(
+            "press-1",
+            "/features",
+            {
+                "temperature": {"properties": {"value": 72.0}},
+                "targetSpeed": {"properties": {"value": 20}},
+            },
+            merge=True,
+        ),
+    )
+    merged = observer.wait_for(
+        "spine/things/press-1/events", lambda m: m["topic"].endswith("/events/merged")
+    )
+    assert merged["path"] == "/features" and merged["revision"] == 3
+    assert merged["value"] == {
+        "temperature": {"properties": {"value": 72.0}},
+        "targetSpeed": {"properties": {"value": 20}},
+    }
+    assert len(observer.on("spine/things/press-1/events")) == 2
+
 
 async def test_invalid_updates_are_rejected_with_a_reason_and_change_nothing(
     twin: TwinHandle, gateway: Gateway, observer: Observer, broker: LocalBroker

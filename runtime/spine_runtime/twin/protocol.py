@@ -285,6 +285,35 @@ def event_message(
     )
 
 
+def merged_event_message(
+    namespace: str,
+    thing_name: str,
+    changes: list[tuple[str, Any]],
+    revision: int,
+    timestamp: str,
+) -> bytes:
+    """One Ditto `merged` event for every path one update changed: Ditto announces a merge
+    command this way, and one message instead of one per value halves the cost of a gateway's
+    multi-value update. The value is a JSON merge patch below `/features` (a `None` withdraws)."""
+    patch: dict[str, Any] = {}
+    for path, value in changes:
+        node = patch
+        *parents, leaf = path.removeprefix("/features/").split("/")
+        for segment in parents:
+            node = node.setdefault(segment, {})
+        node[leaf] = value
+    return orjson.dumps(
+        {
+            "topic": f"{namespace}/{thing_name}/things/twin/events/merged",
+            "path": "/features",
+            "value": patch,
+            "headers": {"content-type": "application/merge-patch+json"},
+            "revision": revision,
+            "timestamp": timestamp,
+        }
+    )
+
+
 def desired_message(
     namespace: str, thing_name: str, feature: str, value: Any, correlation_id: str
 ) -> bytes:

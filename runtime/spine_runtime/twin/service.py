@@ -30,6 +30,7 @@ from spine_runtime.twin.protocol import (
     desired_message,
     error_message,
     event_message,
+    merged_event_message,
     read_changes,
     read_origin,
     thing_name_of,
@@ -425,11 +426,19 @@ class TwinService:
             link.publish(ack_topic(gateway), ack_message(gateway, epoch, seq))
         for index, outcome in enumerate(after.outcomes):
             name = outcome.thing_id.split(":", 1)[1]
-            for path, value in outcome.events:
+            if len(outcome.events) == 1:
+                path, value = outcome.events[0]
                 link.publish(
                     thing_topic(name, "events"),
                     event_message(
                         self.namespace, name, path, value, outcome.revision, outcome.modified
+                    ),
+                )
+            elif outcome.events:
+                link.publish(
+                    thing_topic(name, "events"),
+                    merged_event_message(
+                        self.namespace, name, outcome.events, outcome.revision, outcome.modified
                     ),
                 )
             for feature, value, correlation in outcome.desired_commands:
