@@ -87,3 +87,9 @@ def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
 PERSISTENCE_SYNCED = "PersistenceSynced"  # condition type: the broker PVC has the requested size
 VOLUME_SIZE_MATCHES = "SizeMatches"  # the PVC has the requested size
 DUPLICATE_SPINE = "DuplicateSpine"  # another Spine already owns this namespace's workloads
+CONNECTED = "Connected"  # condition type: a gateway's PLC connections and broker session are up
+ALL_CONNECTED = "AllConnected"  # the gateway reports every connection up
+CONNECTIONS_DOWN = "ConnectionsDown"  # the gateway reports a connection down; message says why
+AWAITING_STATUS = "AwaitingStatus"  # the workload's /status has not been read yet
+STATUS_REPORTED = "StatusReported"  # the workload's /status answered at the last poll
+VOLUME_CLAIM_IMMUTABLE = "VolumeClaimImmutable"  # a PVC's storage class or kind cannot change

@@ -12,13 +12,24 @@ import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from spine_operator import labels
 
 # eclipse-mosquitto 2.0.x matches Debian 12's mosquitto 2.0.11, on which the tests run it;
 # 2.1 renamed plugin options, so the minor version is pinned.
 BROKER_IMAGE = "eclipse-mosquitto:2.0.21"
 RUNTIME_IMAGE = "ghcr.io/spine-iiot/spine:0.1.0"
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+@dataclass(frozen=True)
+class GatewayDirectories:
+    """Where one gateway finds its config file, keeps its buffer and reads its Secrets."""
+
+    config_dir: str
+    data_dir: str
+    secrets_dir: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,15 @@ class Environment:
     twin_config_dir: str = "/etc/spine"
     twin_data_dir: str = "/var/lib/spine/twin"
     twin_secrets_dir: str = "/var/run/spine"
+    # Gateways: one pod each in a cluster. Locally several share one state directory, so
+    # `gateway_directories` gives each its own subdirectory, and a local runner gives each its
+    # own port with `env.replace(gateway_port=...)` before rendering it.
+    gateway_host_override: str | None = None  # local: 127.0.0.1
+    gateway_bind_address: str = "0.0.0.0"
+    gateway_port: int = 8080
+    gateway_config_dir: str = "/etc/spine"
+    gateway_data_dir: str = "/var/lib/spine/gateway"
+    gateway_secrets_dir: str = "/var/run/spine"
     operator_namespace: str = "spine-system"
 
     @classmethod
@@ -51,10 +71,16 @@ class Environment:
 
     @classmethod
     def for_local(
-        cls, state_dir: Path, broker_port: int, broker_tls_port: int = 0, twin_port: int = 8080
+        cls,
+        state_dir: Path,
+        broker_port: int,
+        broker_tls_port: int = 0,
+        twin_port: int = 8080,
+        gateway_port: int = 8081,
     ) -> Environment:
         broker_dir = state_dir / "broker"
         twin_dir = state_dir / "twin"
+        gateway_dir = state_dir / "gateways"
         return cls(
             local=True,
             broker_host_override="127.0.0.1",
@@ -72,6 +98,12 @@ class Environment:
             twin_config_dir=str(twin_dir / "config"),
             twin_data_dir=str(twin_dir / "data"),
             twin_secrets_dir=str(twin_dir / "secrets"),
+            gateway_host_override="127.0.0.1",
+            gateway_bind_address="127.0.0.1",
+            gateway_port=gateway_port,
+            gateway_config_dir=str(gateway_dir / "config"),
+            gateway_data_dir=str(gateway_dir / "data"),
+            gateway_secrets_dir=str(gateway_dir / "secrets"),
         )
 
     def broker_host(self, namespace: str) -> str:
@@ -80,6 +112,23 @@ class Environment:
     def twin_url(self, namespace: str) -> str:
         host = self.twin_host_override or f"spine-twin.{namespace}.svc"
         return f"http://{host}:{self.twin_port}"
+
+    def gateway_url(self, namespace: str, gateway: str) -> str:
+        """Where the operator reaches a gateway's /status and /admin/config."""
+        host = self.gateway_host_override or f"{labels.gateway_name(gateway)}.{namespace}.svc"
+        return f"http://{host}:{self.gateway_port}"
+
+    def gateway_directories(self, gateway: str) -> GatewayDirectories:
+        """Config, buffer and Secret directories of one gateway, as its process sees them."""
+        if not self.local:
+            return GatewayDirectories(
+                self.gateway_config_dir, self.gateway_data_dir, self.gateway_secrets_dir
+            )
+        return GatewayDirectories(
+            str(PurePosixPath(self.gateway_config_dir) / gateway),
+            str(PurePosixPath(self.gateway_data_dir) / gateway),
+            str(PurePosixPath(self.gateway_secrets_dir) / gateway),
+        )
 
     def replace(self, **changes: object) -> Environment:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

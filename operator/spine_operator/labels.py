@@ -32,10 +32,37 @@ TWIN_CONFIG_NAME = "spine-twin-config"
 TWIN_TOKENS_SECRET = "spine-twin-tokens"
 TWIN_CONFIG_FILE = "twin.json"
 
+GATEWAY_PREFIX = "spine-gateway-"
+GATEWAY_CONFIG_FILE = "gateway.json"
+GATEWAY_BUFFER_VOLUME = "buffer"
+# The StatefulSet controller labels each pod with `controller-revision-hash: <sts>-<hash>`, a
+# label value (at most 63 characters), which leaves 52 for the StatefulSet's name: 38 after
+# the prefix.
+GATEWAY_NAME_MAX_LENGTH = 52 - len(GATEWAY_PREFIX)
+
 
 def broker_pvc_name(ordinal: int = 0) -> str:
     """The PVC the StatefulSet's volumeClaimTemplate creates for pod `ordinal`."""
     return f"{BROKER_DATA_VOLUME}-{BROKER_NAME}-{ordinal}"
+
+
+def gateway_name(gateway: str) -> str:
+    """The StatefulSet and (headless) Service of a Gateway: `spine-gateway-<name>`."""
+    return f"{GATEWAY_PREFIX}{gateway}"
+
+
+def gateway_config_name(gateway: str) -> str:
+    return f"{GATEWAY_PREFIX}{gateway}-config"
+
+
+def gateway_admin_secret_name(gateway: str) -> str:
+    """The generated token the operator pushes the gateway's config with."""
+    return f"{GATEWAY_PREFIX}{gateway}-admin"
+
+
+def gateway_pvc_name(gateway: str, ordinal: int = 0) -> str:
+    """The buffer PVC the StatefulSet's volumeClaimTemplate creates for pod `ordinal`."""
+    return f"{GATEWAY_BUFFER_VOLUME}-{gateway_name(gateway)}-{ordinal}"
 
 
 def login_secret_name(workload: str) -> str:

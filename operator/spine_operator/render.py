@@ -2,22 +2,28 @@
 
 For GitOps review: apply a change to the YAML, render before and after, diff. Generated Secrets
 are shown without their data (the operator makes the values at apply time, once), and children
-have no ownerReferences (the live owner's uid is not known offline).
+have no ownerReferences (the live owner's uid is not known offline). A Gateway's tags are checked
+against the TwinModels of its namespace among the inputs, as the operator would check them; a
+directory is read with its subdirectories.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.registry import API_VERSION, kind_by_name
 from spine_operator.api.spine import SpineSpec
+from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.build import broker as broker_build
+from spine_operator.build import gateway as gateway_build
+from spine_operator.build.twin import select_twin_models
 from spine_operator.environment import Environment
 from spine_operator.labels import GENERATED
 from spine_runtime.common.configsource import describe_validation_error
@@ -42,7 +48,7 @@ def load_resources(paths: Iterable[Path]) -> list[Resource]:
     """Every `spine.iiot.dev` object in the files (directories: their *.yaml and *.yml)."""
     resources: list[Resource] = []
     for path in paths:
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
         for file in files:
             try:
                 documents = list(yaml.safe_load_all(file.read_text()))
@@ -60,27 +66,104 @@ def load_resources(paths: Iterable[Path]) -> list[Resource]:
     return resources
 
 
-def render_spine(body: dict[str, Any], env: Environment) -> list[dict[str, Any]]:
-    metadata = body.get("metadata") or {}
-    namespace = metadata.get("namespace") or "default"
-    name = metadata["name"]
+def _namespace(body: dict[str, Any]) -> str:
+    return (body.get("metadata") or {}).get("namespace") or "default"
+
+
+@dataclass
+class Inputs:
+    """Everything being rendered, by kind and namespace, for checks across resources."""
+
+    by_kind: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, resources: list[Resource]) -> Inputs:
+        inputs = cls()
+        for resource in resources:
+            key = (str(resource.body.get("kind", "")), _namespace(resource.body))
+            inputs.by_kind.setdefault(key, []).append(resource.body)
+        return inputs
+
+    def get(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        return self.by_kind.get((kind, namespace), [])
+
+
+def without_data(secret: dict[str, Any]) -> dict[str, Any]:
+    """A generated Secret as `spine render` shows it: its values exist only once applied."""
+    secret.pop("stringData", None)
+    secret["metadata"]["annotations"] = {GENERATED: "true (data generated at apply time)"}
+    return secret
+
+
+def render_spine(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[dict[str, Any]]:
+    namespace = _namespace(body)
+    name = body["metadata"]["name"]
     spec = SpineSpec.model_validate(body.get("spec") or {})
     objects: list[dict[str, Any]] = []
     if not spec.broker.admin_secret_name:
-        secret = broker_build.build_admin_secret(namespace, name, "")
-        secret.pop("stringData")
-        secret["metadata"]["annotations"] = {GENERATED: "true (data generated at apply time)"}
-        objects.append(secret)
+        objects.append(without_data(broker_build.build_admin_secret(namespace, name, "")))
     digests = broker_build.SecretDigests(admin="(live Secret)", tls="(live Secret)")
     objects += broker_build.build_broker(spec.broker, env, namespace, name, digests).all()
     return objects
 
 
-RENDERERS = {"Spine": render_spine}
+def render_twinmodel(
+    body: dict[str, Any], env: Environment, inputs: Inputs
+) -> list[dict[str, Any]]:
+    """No objects of its own (the Spine's twin service holds it); checked all the same."""
+    TwinModelSpec.model_validate(body.get("spec") or {}).thing_model(body["metadata"]["name"])
+    return []
+
+
+def render_gateway(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[dict[str, Any]]:
+    namespace = _namespace(body)
+    name = body["metadata"]["name"]
+    problem = gateway_build.gateway_name_problem(name)
+    if problem is not None:
+        raise RenderError(problem)
+    spec = GatewaySpec.model_validate(body.get("spec") or {})
+    spines = inputs.get("Spine", namespace)
+    spine = SpineSpec.model_validate((spines[0].get("spec") or {}) if spines else {})
+    config = gateway_build.gateway_config(
+        spec, env, namespace, name, spine.twin_namespace(namespace)
+    )
+    models = inputs.get("TwinModel", namespace)
+    if models:  # only what is rendered together can be checked together
+        selection = select_twin_models(
+            [
+                {**model, "metadata": {"creationTimestamp": "", **model["metadata"]}}
+                for model in models
+            ]
+        )
+        mapping = gateway_build.check_tags_against_models(
+            config, gateway_build.models_by_thing(selection.accepted)
+        )
+        if mapping:
+            raise RenderError("; ".join(problem.message for problem in mapping))
+    size_problem = gateway_build.config_size_problem(config)
+    if size_problem is not None:
+        raise RenderError(size_problem)
+    digests = tuple("(live Secret)" for _ in gateway_build.secret_mounts(spec, env, name))
+    return [
+        without_data(gateway_build.build_admin_token_secret(namespace, name, "")),
+        *gateway_build.build_gateway(spec, env, namespace, name, config, digests).all(),
+    ]
+
+
+Renderer = Callable[[dict[str, Any], Environment, Inputs], list[dict[str, Any]]]
+RENDERERS: dict[str, Renderer] = {
+    "Spine": render_spine,
+    "TwinModel": render_twinmodel,
+    "Gateway": render_gateway,
+}
 
 
 class _BlockStyleDumper(yaml.SafeDumper):
-    """Multi-line strings (config files) as `|` blocks a reviewer can read and diff."""
+    """Multi-line strings (config files) as `|` blocks a reviewer can read and diff, and every
+    object written out in full (no YAML anchors where builders share a dict)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -95,9 +178,29 @@ def dump_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.dump_all(objects, Dumper=_BlockStyleDumper, sort_keys=False)
 
 
+def unique_resources(resources: list[Resource]) -> tuple[list[Resource], list[str]]:
+    """Each object once: a copy in two files (as a folder made complete on its own has) is
+    rendered once; two different objects with one name are refused, as kubectl would apply
+    only the last."""
+    seen: dict[tuple[str, str, str], Resource] = {}
+    unique: list[Resource] = []
+    problems: list[str] = []
+    for resource in resources:
+        metadata = resource.body.get("metadata") or {}
+        key = (str(resource.body.get("kind")), _namespace(resource.body), str(metadata.get("name")))
+        first = seen.setdefault(key, resource)
+        if first is resource:
+            unique.append(resource)
+        elif first.body != resource.body:
+            problems.append(f"{resource.label}: differs from the same object in {first.source}")
+    return unique, problems
+
+
 def render(resources: list[Resource], env: Environment) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     problems: list[str] = []
+    resources, problems = unique_resources(resources)
+    inputs = Inputs.of(resources)
     for resource in resources:
         kind = resource.body.get("kind", "")
         if kind_by_name(kind) is None or kind not in RENDERERS:
@@ -107,9 +210,11 @@ def render(resources: list[Resource], env: Environment) -> list[dict[str, Any]]:
             problems.append(f"{resource.label}: metadata.name is required")
             continue
         try:
-            objects += RENDERERS[kind](resource.body, env)
+            objects += RENDERERS[kind](resource.body, env, inputs)
         except ValidationError as error:
             problems.append(f"{resource.label}: {describe_validation_error(error, 'spec')}")
+        except RenderError as error:
+            problems.append(f"{resource.label}: {error}")
     if problems:
         raise RenderError("\n".join(problems))
     return objects

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from spine_operator.api.gateway import GatewaySpec, GatewayStatus
 from spine_operator.api.spine import SpineSpec, SpineStatus
 from spine_operator.api.twinmodel import TwinModelSpec, TwinModelStatus
 
@@ -99,7 +100,39 @@ TWINMODEL = KindInfo(
     ),
 )
 
-KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL)
+GATEWAY = KindInfo(
+    kind="Gateway",
+    plural="gateways",
+    singular="gateway",
+    # `gw` and `gateway` would collide with the Gateway API's kind of the same name.
+    short_names=("iiotgw",),
+    spec_model=GatewaySpec,
+    status_model=GatewayStatus,
+    description="An edge gateway pod: reads PLC tags over Modbus TCP, OPC UA or S7, maps them "
+    "onto properties of TwinModel things, and buffers updates on disk until the twin stored them.",
+    extra_columns=(
+        {
+            "name": "Connected",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Connected")].status',
+            "description": "Whether every PLC connection and the broker session are up.",
+        },
+        {
+            "name": "Tags OK",
+            "type": "integer",
+            "jsonPath": ".status.tags.ok",
+            "description": "Tags whose last read succeeded.",
+        },
+        {
+            "name": "Buffered",
+            "type": "integer",
+            "jsonPath": ".status.buffered",
+            "description": "Updates on disk that the twin has not confirmed yet.",
+        },
+    ),
+)
+
+KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL, GATEWAY)
 
 
 def kind_by_name(kind: str) -> KindInfo | None:

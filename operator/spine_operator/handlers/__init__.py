@@ -26,4 +26,4 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.error_delays = [1, 2, 5, 10, 30]
 
 
-from spine_operator.handlers import spine, twinmodel  # noqa: E402,F401  - registers the handlers
+from spine_operator.handlers import gateway, spine, twinmodel  # noqa: E402,F401  - registers the handlers

@@ -1,0 +1,559 @@
+"""Builders of one Gateway's workload: its config file, StatefulSet, Service, admin token.
+
+Pure: the handler and `spine render` call them, and so does the local runner (`spine up`), which
+writes the rendered config and the Secrets of `secret_mounts` where the Environment's paths say
+a pod would find them. A gateway is a one-replica StatefulSet (DESIGN.md, Singletons: a PLC is
+never polled twice at once) with its buffer on a PVC from the claim template, or an emptyDir.
+
+What restarts: tags, publish settings and the resend timeout reach the running gateway by config
+push (no restart); the pod template's checksum covers the rest of the config (connections,
+buffer, broker and HTTP settings) and the Secrets the pod mounts, so those roll the pod.
+`check_tags_against_models` is the operator's check of every tag against its thing's TwinModel.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from spine_operator import conditions as cond
+from spine_operator import labels
+from spine_operator.api.gateway import (
+    CERTIFICATE_KEYS,
+    CREDENTIALS_KEYS,
+    SERVER_CERTIFICATE_KEY,
+    GatewayConnection,
+    GatewaySpec,
+)
+from spine_operator.api.twinmodel import TwinModelSpec
+from spine_operator.build.broker import keep_claim_templates
+from spine_operator.build.common import checksum, metadata, resources, restricted_container_security
+from spine_operator.build.logins import gateway_username
+from spine_operator.build.twin import RUNTIME_UID
+from spine_operator.environment import Environment
+from spine_runtime.config.base import DNS_LABEL_PATTERN
+from spine_runtime.config.gateway import GatewayConfig
+
+COMPONENT = "gateway"
+CONTAINER = "gateway"
+# Fields of the config a running gateway applies when pushed (spine_runtime.gateway.app also
+# applies connections live, but DESIGN.md has a connection change roll the pod: it may bring new
+# Secrets to mount, and a fresh process is the simplest state to reason about for a PLC).
+LIVE_FIELDS = frozenset({"tags", "publish", "resendTimeoutSeconds"})
+# A ConfigMap holds at most 1 MiB.
+MAX_CONFIG_BYTES = 1_000_000
+
+
+def gateway_name_problem(name: str) -> str | None:
+    """Why a Gateway's metadata.name cannot name its children, or None."""
+    if not re.match(DNS_LABEL_PATTERN, name) or len(name) > labels.GATEWAY_NAME_MAX_LENGTH:
+        return (
+            f"metadata.name {name!r}: a Gateway's name must be a DNS label of at most "
+            f"{labels.GATEWAY_NAME_MAX_LENGTH} characters (lowercase letters, digits and '-'), "
+            f"since it names StatefulSet {labels.GATEWAY_PREFIX}<name>; re-create it with a "
+            "shorter name"
+        )
+    return None
+
+
+def generate_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def login_secret_name(gateway: str) -> str:
+    """The Secret `brokeraccess` keeps the gateway's broker login in."""
+    return labels.login_secret_name(gateway_username(gateway))
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """Keys of one Secret the gateway reads as files: a volume in the pod, files when local."""
+
+    volume: str
+    secret_name: str
+    directory: str
+    keys: tuple[str, ...]
+    field: str = ""  # where the spec names the Secret; empty for the ones the operator makes
+
+
+# Where an OPC UA connection's Secrets appear, under <secrets>/opcua/<connection>/.
+OPCUA_LOGIN_DIR, OPCUA_CERTIFICATE_DIR, OPCUA_SERVER_DIR = "login", "certificate", "server"
+
+
+def opcua_directory(secrets_dir: PurePosixPath, connection: GatewayConnection) -> PurePosixPath:
+    return secrets_dir / "opcua" / connection.name
+
+
+def opcua_mounts(
+    index: int, connection: GatewayConnection, secrets_dir: PurePosixPath
+) -> list[SecretMount]:
+    opcua = connection.opcua
+    if opcua is None:
+        return []
+    directory = opcua_directory(secrets_dir, connection)
+    field = f"spec.connections[{index}].opcua"
+    wanted = (
+        ("login", opcua.credentials_secret_name, CREDENTIALS_KEYS, OPCUA_LOGIN_DIR, "credentials"),
+        (
+            "cert",
+            opcua.certificate_secret_name,
+            CERTIFICATE_KEYS,
+            OPCUA_CERTIFICATE_DIR,
+            "certificate",
+        ),
+        (
+            "server",
+            opcua.server_certificate_secret_name,
+            (SERVER_CERTIFICATE_KEY,),
+            OPCUA_SERVER_DIR,
+            "serverCertificate",
+        ),
+    )
+    return [
+        SecretMount(
+            f"opcua-{index}-{volume}",
+            secret,
+            str(directory / subdirectory),
+            keys,
+            f"{field}.{spec_field}SecretName",
+        )
+        for volume, secret, keys, subdirectory, spec_field in wanted
+        if secret is not None
+    ]
+
+
+def secret_mounts(spec: GatewaySpec, env: Environment, name: str) -> list[SecretMount]:
+    """Every Secret the gateway reads: its broker login, its admin token, OPC UA Secrets."""
+    secrets_dir = PurePosixPath(env.gateway_directories(name).secrets_dir)
+    mounts = [
+        SecretMount("mqtt", login_secret_name(name), str(secrets_dir / "mqtt"), ("password",)),
+        SecretMount(
+            "admin", labels.gateway_admin_secret_name(name), str(secrets_dir / "admin"), ("token",)
+        ),
+    ]
+    for index, connection in enumerate(spec.connections):
+        mounts += opcua_mounts(index, connection, secrets_dir)
+    return mounts
+
+
+def user_secret_mounts(spec: GatewaySpec, env: Environment, name: str) -> list[SecretMount]:
+    """The Secrets the spec names (the user makes them); the handler checks they exist."""
+    return [mount for mount in secret_mounts(spec, env, name) if mount.field]
+
+
+def build_admin_token_secret(namespace: str, name: str, token: str) -> dict[str, Any]:
+    """The bearer token of the gateway's /admin/config. Created once, never rewritten."""
+    meta = metadata(labels.gateway_admin_secret_name(name), namespace, COMPONENT, name)
+    meta["annotations"] = {labels.GENERATED: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def _runtime_connection(
+    connection: GatewayConnection, secrets_dir: PurePosixPath
+) -> dict[str, Any]:
+    """A connection as the runtime reads it: OPC UA Secrets become the paths of their files."""
+    wire = connection.to_wire()
+    opcua = connection.opcua
+    if opcua is None:
+        return wire
+    directory = opcua_directory(secrets_dir, connection)
+    files: dict[str, str] = {}
+    if opcua.credentials_secret_name:
+        files["usernameFile"] = str(directory / OPCUA_LOGIN_DIR / "username")
+        files["passwordFile"] = str(directory / OPCUA_LOGIN_DIR / "password")
+    if opcua.certificate_secret_name:
+        files["certificateFile"] = str(directory / OPCUA_CERTIFICATE_DIR / "tls.crt")
+        files["privateKeyFile"] = str(directory / OPCUA_CERTIFICATE_DIR / "tls.key")
+    if opcua.server_certificate_secret_name:
+        files["serverCertificateFile"] = str(directory / OPCUA_SERVER_DIR / SERVER_CERTIFICATE_KEY)
+    wire["opcua"] = {
+        "endpoint": opcua.endpoint,
+        "securityPolicy": opcua.security_policy,
+        "securityMode": opcua.security_mode,
+        "timeout": opcua.timeout,
+        **files,
+    }
+    return wire
+
+
+def gateway_config(
+    spec: GatewaySpec, env: Environment, namespace: str, name: str, twin_namespace: str
+) -> GatewayConfig:
+    """The gateway's config document; Secrets appear in it as file paths only."""
+    directories = env.gateway_directories(name)
+    secrets_dir = PurePosixPath(directories.secrets_dir)
+    username = gateway_username(name)
+    return GatewayConfig.model_validate(
+        {
+            "name": name,
+            "twinNamespace": twin_namespace,
+            "mqtt": {
+                "host": env.broker_host(namespace),
+                "port": env.broker_port,
+                "username": username,
+                "passwordFile": str(secrets_dir / "mqtt" / "password"),
+                "clientId": username,
+            },
+            "http": {
+                "host": env.gateway_bind_address,
+                "port": env.gateway_port,
+                "adminTokenFile": str(secrets_dir / "admin" / "token"),
+            },
+            "connections": [
+                _runtime_connection(connection, secrets_dir) for connection in spec.connections
+            ],
+            "tags": [tag.to_wire() for tag in spec.runtime_tags()],
+            "publish": spec.publish.to_wire(),
+            "buffer": {
+                "path": directories.data_dir,
+                "maxMessages": spec.buffer.max_messages,
+                "maxBytes": spec.buffer.max_bytes,
+                "fsync": spec.buffer.fsync,
+            },
+        }
+    )
+
+
+def config_document(config: GatewayConfig) -> str:
+    """The file the gateway reads (JSON: every user-written value is escaped, never a line)."""
+    return json.dumps(config.to_wire(), indent=1, sort_keys=True)
+
+
+def config_size_problem(config: GatewayConfig) -> str | None:
+    size = len(config_document(config).encode())
+    if size > MAX_CONFIG_BYTES:
+        return (
+            f"spec.tags: the gateway's config is {size} bytes, more than a ConfigMap holds "
+            f"({MAX_CONFIG_BYTES}); split the tags over two Gateways"
+        )
+    return None
+
+
+def restart_checksum(config: GatewayConfig, *secret_digests: str) -> str:
+    """What a running gateway does not take by push: everything but tags and publish settings,
+    and the Secrets it mounts."""
+    wire = {key: value for key, value in config.to_wire().items() if key not in LIVE_FIELDS}
+    return checksum(wire, *secret_digests)
+
+
+def pod_checksum(statefulset: dict[str, Any] | None) -> str | None:
+    """The restart checksum a StatefulSet's pod template carries."""
+    template = (statefulset or {}).get("spec", {}).get("template", {})
+    return (template.get("metadata") or {}).get("annotations", {}).get(labels.CONFIG_CHECKSUM)
+
+
+@dataclass(frozen=True)
+class GatewayObjects:
+    config_map: dict[str, Any]
+    service: dict[str, Any]
+    statefulset: dict[str, Any]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.config_map, self.service, self.statefulset]
+
+
+def _secret_volume(mount: SecretMount) -> dict[str, Any]:
+    return {
+        "name": mount.volume,
+        "secret": {
+            "secretName": mount.secret_name,
+            "items": [{"key": key, "path": key} for key in mount.keys],
+            "defaultMode": 0o440,
+        },
+    }
+
+
+def _buffer_volume(spec: GatewaySpec, pod_labels: dict[str, str]) -> tuple[list, list]:
+    """(pod volumes, claim templates) holding the buffer."""
+    storage = spec.buffer.storage
+    if storage.type == "emptyDir":
+        return [{"name": labels.GATEWAY_BUFFER_VOLUME, "emptyDir": {"sizeLimit": storage.size}}], []
+    claim = {
+        "metadata": {"name": labels.GATEWAY_BUFFER_VOLUME, "labels": pod_labels},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": storage.size}},
+            **(
+                {"storageClassName": storage.storage_class_name}
+                if storage.storage_class_name
+                else {}
+            ),
+        },
+    }
+    return [], [claim]
+
+
+def build_gateway(
+    spec: GatewaySpec,
+    env: Environment,
+    namespace: str,
+    name: str,
+    config: GatewayConfig,
+    secret_digests: tuple[str, ...],
+) -> GatewayObjects:
+    """ConfigMap, headless Service and StatefulSet of one gateway."""
+    workload = labels.gateway_name(name)
+    select = labels.selector(COMPONENT, name)
+    pod_labels = labels.labels(COMPONENT, name)
+    directories = env.gateway_directories(name)
+    mounts = secret_mounts(spec, env, name)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(labels.gateway_config_name(name), namespace, COMPONENT, name),
+        "data": {labels.GATEWAY_CONFIG_FILE: config_document(config)},
+    }
+    # Headless: the StatefulSet's governing Service, and the name the operator pushes config
+    # to and reads /status from (the pod's own address, also with hostNetwork).
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(workload, namespace, COMPONENT, name),
+        "spec": {
+            "clusterIP": "None",
+            "selector": select,
+            "ports": [
+                {"name": "http", "port": env.gateway_port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+    probe = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+    }
+    buffer_volumes, claims = _buffer_volume(spec, pod_labels)
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or env.runtime_image,
+        "command": [
+            "spine-runtime",
+            "gateway",
+            "--config",
+            str(PurePosixPath(directories.config_dir) / labels.GATEWAY_CONFIG_FILE),
+        ],
+        "ports": [{"name": "http", "containerPort": env.gateway_port, "protocol": "TCP"}],
+        "readinessProbe": {**probe, "initialDelaySeconds": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [
+            {"name": "config", "mountPath": directories.config_dir, "readOnly": True},
+            *(
+                {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
+                for mount in mounts
+            ),
+            {"name": labels.GATEWAY_BUFFER_VOLUME, "mountPath": directories.data_dir},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "resources": resources(spec.resources),
+        "securityContext": restricted_container_security(),
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "fsGroup": RUNTIME_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": labels.gateway_config_name(name)}},
+            *(_secret_volume(mount) for mount in mounts),
+            *buffer_volumes,
+            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+        ],
+    }
+    if spec.host_network:
+        # Without ClusterFirstWithHostNet a host-network pod resolves with the node's DNS and
+        # cannot find the broker's Service name.
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [toleration.to_wire() for toleration in spec.tolerations]
+    statefulset_spec: dict[str, Any] = {
+        "replicas": 1,
+        "serviceName": workload,
+        "podManagementPolicy": "OrderedReady",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "selector": {"matchLabels": select},
+        "persistentVolumeClaimRetentionPolicy": {
+            "whenDeleted": "Retain" if spec.buffer.storage.retain_on_delete else "Delete",
+            "whenScaled": "Retain",
+        },
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if claims:
+        statefulset_spec["volumeClaimTemplates"] = claims
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(workload, namespace, COMPONENT, name),
+        "spec": statefulset_spec,
+    }
+    return GatewayObjects(config_map, service, statefulset)
+
+
+def keep_buffer_storage(
+    desired: dict[str, Any], existing: dict[str, Any] | None
+) -> tuple[dict[str, Any], str | None]:
+    """The StatefulSet to apply over `existing`, and why its buffer volume cannot be as asked.
+
+    A StatefulSet's volumeClaimTemplates cannot change, so the existing kind of volume (PVC or
+    emptyDir) and storage class stay; a larger size is applied to the PVC itself by the handler.
+    """
+    if existing is None:
+        return desired, None
+    workload = desired["metadata"]["name"]
+    current = existing.get("spec", {}).get("volumeClaimTemplates") or []
+    wanted = desired["spec"].get("volumeClaimTemplates") or []
+    pod_spec = desired["spec"]["template"]["spec"]
+    if current and not wanted:
+        kept = keep_claim_templates(desired, existing)
+        template = kept["spec"]["template"]
+        volumes = [v for v in pod_spec["volumes"] if v["name"] != labels.GATEWAY_BUFFER_VOLUME]
+        kept = {
+            **kept,
+            "spec": {
+                **kept["spec"],
+                "template": {**template, "spec": {**template["spec"], "volumes": volumes}},
+            },
+        }
+        return kept, (
+            "spec.buffer.storage.type: the buffer stays on its PVC, since a StatefulSet's volume "
+            f"claims cannot change; to use an emptyDir, delete StatefulSet {workload} when "
+            "status.buffered is 0, and the operator re-creates it"
+        )
+    if not current and wanted:
+        size = wanted[0]["spec"]["resources"]["requests"]["storage"]
+        volumes = [v for v in pod_spec["volumes"] if v["name"] != labels.GATEWAY_BUFFER_VOLUME] + [
+            {"name": labels.GATEWAY_BUFFER_VOLUME, "emptyDir": {"sizeLimit": size}}
+        ]
+        spec = {
+            key: value for key, value in desired["spec"].items() if key != "volumeClaimTemplates"
+        }
+        template = spec["template"]
+        spec["template"] = {**template, "spec": {**template["spec"], "volumes": volumes}}
+        return {**desired, "spec": spec}, (
+            "spec.buffer.storage.type: the buffer stays on an emptyDir, since a StatefulSet's "
+            f"volume claims cannot change; to use a PVC, delete StatefulSet {workload} (its "
+            "buffered updates are lost with the pod), and the operator re-creates it"
+        )
+    kept = keep_claim_templates(desired, existing)
+    if current and wanted:
+        had = current[0].get("spec", {}).get("storageClassName")
+        asked = wanted[0]["spec"].get("storageClassName")
+        if asked is not None and asked != had:
+            return kept, (
+                f"spec.buffer.storage.storageClassName: the PVC keeps storage class "
+                f"{had or '(cluster default)'}, since a StatefulSet's volume claims cannot "
+                f"change; to move it, delete StatefulSet {workload} and its PVC (losing the "
+                "updates buffered on it), and the operator re-creates them"
+            )
+    return kept, None
+
+
+# The mapping check -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappingProblem:
+    """A tag that does not fit its thing's TwinModel; `reason` is a condition reason."""
+
+    tag: str
+    reason: str
+    message: str
+
+
+def models_by_thing(
+    models: Iterable[tuple[str, TwinModelSpec]],
+) -> dict[str, tuple[str, TwinModelSpec]]:
+    """Thing name -> (TwinModel name, its spec), from the namespace's accepted models."""
+    return {thing.name: (name, spec) for name, spec in models for thing in spec.things}
+
+
+def json_type_fits(published: str | None, property_type: str) -> bool:
+    """A published value fits the property's JSON type; an integer is a number too, and None
+    (an OPC UA tag without a type) is whatever the server sends, which only the twin can judge."""
+    if published is None or published == property_type:
+        return True
+    return published == "integer" and property_type == "number"
+
+
+def check_tags_against_models(
+    config: GatewayConfig, models: dict[str, tuple[str, TwinModelSpec]]
+) -> list[MappingProblem]:
+    """Every tag against its thing's TwinModel: the thing and property exist, the published type
+    fits the property's, a writable tag's property is not readOnly. Pure; messages name both."""
+    problems: list[MappingProblem] = []
+    unknown_things: dict[str, list[str]] = {}
+    for tag in config.tags:
+        found = models.get(tag.thing)
+        if found is None:
+            unknown_things.setdefault(tag.thing, []).append(tag.name)
+            continue
+        model_name, model = found
+        prop = model.properties.get(tag.property)
+        if prop is None:
+            known = ", ".join(sorted(model.properties)) or "none"
+            problems.append(
+                MappingProblem(
+                    tag.name,
+                    cond.INVALID_REFERENCE,
+                    f"tag {tag.name}: TwinModel {model_name} (thing {tag.thing}) has no property "
+                    f"{tag.property}; its properties: {known}",
+                )
+            )
+            continue
+        published = config.published_json_type(tag)
+        if not json_type_fits(published, prop.type):
+            detail = f"{tag.type}, scaled" if tag.scale is not None else tag.type
+            problems.append(
+                MappingProblem(
+                    tag.name,
+                    cond.INVALID_REFERENCE,
+                    f"tag {tag.name} publishes {published} values ({detail}) but property "
+                    f"{tag.property} of TwinModel {model_name} has type {prop.type}",
+                )
+            )
+        if tag.writable and prop.read_only:
+            problems.append(
+                MappingProblem(
+                    tag.name,
+                    cond.INVALID_REFERENCE,
+                    f"tag {tag.name} is writable but property {tag.property} of TwinModel "
+                    f"{model_name} is readOnly, so no desired value can reach it; drop writable "
+                    "from the tag or readOnly from the property",
+                )
+            )
+    for thing, tags in unknown_things.items():
+        named = ", ".join(tags[:3]) + (f" and {len(tags) - 3} more" if len(tags) > 3 else "")
+        problems.append(
+            MappingProblem(
+                tags[0],
+                cond.DEPENDENCY_NOT_FOUND,
+                f"thing {thing} (tag{'s' if len(tags) > 1 else ''} {named}) is in no TwinModel "
+                "of the namespace; apply the TwinModel that lists it under spec.things",
+            )
+        )
+    return problems
