@@ -239,6 +239,27 @@ class Kubernetes:
             "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
 
+    async def patch_status(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        current: dict[str, Any] | None,
+        new_status: dict[str, Any],
+    ) -> None:
+        """Write the fields of `new_status` unless `current` already holds them; a resource
+        deleted meanwhile has nothing left to report (every status writer shares this)."""
+        current = current or {}
+        if all(current.get(key) == value for key, value in new_status.items()):
+            return
+        try:
+            await self.patch_merge(
+                API_VERSION, kind, namespace, name, {"status": new_status}, subresource="status"
+            )
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
 
 def _api_error(error: ApiException) -> ApiError:
     return _api_error_from(error.status or 0, error.reason or "", error.body)

@@ -4,7 +4,8 @@
   error).
 - `spine_reconcile_duration_seconds{kind}`: how long a reconcile took.
 - `spine_resources{kind, namespace, ready}`: resources by readiness (ready is "true"/"false").
-- `spine_runtime_health_polls_total{kind, result}`: runtime /status polls (later kinds).
+- `spine_runtime_health_polls_total{kind, result}`: the poller's reads of runtime /status
+  (`poller.py`; kind Gateway so far).
 No object names as labels: cardinality stays with the number of namespaces.
 """
 

@@ -476,15 +476,7 @@ async def refresh_gateway_status(k8s: Kubernetes, namespace: str, name: str) -> 
         if outcome is not None:
             new_status["observedGeneration"] = outcome.generation
         CONTEXT.metrics.set_ready(KIND, namespace, name, cond.is_true(merged, cond.READY))
-        if all(status.get(key) == value for key, value in new_status.items()):
-            return
-        try:
-            await k8s.patch_merge(
-                API_VERSION, KIND, namespace, name, {"status": new_status}, subresource="status"
-            )
-        except ApiError as error:
-            if error.status != 404:  # deleted meanwhile: nothing to report
-                raise
+        await k8s.patch_status(KIND, namespace, name, status, new_status)
 
 
 async def deliver_report(key: Key, report: status_poller.RuntimeReport) -> None:

@@ -368,15 +368,7 @@ async def refresh_spine_status(k8s: Kubernetes, namespace: str, name: str) -> No
         if outcome is not None:
             new_status["observedGeneration"] = outcome.generation
         CONTEXT.metrics.set_ready(KIND, namespace, name, cond.is_true(merged, cond.READY))
-        if all(status.get(key) == value for key, value in new_status.items()):
-            return
-        try:
-            await k8s.patch_merge(
-                API_VERSION, KIND, namespace, name, {"status": new_status}, subresource="status"
-            )
-        except ApiError as error:
-            if error.status != 404:
-                raise
+        await k8s.patch_status(KIND, namespace, name, status, new_status)
 
 
 async def reconcile(namespace: str, name: str, logger: Any) -> None:

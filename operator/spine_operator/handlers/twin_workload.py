@@ -21,7 +21,7 @@ from spine_operator.build.common import secret_data_digest, secret_values
 from spine_operator.build.logins import twin_login
 from spine_operator.context import CONTEXT
 from spine_operator.external import PushResult, push_config
-from spine_operator.k8s import ApiError, Kubernetes, resource_path
+from spine_operator.k8s import Kubernetes, resource_path
 
 
 @dataclass
@@ -110,17 +110,4 @@ async def refresh_twinmodel_statuses(
             "api": twin_api if ready else None,
         }
         CONTEXT.metrics.set_ready(TWINMODEL.kind, namespace, model_name, ready)
-        if all(status.get(key) == value for key, value in new_status.items()):
-            continue
-        try:
-            await k8s.patch_merge(
-                API_VERSION,
-                TWINMODEL.kind,
-                namespace,
-                model_name,
-                {"status": new_status},
-                subresource="status",
-            )
-        except ApiError as error:
-            if error.status != 404:  # deleted meanwhile: nothing to report
-                raise
+        await k8s.patch_status(TWINMODEL.kind, namespace, model_name, status, new_status)
