@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,7 +29,9 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.build.broker import admin_secret_name
 from spine_operator.build.common import secret_values
 from spine_operator.environment import Environment
-from spine_operator.k8s import Kubernetes, resource_path
+
+if TYPE_CHECKING:  # `spine up` uses BrokerAdmin alone; the kubernetes client costs ~30 MB RSS
+    from spine_operator.k8s import Kubernetes
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +375,8 @@ class BrokerAccess:
         self._lock = asyncio.Lock()
 
     async def _admin_credentials(self, namespace: str) -> tuple[str, str]:
+        from spine_operator.k8s import resource_path
+
         spines = await self.k8s.request("GET", resource_path(API_VERSION, SPINE.kind, namespace))
         items = spines.get("items") or []
         if not items:

@@ -1,8 +1,9 @@
-"""`spine`: run the operator, render what it would create, regenerate the CRDs.
+"""`spine`: run the operator, render what it would create, regenerate the CRDs, run locally.
 
 spine run [--namespace NS]... [--health-port 8080] [--metrics-port 9090]
 spine render -f FILE_OR_DIR [-f ...]
 spine render-crds [--check] [--dir crds]
+spine up -f FILE_OR_DIR [-f ...] [--state-dir .state] [--ports fixed|auto] [--plc C=HOST:PORT]
 """
 
 from __future__ import annotations
@@ -71,6 +72,28 @@ def _render_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from spine_operator.local.up import UpOptions, up
+
+    return up(
+        UpOptions(
+            files=args.file,
+            state_dir=args.state_dir,
+            auto_ports=args.ports == "auto",
+            keep_state=args.keep_state,
+            live={"auto": None, "live": True, "plain": False}[args.screen],
+            plcs=dict(args.plc),
+        )
+    )
+
+
+def _plc_mapping(text: str) -> tuple[str, str]:
+    name, separator, address = text.partition("=")
+    if not separator or not name or not address:
+        raise argparse.ArgumentTypeError(f"{text!r}: use CONNECTION=HOST:PORT")
+    return name, address
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="spine", description="Spine: Industrial-IoT operator")
     commands = root.add_subparsers(dest="command", required=True)
@@ -94,6 +117,55 @@ def parser() -> argparse.ArgumentParser:
         help="YAML file or directory of spine.iiot.dev resources",
     )
     render.set_defaults(handler=_render)
+
+    local = commands.add_parser(
+        "up",
+        help="run the resources in the files on this machine, without a cluster",
+        description="Validate the files as the operator does, render every workload's config "
+        "with its builders, and run the broker, the twin, the gateways and a press simulator "
+        "for each thing the gateways read (in place of its PLC) as local processes on "
+        "127.0.0.1. Ctrl-C stops them all. Installs nothing: needs Debian's mosquitto.",
+    )
+    local.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        action="append",
+        required=True,
+        help="YAML file or directory of spine.iiot.dev resources (as for kubectl apply)",
+    )
+    local.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".state"),
+        help="configs, data, logs and processes.json (default: .state)",
+    )
+    local.add_argument(
+        "--ports",
+        choices=["fixed", "auto"],
+        default="fixed",
+        help="fixed: the documented ports (twin 18080, broker 11883, ...); auto: free ones",
+    )
+    local.add_argument(
+        "--plc",
+        type=_plc_mapping,
+        action="append",
+        default=[],
+        metavar="[GATEWAY/]CONNECTION=HOST:PORT",
+        help="reach this PLC connection at HOST:PORT instead of a local press simulator",
+    )
+    local.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the state directory after Ctrl-C (and reuse it next time)",
+    )
+    local.add_argument(
+        "--screen",
+        choices=["auto", "live", "plain"],
+        default="auto",
+        help="live: redraw values in place; plain: print lines; auto: live on a terminal",
+    )
+    local.set_defaults(handler=_up)
 
     crds = commands.add_parser("render-crds", help="regenerate crds/ from the API models")
     crds.add_argument("--dir", type=Path, default=Path("crds"))

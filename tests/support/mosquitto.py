@@ -48,7 +48,7 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         files = prepare_local_broker(
-            self.spec, self.env, self.namespace, "default", self.admin_password
+            self.spec, self.env, self.namespace, "default", self.admin_password, keep_user=True
         )
         self.admin_username = files.admin_username
         self.starts += 1

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.processes import ManagedProcess, free_port, wait_until
+from spine_operator.local.processes import free_ports
+from tests.support.processes import ManagedProcess, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_PROTOCOLS = ("modbus", "opcua", "s7")
@@ -35,10 +36,7 @@ class SimPorts:
 
     @classmethod
     def free(cls) -> SimPorts:
-        ports: set[int] = set()
-        while len(ports) < 4:  # free_port may hand out the same port twice in a row
-            ports.add(free_port())
-        modbus, opcua, s7, http = sorted(ports)
+        modbus, opcua, s7, http = sorted(free_ports(4))
         return cls(modbus=modbus, opcua=opcua, s7=s7, http=http)
 
 

@@ -64,3 +64,70 @@ def test_render_crds_check_detects_drift(tmp_path) -> None:
     (tmp_path / "spines.spine.iiot.dev.yaml").write_text("stale")
     result = spine("render-crds", "--check", "--dir", str(tmp_path))
     assert result.returncode == 1 and "out of date" in result.stderr
+
+
+def test_up_refuses_a_namespace_without_a_spine_before_starting_anything(tmp_path) -> None:
+    result = spine(
+        "up",
+        "-f",
+        str(ROOT / "examples" / "press-line" / "twinmodel.yaml"),
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert "spine up: invalid input" in result.stderr
+    assert "TwinModel/press: namespace plant-a has no Spine (SpineNotFound)" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_up_refuses_a_gateway_the_operator_would_refuse(tmp_path) -> None:
+    example = ROOT / "examples" / "press-line"
+    gateway = yaml.safe_load((example / "gateway.yaml").read_text())
+    gateway["spec"]["tags"][0]["property"] = "speed"  # not a property of TwinModel press
+    bad = tmp_path / "gateway.yaml"
+    bad.write_text(yaml.safe_dump(gateway))
+    result = spine(
+        "up",
+        "-f",
+        str(example / "spine.yaml"),
+        "-f",
+        str(example / "twinmodel.yaml"),
+        "-f",
+        str(bad),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--ports",
+        "auto",
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{bad} (document 1): Gateway/press-line-1: InvalidReference" in result.stderr
+    assert "TwinModel press (thing press-1) has no property speed" in result.stderr
+
+
+def test_up_names_a_plc_mapping_that_matches_no_connection(tmp_path) -> None:
+    result = spine(
+        "up",
+        "-f",
+        "examples/press-line",
+        "--plc",
+        "plc-9=127.0.0.1:5020",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--ports",
+        "auto",
+    )
+    assert result.returncode == 1
+    assert "--plc plc-9: no Gateway has such a connection" in result.stderr
+
+
+def test_up_says_what_to_install_when_mosquitto_is_missing(tmp_path, monkeypatch, capsys) -> None:
+    from spine_operator.local import broker
+    from spine_operator.local.up import UpOptions, up
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mosquitto here
+    monkeypatch.setattr(broker, "MOSQUITTO_FALLBACKS", ())
+    assert up(UpOptions([ROOT / "examples" / "press-line"], state_dir=tmp_path / "state")) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("spine up: mosquitto is not installed")
+    assert "sudo apt-get install mosquitto" in message
+    assert not (tmp_path / "state").exists()

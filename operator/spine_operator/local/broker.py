@@ -1,9 +1,13 @@
 """Prepare a local Mosquitto from the operator's own broker builders.
 
 Writes the rendered mosquitto.conf and the seeded dynamic-security file into the Environment's
-directories and returns the command line to start. When run as root, mosquitto drops to the user
-`mosquitto`, so the data directory is handed to that user (the cluster pod runs as uid 1883 with
-fsGroup instead).
+directories and returns the command line to start. Started as root, mosquitto drops to the user
+`mosquitto` (the cluster pod runs as uid 1883 with fsGroup instead), who then needs to reach
+the data directory. With `keep_user` (what `spine up` and the tests use) a root run stays root
+instead (`user root` added to the local copy of the config): handing the directory over means
+opening every parent directory to that user, which changes a user's home directory, and a
+pytest session that starts meanwhile closes /tmp/pytest-of-root again (mode 0700), so a broker
+restarted after that cannot read its logins ("File is not readable").
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ class LocalBrokerFiles:
     admin_password: str
 
 
+# Debian installs mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
+MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
+
+
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    found = shutil.which("mosquitto") or next(
+        (path for path in MOSQUITTO_FALLBACKS if Path(path).exists()), None
     )
     if found is None:
         raise MissingProgram(
@@ -64,18 +72,33 @@ def _hand_to_mosquitto_user(*paths: Path) -> None:
             parent = parent.parent
 
 
+# Appended to the local copy of mosquitto.conf when a root run keeps its user (see above).
+KEEP_ROOT = (
+    "\n# Local run (spine up, tests) started as root: stay root rather than open the state\n"
+    "# directory's parents to the user mosquitto.\nuser root\n"
+)
+
+
 def prepare_local_broker(
-    spec: BrokerSpec, env: Environment, namespace: str, spine_name: str, admin_password: str
+    spec: BrokerSpec,
+    env: Environment,
+    namespace: str,
+    spine_name: str,
+    admin_password: str,
+    keep_user: bool = False,
 ) -> LocalBrokerFiles:
     """Write config and seeded logins for a local broker; idempotent across restarts."""
     config_dir, data_dir = Path(env.broker_config_dir), Path(env.broker_data_dir)
     config_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = config_dir / "mosquitto.conf"
-    config_path.write_text(render_mosquitto_conf(spec, env, namespace, spine_name))
+    config = render_mosquitto_conf(spec, env, namespace, spine_name)
+    stay_root = keep_user and os.geteuid() == 0
+    config_path.write_text(config + KEEP_ROOT if stay_root else config)
     dynsec_path = data_dir / "dynamic-security.json"
     seed_file(dynsec_path, ADMIN_USERNAME, admin_password)
-    _hand_to_mosquitto_user(config_dir, data_dir)
+    if not stay_root:
+        _hand_to_mosquitto_user(config_dir, data_dir)
     return LocalBrokerFiles(
         config_path=config_path,
         dynsec_path=dynsec_path,

@@ -1,0 +1,225 @@
+"""Render one namespace's workloads into a state directory, as the operator renders them for a pod.
+
+`prepare_namespace` takes a validated `NamespacePlan`, picks ports, and writes what each pod
+would mount (mosquitto.conf and the seeded dynamic-security file, the twin's ConfigMap key, its
+token and login Secrets, each gateway's config and login) with the operator's own builders and
+an `Environment.for_local`. It returns the `Workload`s to start, in order, with the command of
+each pod's container run by this Python, and the broker logins to create once the broker is up.
+Secrets already in the state directory are reused, so a kept state directory runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import spine_runtime
+from spine_operator import labels
+from spine_operator.brokeraccess import Login
+from spine_operator.build import broker as broker_build
+from spine_operator.build import twin as twin_build
+from spine_operator.build.common import secret_data_digest
+from spine_operator.build.logins import TWIN_USERNAME, twin_login
+from spine_operator.environment import Environment
+from spine_operator.local.broker import prepare_local_broker
+from spine_operator.local.materialize import write_config_map, write_secret
+from spine_operator.local.plan import NamespacePlan
+from spine_operator.local.ports import Ports
+from spine_operator.local.supervisor import Probe, Workload
+
+HOST = "127.0.0.1"
+DEMO_USERNAME = "spine-demo"
+# Where `spine_runtime` lives: the children run the same code as this process.
+RUNTIME_ROOT = Path(spine_runtime.__file__).resolve().parents[1]
+
+
+def demo_login() -> Login:
+    """For the person trying Spine: read everything under spine/, publish nothing."""
+    return Login(DEMO_USERNAME, subscribe=("spine/#",), description="spine up: demo, read-only")
+
+
+def runtime_argv(container_command: list[str]) -> list[str]:
+    """A pod's `spine-runtime ...` command, run by this Python interpreter."""
+    if not container_command or container_command[0] != "spine-runtime":
+        raise ValueError(f"not a spine-runtime command: {container_command}")
+    return [sys.executable, "-m", "spine_runtime.cli", *container_command[1:]]
+
+
+def runtime_env() -> dict[str, str]:
+    python_path = os.pathsep.join(filter(None, [str(RUNTIME_ROOT), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
+
+
+def http_probe(url: str) -> Probe:
+    """Healthy when `url` answers 200."""
+
+    async def probe() -> bool:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            return (await client.get(url)).status_code == 200
+
+    return probe
+
+
+def tcp_probe(port: int, host: str = HOST) -> Probe:
+    """Healthy when the port accepts a connection (mosquitto has no HTTP endpoint)."""
+
+    async def probe() -> bool:
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    return probe
+
+
+def read_or_make(path: Path, make: Callable[[], str]) -> str:
+    """A secret kept in the state directory from an earlier run, or a new one."""
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        value = ""
+    return value or make()
+
+
+def login_secret(username: str, password: str, env: Environment, namespace: str) -> dict:
+    """The shape of the login Secret `brokeraccess.BrokerAccess` creates in a cluster."""
+    return {
+        "stringData": {
+            "username": username,
+            "password": password,
+            "host": env.broker_host(namespace),
+            "port": str(env.broker_port),
+        }
+    }
+
+
+@dataclass
+class NamespaceRun:
+    """Everything started for one namespace, and what the screen and the state file show."""
+
+    plan: NamespacePlan
+    env: Environment
+    state_dir: Path
+    admin_username: str
+    admin_password: str
+    demo_password: str
+    logins: list[tuple[Login, str]] = field(default_factory=list)
+    workloads: list[Workload] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.plan.namespace
+
+    @property
+    def twin_url(self) -> str:
+        return self.env.twin_url(self.namespace)
+
+    @property
+    def write_token_file(self) -> Path:
+        return Path(self.env.twin_secrets_dir) / "tokens" / "write"
+
+    @property
+    def demo_password_file(self) -> Path:
+        return self.state_dir / "demo-login" / "password"
+
+
+def prepare_namespace(
+    plan: NamespacePlan, state_root: Path, log_dir: Path, ports: Ports, name_prefix: str = ""
+) -> NamespaceRun:
+    """Write every file the namespace's workloads read; returns them, not yet started."""
+    namespace = plan.namespace
+    state_dir = state_root / namespace
+    env = Environment.for_local(
+        state_dir, broker_port=ports.take("broker"), twin_port=ports.take("twin")
+    )
+    admin_dir = Path(env.broker_secrets_dir)
+    admin_password = read_or_make(admin_dir / "password", broker_build.generate_password)
+    write_secret(
+        broker_build.build_admin_secret(namespace, plan.spine_name, admin_password), admin_dir
+    )
+    broker_files = prepare_local_broker(
+        plan.spine.broker, env, namespace, plan.spine_name, admin_password, keep_user=True
+    )
+    demo_dir = state_dir / "demo-login"
+    demo_password = read_or_make(demo_dir / "password", lambda: secrets.token_urlsafe(12))
+    write_secret(login_secret(DEMO_USERNAME, demo_password, env, namespace), demo_dir)
+    run = NamespaceRun(
+        plan,
+        env,
+        state_dir,
+        broker_files.admin_username,
+        admin_password,
+        demo_password,
+        logins=[(demo_login(), demo_password)],
+    )
+
+    def log_path(short: str) -> Path:
+        return log_dir / f"{namespace}-{short.replace('/', '-')}.log"
+
+    run.workloads.append(
+        Workload(
+            name=f"{name_prefix}broker",
+            role="broker",
+            argv=broker_files.argv,
+            log_path=log_path("broker"),
+            probe=tcp_probe(env.broker_port),
+            address=f"mqtt://{HOST}:{env.broker_port}",
+            namespace=namespace,
+        )
+    )
+    run.workloads.append(prepare_twin(run, log_path("twin"), name_prefix))
+    return run
+
+
+def prepare_twin(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workload:
+    """The twin's Secrets and ConfigMap as files, and the command of its StatefulSet's pod."""
+    plan, env, namespace = run.plan, run.env, run.namespace
+    secrets_dir = Path(env.twin_secrets_dir)
+    tokens_dir = secrets_dir / "tokens"
+    tokens = twin_build.build_tokens_secret(
+        namespace,
+        plan.spine_name,
+        read_or_make(tokens_dir / "write", twin_build.generate_token),
+        read_or_make(tokens_dir / "admin", twin_build.generate_token),
+    )
+    write_secret(tokens, tokens_dir)
+    password = read_or_make(secrets_dir / "mqtt" / "password", broker_build.generate_password)
+    login = login_secret(TWIN_USERNAME, password, env, namespace)
+    write_secret(login, secrets_dir / "mqtt")
+    run.logins.append((twin_login(), password))
+    config = twin_build.twin_config(plan.spine, env, namespace, plan.models)
+    objects = twin_build.build_twin(
+        plan.spine,
+        env,
+        namespace,
+        plan.spine_name,
+        config,
+        (
+            secret_data_digest(tokens["stringData"]),
+            secret_data_digest(login["stringData"]),
+        ),
+        labels.login_secret_name(TWIN_USERNAME),
+    )
+    write_config_map(objects.config_map, Path(env.twin_config_dir))
+    Path(env.twin_data_dir).mkdir(parents=True, exist_ok=True)
+    container = objects.statefulset["spec"]["template"]["spec"]["containers"][0]
+    url = env.twin_url(namespace)
+    return Workload(
+        name=f"{name_prefix}twin",
+        role="twin",
+        argv=runtime_argv(container["command"]),
+        log_path=log_path,
+        probe=http_probe(f"{url}/healthz"),
+        address=url,
+        namespace=namespace,
+        env=runtime_env(),
+    )
