@@ -4,11 +4,12 @@
 production broker login (`gateway_login()`, applied through the operator's BrokerAdmin), writes
 its config and runs `python -m spine_runtime.cli gateway --config FILE` on free ports. The
 returned `GatewayHandle` reads /status and /metrics, stops, SIGKILLs and restarts it on the same
-buffer. The gateway's tests, the benchmarks, the demo and the e2e tests use it.
+buffer. The gateway's tests and the benchmarks use it (`spine up` renders its own).
 
-`StandInAcker` is a STAND-IN FOR THE TWIN SERVICE, for tests that need acks before the real
-twin is wired in: it follows docs/protocol.md (stores updates in memory, acks the highest
-contiguous seq per gateway and epoch after each batch) and records what arrived.
+`StandInAcker` is a STAND-IN FOR THE TWIN SERVICE, for tests that count every single update
+(the real twin keeps only each property's latest value; tests/integration/test_gateway_twin.py
+and e2e/ use the real one): it follows docs/protocol.md (stores updates in memory, acks the
+highest contiguous seq per gateway and epoch after each batch) and records what arrived.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 operator's BrokerAdmin (exactly `twin_login()`'s ACLs), writes a config file and token files,
 runs `python -m spine_runtime.cli twin --config FILE` on free ports and waits until it serves
 and is connected. The returned `TwinHandle` stops, kills (SIGKILL), restarts and reconfigures it.
-Used by the twin's tests, the gateway tests, the benchmarks and the demo.
+Used by the twin's tests, the gateway tests and the benchmarks (`spine up` renders its own).
 """
 
 from __future__ import annotations
