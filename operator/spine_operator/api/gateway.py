@@ -42,7 +42,7 @@ from spine_runtime.config.gateway import (
     SecurityPolicy,
     Tag,
     ThingName,
-    tag_problems,
+    check_tag_list,
 )
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -271,33 +271,12 @@ class GatewaySpec(CamelModel):
         connections = info.data.get("connections")
         if connections is None:  # invalid themselves; that error is reported
             return tags
-        default_thing = info.data.get("thing")
-        by_name = {connection.name: connection for connection in connections}
-        problems: list[str] = []
-        names: dict[str, int] = {}
-        targets: dict[tuple[str, str], str] = {}
-        for index, tag in enumerate(tags):
-            where = f"tags[{index}] ({tag.name})"
-            if tag.name in names:
-                problems.append(f"{where}.name: also used by tags[{names[tag.name]}]")
-            names.setdefault(tag.name, index)
-            thing = tag.thing or default_thing
-            if thing is None and "thing" in info.data:
-                problems.append(f"{where}.thing: name the tag's thing, or set spec.thing")
-            elif thing is not None:
-                target = (thing, tag.property)
-                if target in targets:
-                    problems.append(
-                        f"{where}.property: {thing}/{tag.property} is fed by tag "
-                        f"{targets[target]} already"
-                    )
-                targets.setdefault(target, tag.name)
-            problems += [f"{where}.{problem}" for problem in tag_problems(tag, by_name)]
-        if problems:
-            shown = problems[:20] + (
-                [f"and {len(problems) - 20} more"] if len(problems) > 20 else []
-            )
-            raise PydanticCustomError("tags", "{problems}", {"problems": "; ".join(shown)})
+        check_tag_list(
+            tags,
+            {connection.name: connection for connection in connections},
+            default_thing=info.data.get("thing"),
+            thing_is_known="thing" in info.data,
+        )
         return tags
 
     def runtime_tags(self) -> list[Tag]:

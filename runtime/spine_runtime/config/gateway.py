@@ -9,6 +9,7 @@ Intervals follow OPC UA's unit, milliseconds; fields in seconds say so in their 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -393,28 +394,7 @@ class GatewayConfig(CamelModel):
         connections = info.data.get("connections")
         if connections is None:  # connections are invalid themselves; that error is reported
             return tags
-        by_name = {connection.name: connection for connection in connections}
-        problems: list[str] = []
-        names: dict[str, int] = {}
-        targets: dict[tuple[str, str], str] = {}
-        for index, tag in enumerate(tags):
-            where = f"tags[{index}] ({tag.name})"
-            if tag.name in names:
-                problems.append(f"{where}.name: also used by tags[{names[tag.name]}]")
-            names.setdefault(tag.name, index)
-            target = (tag.thing, tag.property)
-            if target in targets:
-                problems.append(
-                    f"{where}.property: {tag.thing}/{tag.property} is fed by tag "
-                    f"{targets[target]} already"
-                )
-            targets.setdefault(target, tag.name)
-            problems += [f"{where}.{problem}" for problem in tag_problems(tag, by_name)]
-        if problems:
-            shown = problems[:20] + (
-                [f"and {len(problems) - 20} more"] if len(problems) > 20 else []
-            )
-            raise PydanticCustomError("tags", "{problems}", {"problems": "; ".join(shown)})
+        check_tag_list(tags, {connection.name: connection for connection in connections})
         return tags
 
     # Helpers for the operator and the runtime ------------------------------------------
@@ -441,7 +421,43 @@ class GatewayConfig(CamelModel):
         return json_type
 
 
-def tag_problems(tag: Tag, connections: dict[str, Connection]) -> list[str]:
+def check_tag_list(
+    tags: Sequence[Tag],
+    connections: Mapping[str, Connection],
+    default_thing: str | None = None,
+    thing_is_known: bool = True,
+) -> None:
+    """Every problem of a list of tags at once, as one PydanticCustomError naming each tag:
+    duplicate names, two tags feeding one property, and `tag_problems`. The Gateway spec calls
+    it too, with its `thing` as the default of tags that name none (`thing_is_known` False
+    when that field is itself invalid, so it is not reported twice)."""
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    targets: dict[tuple[str, str], str] = {}
+    for index, tag in enumerate(tags):
+        where = f"tags[{index}] ({tag.name})"
+        if tag.name in names:
+            problems.append(f"{where}.name: also used by tags[{names[tag.name]}]")
+        names.setdefault(tag.name, index)
+        thing = tag.thing or default_thing
+        if thing is None:
+            if thing_is_known:
+                problems.append(f"{where}.thing: name the tag's thing, or set spec.thing")
+        else:
+            target = (thing, tag.property)
+            if target in targets:
+                problems.append(
+                    f"{where}.property: {thing}/{tag.property} is fed by tag "
+                    f"{targets[target]} already"
+                )
+            targets.setdefault(target, tag.name)
+        problems += [f"{where}.{problem}" for problem in tag_problems(tag, connections)]
+    if problems:
+        shown = problems[:20] + ([f"and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise PydanticCustomError("tags", "{problems}", {"problems": "; ".join(shown)})
+
+
+def tag_problems(tag: Tag, connections: Mapping[str, Connection]) -> list[str]:
     """What is wrong with one tag, each as `<field>: <reason>`."""
     connection = connections.get(tag.connection)
     if connection is None:
