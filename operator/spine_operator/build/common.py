@@ -56,3 +56,11 @@ def secret_values(secret: dict[str, Any] | None) -> dict[str, str]:
     }
     values.update(secret.get("stringData") or {})
     return values
+
+
+def controller_of(obj: dict[str, Any] | None, kind: str) -> tuple[str, str] | None:
+    """(uid, name) of the resource of `kind` that controls `obj` (its owner reference)."""
+    for ref in (obj or {}).get("metadata", {}).get("ownerReferences", []):
+        if ref.get("controller") and ref.get("kind") == kind:
+            return ref.get("uid", ""), ref.get("name", "")
+    return None

@@ -27,7 +27,7 @@ from spine_operator.api.registry import API_VERSION, GATEWAY, GROUP, SPINE, TWIN
 from spine_operator.api.spine import SpineSpec
 from spine_operator.brokeraccess import BrokerAccessError, SpineNotFound
 from spine_operator.build import gateway as gateway_build
-from spine_operator.build.common import secret_data_digest, secret_values
+from spine_operator.build.common import controller_of, secret_data_digest, secret_values
 from spine_operator.build.logins import gateway_login, gateway_username
 from spine_operator.build.twin import select_twin_models
 from spine_operator.context import CONTEXT
@@ -217,14 +217,6 @@ async def sync_buffer_volume(
 
 
 # Reconcile ----------------------------------------------------------------------------------
-
-
-def _controller(obj: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(uid, name) of the Gateway that controls `obj`, if one does."""
-    for ref in (obj or {}).get("metadata", {}).get("ownerReferences", []):
-        if ref.get("controller") and ref.get("kind") == KIND:
-            return ref.get("uid", ""), ref.get("name", "")
-    return None
 
 
 async def sync_gateway(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
@@ -453,7 +445,7 @@ async def refresh_gateway_status(k8s: Kubernetes, namespace: str, name: str) -> 
         if body is None:
             return
         statefulset = await k8s.get("apps/v1", "StatefulSet", namespace, labels.gateway_name(name))
-        owner = _controller(statefulset)
+        owner = controller_of(statefulset, KIND)
         if owner is None or owner[0] != body["metadata"].get("uid"):
             statefulset = None  # not this Gateway's (yet): says nothing about it
         if statefulset_ready(statefulset)[0]:
@@ -631,7 +623,7 @@ async def spine_changed_recheck_gateways(
 )
 async def gateway_statefulset_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     """A Gateway's StatefulSet changed (e.g. its pod became ready): refresh the Gateway's status."""
-    owner = _controller(dict(body))
+    owner = controller_of(dict(body), KIND)
     if owner is not None and namespace:
         await refresh_gateway_status(CONTEXT.k8s, namespace, owner[1])
 

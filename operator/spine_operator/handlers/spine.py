@@ -22,7 +22,7 @@ from spine_operator.api.common import parse_quantity
 from spine_operator.api.registry import API_VERSION, GROUP, SPINE, VERSION
 from spine_operator.api.spine import BrokerSpec, SpineSpec
 from spine_operator.build import broker as broker_build
-from spine_operator.build.common import secret_data_digest, secret_values
+from spine_operator.build.common import controller_of, secret_data_digest, secret_values
 from spine_operator.context import CONTEXT
 from spine_operator.handlers.twin_workload import (
     TwinOutcome,
@@ -195,13 +195,6 @@ async def sync_broker_volume(
 # Reconcile ----------------------------------------------------------------------------------
 
 
-def _controller_uid(obj: dict[str, Any] | None) -> tuple[str, str] | None:
-    for ref in (obj or {}).get("metadata", {}).get("ownerReferences", []):
-        if ref.get("controller") and ref.get("kind") == KIND:
-            return ref.get("uid", ""), ref.get("name", "")
-    return None
-
-
 async def sync_spine(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
     """Apply every child of a Spine. Raises ValidationError, DependencyMissing, SpecConflict
     or ApiError; on success returns the outcome the status writer reports."""
@@ -211,7 +204,7 @@ async def sync_spine(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
     spec = SpineSpec.model_validate(body.get("spec") or {})
     env = CONTEXT.environment
     existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.BROKER_NAME)
-    owner = _controller_uid(existing)
+    owner = controller_of(existing, KIND)
     if owner is not None and owner[0] != metadata.get("uid"):
         raise SpecConflict(
             cond.DUPLICATE_SPINE,
@@ -352,7 +345,7 @@ async def refresh_spine_status(k8s: Kubernetes, namespace: str, name: str) -> No
         statefulsets = []
         for child in (labels.BROKER_NAME, labels.TWIN_NAME):
             statefulset = await k8s.get("apps/v1", "StatefulSet", namespace, child)
-            owner = _controller_uid(statefulset)
+            owner = controller_of(statefulset, KIND)
             if owner is not None and owner[0] != body["metadata"].get("uid"):
                 statefulset = None  # another Spine's workload says nothing about this one
             statefulsets.append(statefulset)
@@ -502,7 +495,7 @@ async def secret_changed(
 )
 async def workload_statefulset_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     """A Spine's StatefulSet changed (e.g. its pod became ready): refresh the Spine's status."""
-    owner = _controller_uid(dict(body))
+    owner = controller_of(dict(body), KIND)
     if owner is not None and namespace:
         await refresh_spine_status(CONTEXT.k8s, namespace, owner[1])
 
