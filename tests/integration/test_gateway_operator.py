@@ -230,6 +230,44 @@ async def test_tags_that_do_not_fit_the_model_are_refused_while_others_are_appli
     assert "tag speed is writable but property targetSpeed" in condition(cluster, "good")["message"]
 
 
+async def test_a_property_has_one_source_and_the_first_gateway_keeps_it(cluster, operator) -> None:
+    k8s = Kubernetes()
+    await spine_with_broker_login(cluster, k8s)
+    await k8s.create(press_model())
+    speed = {"name": "speed", "property": "targetSpeed", "address": "holding:0", "type": "uint16"}
+    await k8s.create(modbus_gateway("line-a", speed))
+    await eventually(
+        lambda: condition(cluster, "line-a")["reason"] == "Progressing", 10, "line-a applied"
+    )
+    await k8s.create(modbus_gateway("line-b", {**speed, "name": "set-point"}))
+    await eventually(
+        lambda: condition(cluster, "line-b")["reason"] == "InvalidReference",
+        10,
+        "line-b refused",
+    )
+    assert (
+        "Tag set-point feeds press-1/targetSpeed, which tag speed of Gateway line-a already feeds"
+        in condition(cluster, "line-b")["message"]
+    )
+    with pytest.raises(KeyError):
+        stored(cluster, STS, NAMESPACE, "spine-gateway-line-b")
+    assert condition(cluster, "line-a")["reason"] == "Progressing"
+
+    # When line-a lets go of the property, line-b is checked again and applied.
+    temperature = {
+        "name": "speed",
+        "connection": "plc",
+        "property": "temperature",
+        "address": "holding:2",
+        "type": "float32",
+    }
+    await patch_gateway(k8s, "line-a", {"tags": [temperature]})
+    await eventually(
+        lambda: condition(cluster, "line-b")["reason"] == "Progressing", 10, "line-b applied"
+    )
+    assert stored(cluster, STS, NAMESPACE, "spine-gateway-line-b")
+
+
 async def test_invalid_spec_and_name_are_refused_with_the_field_to_fix(cluster, operator) -> None:
     k8s = Kubernetes()
     await spine_with_broker_login(cluster, k8s)

@@ -168,3 +168,35 @@ def test_a_missing_thing_is_one_problem_however_many_tags_it_has() -> None:
     ]
     [problem] = problems(*tags)
     assert problem.message.startswith("thing press-9 (tags t0, t1, t2 and 2 more) is in no")
+
+
+def gateway_body(name: str, created: str, *tags: dict[str, Any], thing: str = "press-1") -> dict:
+    spec = {"thing": thing, "connections": CONNECTIONS, "tags": list(tags)}
+    return {"metadata": {"name": name, "creationTimestamp": created}, "spec": spec}
+
+
+def conflicts(body: dict, *others: dict) -> list[str]:
+    spec = GatewaySpec.model_validate(body["spec"])
+    config = gateway_build.gateway_config(
+        spec, Environment.cluster(), "plant-a", body["metadata"]["name"], "plant_a"
+    )
+    return [problem.message for problem in gateway_build.feeding_conflicts(body, config, others)]
+
+
+def test_the_gateway_created_first_keeps_a_property_and_others_are_told_which() -> None:
+    speed = {"name": "speed", "connection": "modbus", "property": "targetSpeed",
+             "address": "holding:0", "type": "uint16"}  # fmt: skip
+    first = gateway_body("line-a", "2026-12-01T10:00:00Z", speed)
+    second = gateway_body("line-b", "2026-12-01T10:05:00Z", {**speed, "name": "set-point"})
+    assert conflicts(first, second) == []
+    assert conflicts(second, first) == [
+        "tag set-point feeds press-1/targetSpeed, which tag speed of Gateway line-a already "
+        "feeds: give each property one source"
+    ]
+    # Same second: the name decides, so exactly one of the two is refused.
+    tie = gateway_body("line-0", "2026-12-01T10:00:00Z", speed)
+    assert conflicts(first, tie) and not conflicts(tie, first)
+    # Another thing's property, or an invalid Gateway (which applies nothing), is no conflict.
+    other_thing = gateway_body("line-c", "2026-12-01T09:00:00Z", speed, thing="press-2")
+    invalid = gateway_body("line-d", "2026-12-01T09:00:00Z", {**speed, "type": "float128"})
+    assert conflicts(second, other_thing, invalid) == []

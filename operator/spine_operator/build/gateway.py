@@ -557,3 +557,47 @@ def check_tags_against_models(
             )
         )
     return problems
+
+
+def fed_properties(body: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(thing, property) -> tag name of a Gateway resource; empty if its spec is invalid
+    (an invalid Gateway applies nothing, so it feeds nothing)."""
+    try:
+        spec = GatewaySpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        return {}
+    return {(tag.thing, tag.property): tag.name for tag in spec.runtime_tags()}
+
+
+def feeding_conflicts(
+    body: dict[str, Any], config: GatewayConfig, others: Iterable[dict[str, Any]]
+) -> list[MappingProblem]:
+    """Tags of this Gateway that feed a property which another Gateway of the namespace
+    created earlier feeds too (by creationTimestamp, then name).
+
+    One property has one source: two gateways writing it would make the twin's value (and a
+    desired value's "reached") flip between two PLCs. The first Gateway keeps the property,
+    so applying a second one never takes data away from a running one. Pure."""
+    problems: list[MappingProblem] = []
+    own = {(tag.thing, tag.property): tag.name for tag in config.tags}
+    for other in sorted(others, key=_age):
+        if _age(other) >= _age(body):
+            continue
+        other_name = other["metadata"]["name"]
+        for target, other_tag in fed_properties(other).items():
+            if target in own:
+                problems.append(
+                    MappingProblem(
+                        own[target],
+                        cond.INVALID_REFERENCE,
+                        f"tag {own[target]} feeds {target[0]}/{target[1]}, which tag "
+                        f"{other_tag} of Gateway {other_name} already feeds: give each "
+                        "property one source",
+                    )
+                )
+    return problems
+
+
+def _age(body: dict[str, Any]) -> tuple[str, str]:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("creationTimestamp") or ""), str(metadata.get("name") or "")

@@ -136,6 +136,32 @@ async def check_mapping(k8s: Kubernetes, namespace: str, config: GatewayConfig) 
         raise mapping_failure(problems)
 
 
+async def check_single_source(k8s: Kubernetes, body: dict[str, Any], config: GatewayConfig) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    listing = await k8s.request("GET", resource_path(API_VERSION, KIND, namespace))
+    others = [item for item in listing.get("items") or [] if item["metadata"]["name"] != name]
+    conflicts = gateway_build.feeding_conflicts(body, config, others)
+    if conflicts:
+        shown = [problem.message for problem in conflicts[:SHOWN_PROBLEMS]]
+        if len(conflicts) > SHOWN_PROBLEMS:
+            shown.append(f"and {len(conflicts) - SHOWN_PROBLEMS} more")
+        message = "; ".join(shown)
+        raise DependencyMissing(cond.INVALID_REFERENCE, message[:1].upper() + message[1:])
+
+
+async def recheck_refused_siblings(namespace: str, name: str, index: Any, logger: Any) -> None:
+    """A Gateway changed or went: one refused for feeding the same property may fit now."""
+    for other in list(index.get(namespace, [])):
+        outcome = _outcomes.get((namespace, other))
+        if (
+            other != name
+            and outcome is not None
+            and outcome.failure is not None
+            and outcome.failure[0] == cond.INVALID_REFERENCE
+        ):
+            await reconcile_quietly(namespace, other, logger)
+
+
 async def user_secret_digests(
     k8s: Kubernetes, spec: GatewaySpec, namespace: str, name: str
 ) -> dict[str, str]:
@@ -237,6 +263,7 @@ async def sync_gateway(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
     if size_problem is not None:
         raise DependencyMissing(cond.INVALID_SPEC, f"Invalid spec: {size_problem}")
     await check_mapping(k8s, namespace, config)
+    await check_single_source(k8s, body, config)
     digests = await user_secret_digests(k8s, spec, namespace, name)
     login_name = await CONTEXT.broker_access.ensure_login(
         namespace, gateway_login(name, config.things(), config.writable_things()), body, wait=False
@@ -490,14 +517,19 @@ async def deliver_report(key: Key, report: status_poller.RuntimeReport) -> None:
 @kopf.on.resume(GROUP, VERSION, GATEWAY.plural)
 @kopf.on.create(GROUP, VERSION, GATEWAY.plural)
 @kopf.on.update(GROUP, VERSION, GATEWAY.plural)
-async def gateway_changed(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
+async def gateway_changed(
+    namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any
+) -> None:
     assert namespace, "Gateway is a namespaced kind"
-    await reconcile(namespace, name, logger)
+    try:
+        await reconcile(namespace, name, logger)
+    finally:
+        await recheck_refused_siblings(namespace, name, kwargs["gateways_by_namespace"], logger)
 
 
 @kopf.on.event(GROUP, VERSION, GATEWAY.plural)
 async def gateway_deleted(
-    type: str, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    type: str, namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """No finalizer: owner references remove the children; the broker login is removed here
     when the broker is reachable (its Secret, the only copy of its password, goes anyway)."""
@@ -512,6 +544,7 @@ async def gateway_deleted(
         await CONTEXT.broker_access.remove_login(namespace, gateway_username(name))
     except BrokerAccessError as error:
         logger.warning("Broker login of Gateway %s/%s not removed: %s", namespace, name, error)
+    await recheck_refused_siblings(namespace, name, kwargs["gateways_by_namespace"], logger)
 
 
 @kopf.index(GROUP, VERSION, GATEWAY.plural)
