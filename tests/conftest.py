@@ -1,12 +1,14 @@
-"""Shared fixtures: a real mosquitto on the operator's config, and the kopf-on-kmock harness."""
+"""Shared fixtures: a real mosquitto on the operator's config, a stand-in twin for gateway tests,
+and the kopf-on-kmock harness."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import StandInAcker
 from tests.support.mosquitto import LocalBroker
 
 
@@ -16,6 +18,14 @@ def broker(tmp_path: Path) -> Iterator[LocalBroker]:
     local = LocalBroker(tmp_path / "state").start()
     yield local
     local.stop()
+
+
+@pytest.fixture
+async def acker(broker: LocalBroker) -> AsyncIterator[StandInAcker]:
+    """A stand-in twin that acknowledges gateway updates and records each one (gateway tests)."""
+    stand_in = await StandInAcker.create(broker)
+    yield stand_in
+    stand_in.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,13 +25,6 @@ pytestmark = pytest.mark.integration
 
 THING = "press-1"
 BENCH = 50
-
-
-@pytest.fixture
-async def acker(broker: LocalBroker) -> AsyncIterator[StandInAcker]:
-    stand_in = await StandInAcker.create(broker)
-    yield stand_in
-    stand_in.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +22,12 @@ from tests.support.gateway import (
     opcua_connection,
     s7_connection,
     start_gateway,
+    tag,
 )
-from tests.support.mosquitto import LocalBroker
 from tests.support.processes import free_port, wait_until
 from tests.support.sim import start_sim
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def acker(broker: LocalBroker) -> AsyncIterator[StandInAcker]:
-    stand_in = await StandInAcker.create(broker)
-    yield stand_in
-    stand_in.stop()
-
-
-def tag(name: str, connection: str, thing: str, prop: str, address: str, **more: Any) -> dict:
-    return {
-        "name": name,
-        "connection": connection,
-        "thing": thing,
-        "property": prop,
-        "address": address,
-        **more,
-    }
 
 
 def counter_advanced(acker: StandInAcker, by: int) -> Callable[[], bool]:

@@ -9,43 +9,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.gateway import (
     NAMESPACE,
-    StandInAcker,
     modbus_connection,
     opcua_connection,
     s7_connection,
     start_gateway,
+    tag,
 )
-from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
 from tests.support.sim import start_sim
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def acker(broker: LocalBroker) -> AsyncIterator[StandInAcker]:
-    stand_in = await StandInAcker.create(broker)
-    yield stand_in
-    stand_in.stop()
-
-
-def tag(name: str, connection: str, thing: str, prop: str, address: str, **more: Any) -> dict:
-    return {
-        "name": name,
-        "connection": connection,
-        "thing": thing,
-        "property": prop,
-        "address": address,
-        **more,
-    }
 
 
 async def test_a_register_change_reaches_the_broker_scaled_and_past_the_deadband(

@@ -58,13 +58,6 @@ TAGS: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    local = LocalBroker(tmp_path / "broker").start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimHandle]:
     # 60 strokes per minute: cycleCount moves every second.
     with start_sim(tmp_path, protocols=("modbus",), initialTargetSpeed=60) as handle:

@@ -83,6 +83,19 @@ def s7_connection(name: str, port: int, **settings: Any) -> dict[str, Any]:
     }
 
 
+def tag(name: str, connection: str, thing: str, prop: str, address: str, **more: Any) -> dict:
+    """A tag of the gateway's config: `name` reads `address` over `connection` into
+    `thing`'s property `prop`; `more` adds fields such as type, interval or writable."""
+    return {
+        "name": name,
+        "connection": connection,
+        "thing": thing,
+        "property": prop,
+        "address": address,
+        **more,
+    }
+
+
 @dataclass
 class GatewayHandle:
     """A running gateway process and the files it runs on."""
