@@ -379,11 +379,12 @@ async def twin_scenario(seconds: float, tags_count: int = 100, interval_ms: int 
         stack.callback(gateway.stop)
         wait_until(lambda: len(stream.latencies) >= 10, 30, "first changes at the SSE client")
         time.sleep(2)  # warm-up, as in the other scenarios
-        first_latency, first_stored = len(stream.latencies), stored_updates(twin)
+        accepted = {"name": "spine_twin_updates_total", "result": "accepted"}
+        first_latency, first_stored = len(stream.latencies), twin.metric(**accepted)
         started, cpu_start = time.monotonic(), cpu_seconds(twin.process.pid)
         time.sleep(seconds)  # a benchmark window, not a test's wait
         elapsed = time.monotonic() - started
-        updates = stored_updates(twin) - first_stored
+        updates = twin.metric(**accepted) - first_stored
         twin_cpu = 100 * (cpu_seconds(twin.process.pid) - cpu_start) / elapsed
         window = stream.latencies[first_latency:]
         publish = gateway.status()["publish"]
@@ -399,15 +400,6 @@ async def twin_scenario(seconds: float, tags_count: int = 100, interval_ms: int 
         "latency_p50_ms": 1000 * percentile(window, 0.5),
         "latency_p99_ms": 1000 * percentile(window, 0.99),
     }
-
-
-def stored_updates(twin: TwinHandle) -> float:
-    """Updates the twin accepted and committed, from its /metrics."""
-    sample = 'spine_twin_updates_total{result="accepted"} '
-    for line in httpx.get(f"{twin.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(sample):
-            return float(line.split()[-1])
-    return 0.0
 
 
 # Report ---------------------------------------------------------------------------------------

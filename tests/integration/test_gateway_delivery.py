@@ -98,7 +98,9 @@ def check_nothing_lost(gateway: GatewayHandle, acker: StandInAcker) -> int:
         for seq in sorted(received)
         if "counter" in received[seq].features
     ]
-    assert len(counters) >= last_seq // 2
+    # Enough for the order check to mean something; how many updates carry the counter
+    # depends on where the ticks fall between the two reads, so it is no measure of loss.
+    assert len(counters) >= 10, f"only {len(counters)} of {last_seq} updates carry the counter"
     # replayed in order: the counter never goes back from one seq to the next (a step above 1
     # is a tick the busy machine polled late, not a lost update: those are counted above)
     assert all(b > a for a, b in itertools.pairwise(counters)), "updates arrived out of order"

@@ -92,13 +92,6 @@ def reported(twin: TwinHandle, feature: str) -> Any:
     return twin.thing("press-1")["features"][feature]["properties"].get("value")
 
 
-def twin_metric(twin: TwinHandle, sample: str) -> float:
-    for line in httpx.get(f"{twin.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def everything_acknowledged(gateway: GatewayHandle) -> bool:
     publish = gateway.status()["publish"]
     return bool(publish["lastSeq"]) and publish["ackedSeq"] == publish["lastSeq"]
@@ -113,10 +106,10 @@ async def test_plc_values_are_stored_and_a_value_the_model_refuses_is_rejected_b
     assert twin.thing("press-1")["features"]["temperature"]["properties"]["sourceTime"]
 
     # 3000.0 degC passes the gateway (an int16 of 30000 times 0.1) but not the model (max 150).
-    rejected_before = twin_metric(twin, 'spine_twin_updates_total{result="rejected"}')
+    rejected_before = twin.metric("spine_twin_updates_total", result="rejected")
     sim.put_values(temperature=3000.0)
     wait_until(
-        lambda: twin_metric(twin, 'spine_twin_updates_total{result="rejected"}') > rejected_before,
+        lambda: twin.metric("spine_twin_updates_total", result="rejected") > rejected_before,
         15,
         "the twin to reject the out-of-range temperature",
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import secrets
 import sys
 import threading
@@ -36,6 +35,7 @@ from paho.mqtt.properties import Properties
 
 from spine_operator.brokeraccess import BrokerAdmin, Login
 from spine_operator.build.logins import gateway_login, twin_login
+from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
 
@@ -183,15 +183,7 @@ class GatewayHandle:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include `labels` (0 if none)."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
-            if not match or match.group(1) != name:
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-            if all(found.get(key) == value for key, value in labels.items()):
-                total += float(match.group(3))
-        return total
+        return scrape_metric(self.url, name, **labels)
 
 
 def gateway_config(

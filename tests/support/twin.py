@@ -21,6 +21,7 @@ import httpx
 
 from spine_operator.brokeraccess import BrokerAdmin
 from spine_operator.build.logins import TWIN_USERNAME, gateway_login, twin_login
+from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
 
@@ -82,6 +83,10 @@ class TwinHandle:
 
     def http(self, timeout: float = 10.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels` (0 if none)."""
+        return scrape_metric(self.url, name, **labels)
 
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.url}/status", timeout=5).json())
