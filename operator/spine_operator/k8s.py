@@ -17,7 +17,7 @@ import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from spine_operator.api.registry import API_VERSION, KINDS
+from spine_operator.api.kinds import API_VERSION, KINDS
 from spine_operator.labels import FIELD_MANAGER
 
 REQUEST_TIMEOUT = 30.0

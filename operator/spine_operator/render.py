@@ -18,12 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.registry import API_VERSION, kind_by_name
+from spine_operator.api.kinds import API_VERSION, kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build import broker as broker_build
-from spine_operator.build import gateway as gateway_build
-from spine_operator.build.twin import select_twin_models
+from spine_operator.desired import broker as broker_build
+from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.twin import select_twin_models
 from spine_operator.environment import Environment
 from spine_operator.labels import GENERATED
 from spine_runtime.common.configsource import describe_validation_error

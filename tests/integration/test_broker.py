@@ -18,7 +18,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.brokeraccess import BrokerAccessError, BrokerAdmin, Login
+from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
+from spine_operator.desired.logins import Login
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
 

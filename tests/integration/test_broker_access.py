@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
-from spine_operator.api.registry import API_VERSION
-from spine_operator.brokeraccess import BrokerAccess, Login, SpineNotFound
-from spine_operator.build.broker import build_admin_secret
-from spine_operator.build.common import secret_values
+from spine_operator.api.kinds import API_VERSION
+from spine_operator.brokeraccess import BrokerAccess, SpineNotFound
+from spine_operator.desired.broker import build_admin_secret
+from spine_operator.desired.common import secret_values
+from spine_operator.desired.logins import Login
 from spine_operator.k8s import Kubernetes
 from tests.integration.test_broker import ALLOWED, DENIED, connect_result, publish_reason
 

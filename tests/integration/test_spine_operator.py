@@ -13,7 +13,7 @@ from typing import Any
 import kmock
 import pytest
 
-from spine_operator.api.registry import API_VERSION
+from spine_operator.api.kinds import API_VERSION
 from spine_operator.k8s import Kubernetes
 from tests.support.crd_schema import validate_against_crd
 from tests.support.processes import eventually

@@ -33,8 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from spine_operator.brokeraccess import BrokerAdmin, Login
-from spine_operator.build.logins import gateway_login, twin_login
+from spine_operator.broker_admin import BrokerAdmin
+from spine_operator.desired.logins import Login, gateway_login, twin_login
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until

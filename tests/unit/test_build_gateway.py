@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build import gateway as gateway_build
+from spine_operator.desired import gateway as gateway_build
 from spine_operator.environment import Environment
 from spine_operator.render import RenderError, dump_yaml, load_resources, render
 from spine_runtime.common.configsource import describe_validation_error

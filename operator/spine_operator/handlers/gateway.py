@@ -23,14 +23,14 @@ from spine_operator import labels
 from spine_operator import poller as status_poller
 from spine_operator.api.common import parse_quantity
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.registry import API_VERSION, GATEWAY, GROUP, SPINE, TWINMODEL, VERSION
+from spine_operator.api.kinds import API_VERSION, GATEWAY, GROUP, SPINE, TWINMODEL, VERSION
 from spine_operator.api.spine import SpineSpec
 from spine_operator.brokeraccess import BrokerAccessError, SpineNotFound
-from spine_operator.build import gateway as gateway_build
-from spine_operator.build.common import controller_of, secret_data_digest, secret_values
-from spine_operator.build.logins import gateway_login, gateway_username
-from spine_operator.build.twin import select_twin_models
 from spine_operator.context import CONTEXT
+from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.common import controller_of, secret_data_digest, secret_values
+from spine_operator.desired.logins import gateway_login, gateway_username
+from spine_operator.desired.twin import select_twin_models
 from spine_operator.external import PushResult, push_config
 from spine_operator.handlers.spine import DependencyMissing, invalid_spec_message, required_values
 from spine_operator.handlers.twin_workload import list_twin_models

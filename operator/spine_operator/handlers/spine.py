@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.common import parse_quantity
-from spine_operator.api.registry import API_VERSION, GROUP, SPINE, VERSION
+from spine_operator.api.kinds import API_VERSION, GROUP, SPINE, VERSION
 from spine_operator.api.spine import BrokerSpec, SpineSpec
-from spine_operator.build import broker as broker_build
-from spine_operator.build.common import controller_of, secret_data_digest, secret_values
 from spine_operator.context import CONTEXT
+from spine_operator.desired import broker as broker_build
+from spine_operator.desired.common import controller_of, secret_data_digest, secret_values
 from spine_operator.handlers.twin_workload import (
     TwinOutcome,
     refresh_twinmodel_statuses,

@@ -13,13 +13,13 @@ from typing import Any
 
 from spine_operator import conditions as cond
 from spine_operator import labels
-from spine_operator.api.registry import API_VERSION, TWINMODEL
+from spine_operator.api.kinds import API_VERSION, TWINMODEL
 from spine_operator.api.spine import SpineSpec
-from spine_operator.build import twin as twin_build
-from spine_operator.build.broker import keep_claim_templates
-from spine_operator.build.common import secret_data_digest, secret_values
-from spine_operator.build.logins import twin_login
 from spine_operator.context import CONTEXT
+from spine_operator.desired import twin as twin_build
+from spine_operator.desired.broker import keep_claim_templates
+from spine_operator.desired.common import secret_data_digest, secret_values
+from spine_operator.desired.logins import twin_login
 from spine_operator.external import PushResult, push_config
 from spine_operator.k8s import Kubernetes, resource_path
 

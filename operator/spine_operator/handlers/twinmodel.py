@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from spine_operator import conditions as cond
-from spine_operator.api.registry import API_VERSION, GROUP, SPINE, TWINMODEL, VERSION
+from spine_operator.api.kinds import API_VERSION, GROUP, SPINE, TWINMODEL, VERSION
 from spine_operator.context import CONTEXT
 from spine_operator.handlers import spine as spine_handlers
 from spine_operator.handlers.twin_workload import refresh_twinmodel_statuses

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.build.broker import ADMIN_USERNAME, render_mosquitto_conf
+from spine_operator.desired.broker import ADMIN_USERNAME, render_mosquitto_conf
 from spine_operator.environment import Environment
 from spine_runtime.broker.seed import seed_file
 

@@ -19,9 +19,9 @@ import yaml
 from pydantic import ValidationError
 
 from spine_operator.api.gateway import GatewayConnection, GatewaySpec
-from spine_operator.build import gateway as gateway_build
-from spine_operator.build.common import secret_data_digest
-from spine_operator.build.logins import gateway_login
+from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.common import secret_data_digest
+from spine_operator.desired.logins import gateway_login
 from spine_operator.local.materialize import write_config_map, write_secret
 from spine_operator.local.ports import Ports
 from spine_operator.local.stack import (

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from spine_operator.api.registry import kind_by_name
+from spine_operator.api.kinds import kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build.twin import select_twin_models
+from spine_operator.desired.twin import select_twin_models
 from spine_operator.render import RenderError, Resource
 from spine_runtime.common.configsource import describe_validation_error
 

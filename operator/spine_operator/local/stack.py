@@ -23,11 +23,10 @@ import httpx
 
 import spine_runtime
 from spine_operator import labels
-from spine_operator.brokeraccess import Login
-from spine_operator.build import broker as broker_build
-from spine_operator.build import twin as twin_build
-from spine_operator.build.common import secret_data_digest
-from spine_operator.build.logins import TWIN_USERNAME, twin_login
+from spine_operator.desired import broker as broker_build
+from spine_operator.desired import twin as twin_build
+from spine_operator.desired.common import secret_data_digest
+from spine_operator.desired.logins import TWIN_USERNAME, Login, twin_login
 from spine_operator.environment import Environment
 from spine_operator.local.broker import prepare_local_broker
 from spine_operator.local.materialize import write_config_map, write_secret

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from spine_operator.brokeraccess import BrokerAccessError, BrokerAdmin
+from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
 from spine_operator.environment import find_dynsec_plugin
 from spine_operator.local.broker import MissingProgram, mosquitto_binary
 from spine_operator.local.gateways import prepare_gateways

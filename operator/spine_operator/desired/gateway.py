@@ -31,10 +31,15 @@ from spine_operator.api.gateway import (
     GatewaySpec,
 )
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build.broker import keep_claim_templates
-from spine_operator.build.common import checksum, metadata, resources, restricted_container_security
-from spine_operator.build.logins import gateway_username
-from spine_operator.build.twin import RUNTIME_UID
+from spine_operator.desired.broker import keep_claim_templates
+from spine_operator.desired.common import (
+    checksum,
+    metadata,
+    resources,
+    restricted_container_security,
+)
+from spine_operator.desired.logins import gateway_username
+from spine_operator.desired.twin import RUNTIME_UID
 from spine_operator.environment import Environment
 from spine_runtime.config.base import DNS_LABEL_PATTERN
 from spine_runtime.config.gateway import GatewayConfig

@@ -20,8 +20,13 @@ from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build.common import checksum, metadata, resources, restricted_container_security
-from spine_operator.build.logins import TWIN_USERNAME
+from spine_operator.desired.common import (
+    checksum,
+    metadata,
+    resources,
+    restricted_container_security,
+)
+from spine_operator.desired.logins import TWIN_USERNAME
 from spine_operator.environment import Environment
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.twin import TwinConfig

@@ -15,7 +15,7 @@ import jinja2
 
 from spine_operator import labels
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.build.common import (
+from spine_operator.desired.common import (
     checksum,
     metadata,
     resources,
