@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.workload import pod_checksum as workload_checksum
 from spine_operator.environment import Environment
 from spine_operator.render import RenderError, dump_yaml, load_resources, render
 from spine_runtime.common.configsource import describe_validation_error
@@ -51,7 +52,7 @@ def build(gateway: GatewaySpec | None = None, env: Environment = ENV, digests=DI
 
 
 def pod_checksum(objects: gateway_build.GatewayObjects) -> str | None:
-    return gateway_build.pod_checksum(objects.statefulset)
+    return workload_checksum(objects.statefulset)
 
 
 def test_rendered_objects_match_the_golden_file() -> None:

@@ -15,12 +15,9 @@ import jinja2
 
 from spine_operator import labels
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.desired.common import (
-    checksum,
-    metadata,
-    resources,
-    restricted_container_security,
-)
+from spine_operator.desired import workload
+from spine_operator.desired.common import checksum, resources, restricted_container_security
+from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
 
 COMPONENT = "broker"
@@ -60,24 +57,23 @@ def generate_password() -> str:
 
 def build_admin_secret(namespace: str, spine_name: str, password: str) -> dict[str, Any]:
     """The generated admin login. Created once; the operator never rewrites its data."""
-    meta = metadata(labels.BROKER_ADMIN_SECRET, namespace, COMPONENT, spine_name)
-    meta["annotations"] = {labels.GENERATED: "true"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "type": "Opaque",
-        "stringData": {"username": ADMIN_USERNAME, "password": password},
-    }
+    return build_generated_secret(
+        labels.BROKER_ADMIN_SECRET,
+        namespace,
+        COMPONENT,
+        spine_name,
+        {"username": ADMIN_USERNAME, "password": password},
+    )
 
 
 def build_config_map(spec: BrokerSpec, env: Environment, namespace: str, spine_name: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(labels.BROKER_CONFIG_NAME, namespace, COMPONENT, spine_name),
-        "data": {"mosquitto.conf": render_mosquitto_conf(spec, env, namespace, spine_name)},
-    }
+    return workload.build_config_map(
+        labels.BROKER_CONFIG_NAME,
+        namespace,
+        COMPONENT,
+        spine_name,
+        {"mosquitto.conf": render_mosquitto_conf(spec, env, namespace, spine_name)},
+    )
 
 
 def _ports(spec: BrokerSpec, env: Environment) -> list[dict[str, Any]]:
@@ -93,20 +89,13 @@ def build_services(
     spec: BrokerSpec, env: Environment, namespace: str, spine_name: str
 ) -> list[dict]:
     """The client Service, and the headless one the StatefulSet needs for stable pod names."""
-    select = labels.selector(COMPONENT, spine_name)
-    client = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(labels.BROKER_NAME, namespace, COMPONENT, spine_name),
-        "spec": {"type": "ClusterIP", "selector": select, "ports": _ports(spec, env)},
-    }
-    headless = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(labels.BROKER_HEADLESS_NAME, namespace, COMPONENT, spine_name),
-        "spec": {"clusterIP": "None", "selector": select, "ports": _ports(spec, env)},
-    }
-    return [client, headless]
+    ports = _ports(spec, env)
+    return [
+        workload.build_service(labels.BROKER_NAME, namespace, COMPONENT, spine_name, ports),
+        workload.build_service(
+            labels.BROKER_HEADLESS_NAME, namespace, COMPONENT, spine_name, ports, headless=True
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -125,7 +114,6 @@ def build_statefulset(
     conf: str,
     digests: SecretDigests,
 ) -> dict[str, Any]:
-    select = labels.selector(COMPONENT, spine_name)
     pod_labels = labels.labels(COMPONENT, spine_name)
     data_dir = env.broker_data_dir
     secrets_dir = env.broker_secrets_dir
@@ -135,21 +123,15 @@ def build_statefulset(
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": labels.BROKER_CONFIG_NAME}},
-        {
-            "name": "admin",
-            "secret": {"secretName": admin_secret_name(spec), "defaultMode": 0o440},
-        },
+        workload.secret_volume("admin", admin_secret_name(spec)),
     ]
     container_ports = [{"name": "mqtt", "containerPort": env.broker_port, "protocol": "TCP"}]
     if spec.tls:
         mounts.append({"name": "tls", "mountPath": env.broker_tls_dir, "readOnly": True})
-        volumes.append(
-            {"name": "tls", "secret": {"secretName": spec.tls.secret_name, "defaultMode": 0o440}}
-        )
+        volumes.append(workload.secret_volume("tls", spec.tls.secret_name))
         container_ports.append(
             {"name": "mqtts", "containerPort": env.broker_tls_port, "protocol": "TCP"}
         )
-    probe = {"tcpSocket": {"port": "mqtt"}, "periodSeconds": 10, "timeoutSeconds": 3}
     seed = {
         "name": "seed-logins",
         "image": env.runtime_image,
@@ -173,69 +155,39 @@ def build_statefulset(
         },
         "securityContext": restricted_container_security(),
     }
-    mosquitto = {
-        "name": "mosquitto",
-        "image": spec.image or env.broker_image,
-        "command": ["mosquitto", "-c", f"{env.broker_config_dir}/mosquitto.conf"],
-        "ports": container_ports,
-        "readinessProbe": {**probe, "initialDelaySeconds": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
-        "volumeMounts": mounts,
-        "resources": resources(spec.resources),
-        "securityContext": restricted_container_security(),
-    }
-    claim = {
-        "metadata": {"name": labels.BROKER_DATA_VOLUME, "labels": pod_labels},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": spec.persistence.size}},
-            **(
-                {"storageClassName": spec.persistence.storage_class_name}
-                if spec.persistence.storage_class_name
-                else {}
-            ),
-        },
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(labels.BROKER_NAME, namespace, COMPONENT, spine_name),
-        "spec": {
-            "replicas": 1,
-            "serviceName": labels.BROKER_HEADLESS_NAME,
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": select},
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Retain" if spec.persistence.retain_on_delete else "Delete",
-                "whenScaled": "Retain",
-            },
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        labels.CONFIG_CHECKSUM: checksum(conf, digests.admin, digests.tls)
-                    },
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": BROKER_UID,
-                        "runAsGroup": BROKER_UID,
-                        "fsGroup": BROKER_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "initContainers": [seed],
-                    "containers": [mosquitto],
-                    "volumes": volumes,
-                },
-            },
-            "volumeClaimTemplates": [claim],
-        },
-    }
+    mosquitto = workload.container(
+        "mosquitto",
+        spec.image or env.broker_image,
+        ["mosquitto", "-c", f"{env.broker_config_dir}/mosquitto.conf"],
+        container_ports,
+        mounts,
+        resources(spec.resources),
+        workload.tcp_probes("mqtt"),
+    )
+    template = workload.PodTemplate(
+        component=COMPONENT,
+        instance=spine_name,
+        uid=BROKER_UID,
+        containers=[mosquitto],
+        volumes=volumes,
+        checksum=checksum(conf, digests.admin, digests.tls),
+        init_containers=[seed],
+        termination_grace_seconds=30,
+    )
+    claim = workload.claim_template(
+        labels.BROKER_DATA_VOLUME,
+        spec.persistence.size,
+        spec.persistence.storage_class_name,
+        pod_labels,
+    )
+    return workload.build_statefulset(
+        labels.BROKER_NAME,
+        namespace,
+        template,
+        labels.BROKER_HEADLESS_NAME,
+        [claim],
+        spec.persistence.retain_on_delete,
+    )
 
 
 def keep_claim_templates(

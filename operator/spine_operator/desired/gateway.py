@@ -31,15 +31,12 @@ from spine_operator.api.gateway import (
     GatewaySpec,
 )
 from spine_operator.api.twinmodel import TwinModelSpec
+from spine_operator.desired import workload
 from spine_operator.desired.broker import keep_claim_templates
-from spine_operator.desired.common import (
-    checksum,
-    metadata,
-    resources,
-    restricted_container_security,
-)
+from spine_operator.desired.common import checksum, resources
 from spine_operator.desired.logins import gateway_username
 from spine_operator.desired.twin import RUNTIME_UID
+from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
 from spine_runtime.config.base import DNS_LABEL_PATTERN
 from spine_runtime.config.gateway import GatewayConfig
@@ -152,16 +149,10 @@ def user_secret_mounts(spec: GatewaySpec, env: Environment, name: str) -> list[S
 
 
 def build_admin_token_secret(namespace: str, name: str, token: str) -> dict[str, Any]:
-    """The bearer token of the gateway's /admin/config. Created once, never rewritten."""
-    meta = metadata(labels.gateway_admin_secret_name(name), namespace, COMPONENT, name)
-    meta["annotations"] = {labels.GENERATED: "true"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "type": "Opaque",
-        "stringData": {"token": token},
-    }
+    """The bearer token of the gateway's admin endpoint (config push), generated once."""
+    return build_generated_secret(
+        labels.gateway_admin_secret_name(name), namespace, COMPONENT, name, {"token": token}
+    )
 
 
 def _runtime_connection(
@@ -252,12 +243,6 @@ def restart_checksum(config: GatewayConfig, *secret_digests: str) -> str:
     return checksum(wire, *secret_digests)
 
 
-def pod_checksum(statefulset: dict[str, Any] | None) -> str | None:
-    """The restart checksum a StatefulSet's pod template carries."""
-    template = (statefulset or {}).get("spec", {}).get("template", {})
-    return (template.get("metadata") or {}).get("annotations", {}).get(labels.CONFIG_CHECKSUM)
-
-
 @dataclass(frozen=True)
 class GatewayObjects:
     config_map: dict[str, Any]
@@ -269,14 +254,7 @@ class GatewayObjects:
 
 
 def _secret_volume(mount: SecretMount) -> dict[str, Any]:
-    return {
-        "name": mount.volume,
-        "secret": {
-            "secretName": mount.secret_name,
-            "items": [{"key": key, "path": key} for key in mount.keys],
-            "defaultMode": 0o440,
-        },
-    }
+    return workload.secret_volume(mount.volume, mount.secret_name, mount.keys)
 
 
 def _buffer_volume(spec: GatewaySpec, pod_labels: dict[str, str]) -> tuple[list, list]:
@@ -284,18 +262,9 @@ def _buffer_volume(spec: GatewaySpec, pod_labels: dict[str, str]) -> tuple[list,
     storage = spec.buffer.storage
     if storage.type == "emptyDir":
         return [{"name": labels.GATEWAY_BUFFER_VOLUME, "emptyDir": {"sizeLimit": storage.size}}], []
-    claim = {
-        "metadata": {"name": labels.GATEWAY_BUFFER_VOLUME, "labels": pod_labels},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": storage.size}},
-            **(
-                {"storageClassName": storage.storage_class_name}
-                if storage.storage_class_name
-                else {}
-            ),
-        },
-    }
+    claim = workload.claim_template(
+        labels.GATEWAY_BUFFER_VOLUME, storage.size, storage.storage_class_name, pod_labels
+    )
     return [], [claim]
 
 
@@ -308,114 +277,78 @@ def build_gateway(
     secret_digests: tuple[str, ...],
 ) -> GatewayObjects:
     """ConfigMap, headless Service and StatefulSet of one gateway."""
-    workload = labels.gateway_name(name)
-    select = labels.selector(COMPONENT, name)
+    workload_name = labels.gateway_name(name)
     pod_labels = labels.labels(COMPONENT, name)
     directories = env.gateway_directories(name)
     mounts = secret_mounts(spec, env, name)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(labels.gateway_config_name(name), namespace, COMPONENT, name),
-        "data": {labels.GATEWAY_CONFIG_FILE: config_document(config)},
-    }
+    config_map = workload.build_config_map(
+        labels.gateway_config_name(name),
+        namespace,
+        COMPONENT,
+        name,
+        {labels.GATEWAY_CONFIG_FILE: config_document(config)},
+    )
     # Headless: the StatefulSet's governing Service, and the name the operator pushes config
     # to and reads /status from (the pod's own address, also with hostNetwork).
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(workload, namespace, COMPONENT, name),
-        "spec": {
-            "clusterIP": "None",
-            "selector": select,
-            "ports": [
-                {"name": "http", "port": env.gateway_port, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
-    probe = {
-        "httpGet": {"path": "/healthz", "port": "http"},
-        "periodSeconds": 10,
-        "timeoutSeconds": 3,
-    }
+    http_port = {"name": "http", "port": env.gateway_port, "targetPort": "http", "protocol": "TCP"}
+    service = workload.build_service(
+        workload_name, namespace, COMPONENT, name, [http_port], headless=True
+    )
     buffer_volumes, claims = _buffer_volume(spec, pod_labels)
-    container = {
-        "name": CONTAINER,
-        "image": spec.image or env.runtime_image,
-        "command": [
+    container = workload.container(
+        CONTAINER,
+        spec.image or env.runtime_image,
+        [
             "spine-runtime",
             "gateway",
             "--config",
             str(PurePosixPath(directories.config_dir) / labels.GATEWAY_CONFIG_FILE),
         ],
-        "ports": [{"name": "http", "containerPort": env.gateway_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [
+        [{"name": "http", "containerPort": env.gateway_port, "protocol": "TCP"}],
+        [
             {"name": "config", "mountPath": directories.config_dir, "readOnly": True},
             *(
                 {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
                 for mount in mounts
             ),
             {"name": labels.GATEWAY_BUFFER_VOLUME, "mountPath": directories.data_dir},
-            {"name": "tmp", "mountPath": "/tmp"},
+            workload.TMP_MOUNT,
         ],
-        "resources": resources(spec.resources),
-        "securityContext": restricted_container_security(),
-    }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_UID,
-            "runAsGroup": RUNTIME_UID,
-            "fsGroup": RUNTIME_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [
-            {"name": "config", "configMap": {"name": labels.gateway_config_name(name)}},
-            *(_secret_volume(mount) for mount in mounts),
-            *buffer_volumes,
-            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-        ],
-    }
+        resources(spec.resources),
+        workload.http_probes(),
+    )
+    extra: dict[str, Any] = {}
     if spec.host_network:
         # Without ClusterFirstWithHostNet a host-network pod resolves with the node's DNS and
         # cannot find the broker's Service name.
-        pod_spec["hostNetwork"] = True
-        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+        extra["hostNetwork"] = True
+        extra["dnsPolicy"] = "ClusterFirstWithHostNet"
     if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
+        extra["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
-        pod_spec["tolerations"] = [toleration.to_wire() for toleration in spec.tolerations]
-    statefulset_spec: dict[str, Any] = {
-        "replicas": 1,
-        "serviceName": workload,
-        "podManagementPolicy": "OrderedReady",
-        "updateStrategy": {"type": "RollingUpdate"},
-        "selector": {"matchLabels": select},
-        "persistentVolumeClaimRetentionPolicy": {
-            "whenDeleted": "Retain" if spec.buffer.storage.retain_on_delete else "Delete",
-            "whenScaled": "Retain",
-        },
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)},
-            },
-            "spec": pod_spec,
-        },
-    }
-    if claims:
-        statefulset_spec["volumeClaimTemplates"] = claims
-    statefulset = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(workload, namespace, COMPONENT, name),
-        "spec": statefulset_spec,
-    }
+        extra["tolerations"] = [toleration.to_wire() for toleration in spec.tolerations]
+    template = workload.PodTemplate(
+        component=COMPONENT,
+        instance=name,
+        uid=RUNTIME_UID,
+        containers=[container],
+        volumes=[
+            {"name": "config", "configMap": {"name": labels.gateway_config_name(name)}},
+            *(_secret_volume(mount) for mount in mounts),
+            *buffer_volumes,
+            workload.TMP_VOLUME,
+        ],
+        checksum=restart_checksum(config, *secret_digests),
+        extra=extra,
+    )
+    statefulset = workload.build_statefulset(
+        workload_name,
+        namespace,
+        template,
+        workload_name,
+        claims,
+        spec.buffer.storage.retain_on_delete,
+    )
     return GatewayObjects(config_map, service, statefulset)
 
 

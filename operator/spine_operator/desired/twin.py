@@ -20,13 +20,10 @@ from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.desired.common import (
-    checksum,
-    metadata,
-    resources,
-    restricted_container_security,
-)
+from spine_operator.desired import workload
+from spine_operator.desired.common import checksum, metadata, resources
 from spine_operator.desired.logins import TWIN_USERNAME
+from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.twin import TwinConfig
@@ -43,15 +40,13 @@ def generate_token() -> str:
 
 def build_tokens_secret(namespace: str, spine_name: str, write: str, admin: str) -> dict:
     """Bearer tokens: `write` for HTTP writes to the twin API, `admin` for config pushes."""
-    meta = metadata(labels.TWIN_TOKENS_SECRET, namespace, COMPONENT, spine_name)
-    meta["annotations"] = {labels.GENERATED: "true"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "type": "Opaque",
-        "stringData": {"write": write, "admin": admin},
-    }
+    return build_generated_secret(
+        labels.TWIN_TOKENS_SECRET,
+        namespace,
+        COMPONENT,
+        spine_name,
+        {"write": write, "admin": admin},
+    )
 
 
 def twin_config(
@@ -118,113 +113,57 @@ def build_twin(
     select = labels.selector(COMPONENT, spine_name)
     pod_labels = labels.labels(COMPONENT, spine_name)
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(labels.TWIN_CONFIG_NAME, namespace, COMPONENT, spine_name),
-        "data": {labels.TWIN_CONFIG_FILE: config_document(config)},
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": select,
-            "ports": [
-                {"name": "http", "port": env.twin_port, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
-    probe = {
-        "httpGet": {"path": "/healthz", "port": "http"},
-        "periodSeconds": 10,
-        "timeoutSeconds": 3,
-    }
-    container = {
-        "name": "twin",
-        "image": env.runtime_image,
-        "command": [
-            "spine-runtime",
-            "twin",
-            "--config",
-            f"{env.twin_config_dir}/{labels.TWIN_CONFIG_FILE}",
-        ],
-        "ports": [{"name": "http", "containerPort": env.twin_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [
+    config_map = workload.build_config_map(
+        labels.TWIN_CONFIG_NAME,
+        namespace,
+        COMPONENT,
+        spine_name,
+        {labels.TWIN_CONFIG_FILE: config_document(config)},
+    )
+    http_port = {"name": "http", "port": env.twin_port, "targetPort": "http", "protocol": "TCP"}
+    service = workload.build_service(
+        labels.TWIN_NAME, namespace, COMPONENT, spine_name, [http_port]
+    )
+    container = workload.container(
+        "twin",
+        env.runtime_image,
+        ["spine-runtime", "twin", "--config", f"{env.twin_config_dir}/{labels.TWIN_CONFIG_FILE}"],
+        [{"name": "http", "containerPort": env.twin_port, "protocol": "TCP"}],
+        [
             {"name": "config", "mountPath": env.twin_config_dir, "readOnly": True},
             {"name": "mqtt", "mountPath": str(secrets_dir / "mqtt"), "readOnly": True},
             {"name": "tokens", "mountPath": str(secrets_dir / "tokens"), "readOnly": True},
             {"name": DATA_VOLUME, "mountPath": env.twin_data_dir},
-            {"name": "tmp", "mountPath": "/tmp"},
+            workload.TMP_MOUNT,
         ],
-        "resources": resources(spec.twin.resources),
-        "securityContext": restricted_container_security(),
-    }
-    claim = {
-        "metadata": {"name": DATA_VOLUME, "labels": pod_labels},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": spec.twin.persistence.size}},
-            **(
-                {"storageClassName": spec.twin.persistence.storage_class_name}
-                if spec.twin.persistence.storage_class_name
-                else {}
-            ),
-        },
-    }
-    statefulset = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
-        "spec": {
-            "replicas": 1,
-            "serviceName": labels.TWIN_NAME,
-            "selector": {"matchLabels": select},
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Retain" if spec.twin.persistence.retain_on_delete else "Delete",
-                "whenScaled": "Retain",
-            },
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)
-                    },
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUNTIME_UID,
-                        "runAsGroup": RUNTIME_UID,
-                        "fsGroup": RUNTIME_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": labels.TWIN_CONFIG_NAME}},
-                        {
-                            "name": "mqtt",
-                            "secret": {"secretName": login_secret, "defaultMode": 0o440},
-                        },
-                        {
-                            "name": "tokens",
-                            "secret": {
-                                "secretName": labels.TWIN_TOKENS_SECRET,
-                                "defaultMode": 0o440,
-                            },
-                        },
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-                    ],
-                },
-            },
-            "volumeClaimTemplates": [claim],
-        },
-    }
+        resources(spec.twin.resources),
+        workload.http_probes(),
+    )
+    template = workload.PodTemplate(
+        component=COMPONENT,
+        instance=spine_name,
+        uid=RUNTIME_UID,
+        containers=[container],
+        volumes=[
+            {"name": "config", "configMap": {"name": labels.TWIN_CONFIG_NAME}},
+            workload.secret_volume("mqtt", login_secret),
+            workload.secret_volume("tokens", labels.TWIN_TOKENS_SECRET),
+            workload.TMP_VOLUME,
+        ],
+        checksum=restart_checksum(config, *secret_digests),
+    )
+    persistence = spec.twin.persistence
+    claim = workload.claim_template(
+        DATA_VOLUME, persistence.size, persistence.storage_class_name, pod_labels
+    )
+    statefulset = workload.build_statefulset(
+        labels.TWIN_NAME,
+        namespace,
+        template,
+        labels.TWIN_NAME,
+        [claim],
+        persistence.retain_on_delete,
+    )
     # DESIGN.md: only the namespace's own workloads (and the operator, which pushes config and
     # reads /status) may reach the twin until the proxy fronts it.
     network_policy = {

@@ -31,6 +31,7 @@ from spine_operator.desired import gateway as gateway_build
 from spine_operator.desired.common import controller_of, secret_data_digest, secret_values
 from spine_operator.desired.logins import gateway_login, gateway_username
 from spine_operator.desired.twin import select_twin_models
+from spine_operator.desired.workload import pod_checksum
 from spine_operator.external import PushResult, push_config
 from spine_operator.handlers.spine import DependencyMissing, invalid_spec_message, required_values
 from spine_operator.handlers.twin_workload import list_twin_models
@@ -291,7 +292,7 @@ async def sync_gateway(k8s: Kubernetes, body: dict[str, Any]) -> Outcome:
     if (
         existing is not None
         and statefulset_ready(existing)[0]
-        and gateway_build.pod_checksum(existing) == gateway_build.pod_checksum(statefulset)
+        and pod_checksum(existing) == pod_checksum(statefulset)
     ):
         push = await push_config(
             env.gateway_url(namespace, name), token, gateway_build.config_document(config)
