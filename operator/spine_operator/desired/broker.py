@@ -117,7 +117,7 @@ def build_statefulset(
     pod_labels = labels.labels(COMPONENT, spine_name)
     data_dir = env.broker_data_dir
     secrets_dir = env.broker_secrets_dir
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": env.broker_config_dir, "readOnly": True},
         {"name": labels.BROKER_DATA_VOLUME, "mountPath": data_dir},
     ]
@@ -125,7 +125,9 @@ def build_statefulset(
         {"name": "config", "configMap": {"name": labels.BROKER_CONFIG_NAME}},
         workload.secret_volume("admin", admin_secret_name(spec)),
     ]
-    container_ports = [{"name": "mqtt", "containerPort": env.broker_port, "protocol": "TCP"}]
+    container_ports: list[dict[str, Any]] = [
+        {"name": "mqtt", "containerPort": env.broker_port, "protocol": "TCP"}
+    ]
     if spec.tls:
         mounts.append({"name": "tls", "mountPath": env.broker_tls_dir, "readOnly": True})
         volumes.append(workload.secret_volume("tls", spec.tls.secret_name))
