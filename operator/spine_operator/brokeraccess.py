@@ -8,26 +8,23 @@ through one `BrokerAdmin` connection per namespace.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import TYPE_CHECKING, Any
 
-from spine_operator import labels
+from pydantic import ValidationError
+
 from spine_operator.api.kinds import API_VERSION, SPINE
 from spine_operator.api.spine import SpineSpec
 from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
 from spine_operator.desired.broker import admin_secret_name
-from spine_operator.desired.common import secret_values
-from spine_operator.desired.logins import Login
+from spine_operator.desired.common import oldest, secret_values
+from spine_operator.desired.logins import Login, build_login_secret, generate_password
 from spine_operator.environment import Environment
+from spine_operator.errors import DependencyNotReady, SpineNotFound
 
 if TYPE_CHECKING:
     from spine_operator.k8s import Kubernetes
 
-__all__ = ["BrokerAccess", "BrokerAccessError", "SpineNotFound"]
-
-
-class SpineNotFound(LookupError):
-    """The namespace has no Spine, so no broker to hold a login."""
+__all__ = ["BrokerAccess", "BrokerAccessError"]
 
 
 class BrokerAccess:
@@ -45,15 +42,16 @@ class BrokerAccess:
         self._lock = asyncio.Lock()
 
     async def _admin_credentials(self, namespace: str) -> tuple[str, str]:
-        from spine_operator.k8s import resource_path
-
-        spines = await self.k8s.request("GET", resource_path(API_VERSION, SPINE.kind, namespace))
-        items = spines.get("items") or []
-        if not items:
-            raise SpineNotFound(
-                f"namespace {namespace} has no Spine: apply one (kind: Spine, spec: {{}}) first"
-            )
-        spec = SpineSpec.model_validate(items[0].get("spec") or {})
+        spine = oldest(await self.k8s.list(API_VERSION, SPINE.kind, namespace))
+        if spine is None:
+            raise SpineNotFound.in_namespace(namespace, "its workloads get broker logins")
+        try:
+            spec = SpineSpec.model_validate(spine.get("spec") or {})
+        except ValidationError:
+            raise DependencyNotReady(
+                f"Spine {spine['metadata']['name']} has an invalid spec (its status says what to "
+                "fix); broker logins are applied once it is valid"
+            ) from None
         secret = await self.k8s.get("v1", "Secret", namespace, admin_secret_name(spec.broker))
         data = secret_values(secret)
         if not data.get("username") or not data.get("password"):
@@ -85,37 +83,22 @@ class BrokerAccess:
 
     async def ensure_login(
         self, namespace: str, login: Login, owner: dict[str, Any], wait: bool = True
-    ) -> str:
-        """The login's Secret name; the ACL is applied now, or (wait=False and the broker not
-        reachable yet) as soon as the admin connection comes up."""
-        name = labels.login_secret_name(login.username)
+    ) -> bool:
+        """Whether the broker holds the login now. With wait=False and the broker not reachable
+        yet, it is applied as soon as the admin connection comes up (and False is returned)."""
         secret = await self.k8s.get_or_create(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "Opaque",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": labels.labels("mqtt-login", owner["metadata"]["name"]),
-                    "annotations": {labels.GENERATED: "true"},
-                },
-                "stringData": {
-                    "username": login.username,
-                    "password": secrets.token_urlsafe(24),
-                    "host": self.environment.broker_host(namespace),
-                    "port": str(self.environment.broker_port),
-                },
-            },
+            build_login_secret(
+                namespace, login, owner["metadata"]["name"], self.environment, generate_password()
+            ),
             owner=owner,
         )
         password = secret_values(secret).get("password", "")
         admin = await self.admin(namespace)
         if wait or admin.connected:
             await admin.ensure_login(login, password)
-        else:
-            admin.declare(login, password)
-        return name
+            return True
+        admin.declare(login, password)
+        return False
 
     async def remove_login(self, namespace: str, username: str) -> None:
         entry = self._admins.get(namespace)

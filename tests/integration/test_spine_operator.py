@@ -75,7 +75,12 @@ async def test_spine_creates_broker_and_turns_ready(cluster, operator) -> None:
     k8s = Kubernetes()
     await k8s.create(spine("plant-a"))
     await eventually(
-        lambda: condition(cluster, "plant-a", "BrokerReady"), 10, "a BrokerReady condition"
+        lambda: (
+            condition(cluster, "plant-a", "BrokerReady")
+            and condition(cluster, "plant-a", "TwinReady")["reason"] == "TwinStarting"
+        ),
+        10,
+        "BrokerReady, and TwinReady waiting for the twin's pod",
     )
 
     owner_uid = stored(cluster, SPINES, "plant-a", "default")["metadata"]["uid"]

@@ -64,6 +64,7 @@ def test_rendered_objects_match_the_golden_file() -> None:
     assert rendered == golden.read_text(), f"run with SPINE_UPDATE_GOLDEN=1 and review {golden}"
     kinds = [(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(rendered)]
     assert kinds == [
+        ("Secret", "spine-mqtt-gateway-press-line-1"),
         ("Secret", "spine-gateway-press-line-1-admin"),
         ("ConfigMap", "spine-gateway-press-line-1-config"),
         ("Service", "spine-gateway-press-line-1"),

@@ -12,13 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from pydantic import ValidationError
 
+from spine_operator import conditions as cond
 from spine_operator import labels
-from spine_operator.api.spine import BrokerSpec
+from spine_operator.api.spine import BrokerSpec, SpineSpec
 from spine_operator.desired import workload
-from spine_operator.desired.common import checksum, resources, restricted_container_security
+from spine_operator.desired.common import (
+    checksum,
+    controller_of,
+    resources,
+    restricted_container_security,
+)
+from spine_operator.desired.plan import Plan, Refusal, SecretInput, volume_condition
 from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
+from spine_operator.errors import InvalidReference, InvalidSpec, ReconcileError
 
 COMPONENT = "broker"
 BROKER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
@@ -237,3 +246,92 @@ def build_broker(
 def broker_endpoint(env: Environment, namespace: str, tls: bool = False) -> str:
     port = env.broker_tls_port if tls else env.broker_port
     return f"{env.broker_host(namespace)}:{port}"
+
+
+@dataclass(frozen=True)
+class SpineInputs:
+    """What the plan of a Spine's broker reads: the Spine, its Secrets, and what is live."""
+
+    body: dict[str, Any]
+    env: Environment
+    admin_secret: SecretInput  # the user's (spec.broker.adminSecretName) or the generated one
+    tls_secret: SecretInput | None
+    existing: dict[str, Any] | None = None  # the broker StatefulSet, if any
+    pvc: dict[str, Any] | None = None
+    storage_class: dict[str, Any] | None = None
+
+
+def plan_spine(inputs: SpineInputs) -> Plan | Refusal:
+    """The broker of a namespace: ConfigMap, Services, StatefulSet, admin Secret, volume size.
+
+    The twin is planned on its own (`plan_twin`), so a broker problem never blocks TwinModels.
+    """
+    metadata_ = inputs.body["metadata"]
+    namespace, name = metadata_["namespace"], metadata_["name"]
+    generation = int(metadata_.get("generation") or 0)
+    try:
+        spec = SpineSpec.model_validate(inputs.body.get("spec") or {}).broker
+    except ValidationError as error:
+        return InvalidSpec.of(error)
+    owner = controller_of(inputs.existing, "Spine")
+    if owner is not None and metadata_.get("uid") and owner[0] != metadata_["uid"]:
+        return InvalidReference(
+            f"Spine {owner[1]} already runs this namespace's broker: a namespace has one "
+            f"Spine; delete {name} or move it to another namespace",
+            reason=cond.DUPLICATE_SPINE,
+        )
+    try:
+        hint = (
+            ""
+            if not spec.admin_secret_name
+            else (", or remove spec.broker.adminSecretName to let the operator generate one")
+        )
+        admin = inputs.admin_secret.require(
+            ("username", "password"), "the broker admin login", hint
+        )
+        tls = (
+            inputs.tls_secret.require(
+                ("tls.crt", "tls.key"),
+                "the TLS listener",
+                " (a kubernetes.io/tls Secret, e.g. from cert-manager)",
+            )
+            if inputs.tls_secret is not None
+            else None
+        )
+    except ReconcileError as error:
+        return error
+    objects = build_broker(spec, inputs.env, namespace, name, SecretDigests(admin, tls))
+    statefulset = keep_claim_templates(objects.statefulset, inputs.existing)
+    persistence, resize = volume_condition(
+        labels.broker_pvc_name(),
+        spec.persistence.size,
+        "spec.broker.persistence.size",
+        inputs.pvc,
+        inputs.storage_class,
+        generation,
+    )
+    digests = {inputs.admin_secret.name: admin}
+    if inputs.tls_secret is not None and tls is not None:
+        digests[inputs.tls_secret.name] = tls
+    generated = [] if spec.admin_secret_name else [build_admin_secret(namespace, name, "")]
+    return Plan(
+        objects=[objects.config_map, *objects.services, statefulset],
+        generated=generated,
+        resizes=[resize] if resize else [],
+        conditions=[persistence],
+        secret_digests=digests,
+        facts={
+            "endpoint": broker_endpoint(inputs.env, namespace),
+            "tlsEndpoint": broker_endpoint(inputs.env, namespace, tls=True) if spec.tls else None,
+            "adminSecretName": admin_secret_name(spec),
+        },
+    )
+
+
+def spine_secret_names(spec: dict[str, Any]) -> set[str]:
+    """The Secrets a Spine's broker reads, from the raw spec (for the operator's Secret index)."""
+    broker = spec.get("broker") or {}
+    names = {broker.get("adminSecretName") or labels.BROKER_ADMIN_SECRET}
+    if isinstance(broker.get("tls"), dict) and broker["tls"].get("secretName"):
+        names.add(broker["tls"]["secretName"])
+    return {name for name in names if isinstance(name, str)}

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from pydantic import ValidationError
+
 from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.gateway import (
@@ -30,14 +32,31 @@ from spine_operator.api.gateway import (
     GatewayConnection,
     GatewaySpec,
 )
+from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.broker import keep_claim_templates
 from spine_operator.desired.common import checksum, resources
-from spine_operator.desired.logins import gateway_username
-from spine_operator.desired.twin import RUNTIME_UID
-from spine_operator.desired.workload import build_generated_secret
+from spine_operator.desired.logins import build_login_secret, gateway_login, gateway_username
+from spine_operator.desired.plan import (
+    ConfigPush,
+    Plan,
+    Refusal,
+    SecretInput,
+    VolumeResize,
+    volume_condition,
+)
+from spine_operator.desired.twin import RUNTIME_UID, select_twin_models
+from spine_operator.desired.workload import build_generated_secret, pod_checksum
 from spine_operator.environment import Environment
+from spine_operator.errors import (
+    DependencyNotFound,
+    DependencyNotReady,
+    InvalidReference,
+    InvalidSpec,
+    ReconcileError,
+    SpineNotFound,
+)
 from spine_runtime.config.base import DNS_LABEL_PATTERN
 from spine_runtime.config.gateway import GatewayConfig
 
@@ -539,3 +558,158 @@ def feeding_conflicts(
 def _age(body: dict[str, Any]) -> tuple[str, str]:
     metadata = body.get("metadata") or {}
     return str(metadata.get("creationTimestamp") or ""), str(metadata.get("name") or "")
+
+
+SHOWN_PROBLEMS = 5
+
+
+def _listed(problems: list[str]) -> str:
+    shown = problems[:SHOWN_PROBLEMS]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown.append(f"and {len(problems) - SHOWN_PROBLEMS} more")
+    return "; ".join(shown)
+
+
+def mapping_refusal(problems: list[MappingProblem]) -> Refusal:
+    """One refusal for all tags that do not fit: what cannot heal by waiting comes first."""
+    invalid = [p.message for p in problems if p.reason == cond.INVALID_REFERENCE]
+    if invalid:
+        return InvalidReference("Tags do not fit their TwinModels: " + _listed(invalid))
+    return DependencyNotFound(
+        "Waiting for TwinModels: "
+        + _listed([p.message for p in problems])
+        + ". The gateway is applied as soon as they exist"
+    )
+
+
+@dataclass(frozen=True)
+class GatewayInputs:
+    """What the plan of a Gateway reads. Offline (`spine render`, `spine up`) the lists hold what
+    is rendered together, and Secrets are placeholders."""
+
+    body: dict[str, Any]
+    env: Environment
+    spine: dict[str, Any] | None  # the namespace's Spine (its twin namespace is in the config)
+    models: list[dict[str, Any]]  # the namespace's TwinModels, to check every tag against
+    others: list[dict[str, Any]]  # the namespace's other Gateways, for one source per property
+    secrets: dict[str, SecretInput]  # every Secret the pod mounts, by name
+    existing: dict[str, Any] | None = None  # the live StatefulSet
+    existing_ready: bool = False
+    pvc: dict[str, Any] | None = None
+    storage_class: dict[str, Any] | None = None
+    check_models: bool = True  # offline, only what is rendered together can be checked
+
+
+def plan_gateway(inputs: GatewayInputs) -> Plan | Refusal:
+    """ConfigMap, Service and StatefulSet of a gateway, its broker login, its buffer volume, and
+    the config push when the running pod keeps its restart checksum."""
+    metadata_ = inputs.body["metadata"]
+    namespace, name = metadata_["namespace"], metadata_["name"]
+    generation = int(metadata_.get("generation") or 0)
+    name_problem = gateway_name_problem(name)
+    if name_problem is not None:
+        return InvalidSpec(f"Invalid name: {name_problem}")
+    try:
+        spec = GatewaySpec.model_validate(inputs.body.get("spec") or {})
+    except ValidationError as error:
+        return InvalidSpec.of(error)
+    if inputs.spine is None:
+        return SpineNotFound.in_namespace(namespace, "this gateway is applied")
+    try:
+        twin_namespace = SpineSpec.model_validate(inputs.spine.get("spec") or {}).twin_namespace(
+            namespace
+        )
+    except ValidationError:
+        return DependencyNotReady(
+            f"Spine {inputs.spine['metadata']['name']} has an invalid spec (its status says what "
+            "to fix); this gateway is applied once it is valid"
+        )
+    env = inputs.env
+    config = gateway_config(spec, env, namespace, name, twin_namespace)
+    size_problem = config_size_problem(config)
+    if size_problem is not None:
+        return InvalidSpec(f"Invalid spec: {size_problem}")
+    if inputs.check_models:
+        selection = select_twin_models(inputs.models)
+        problems = check_tags_against_models(config, models_by_thing(selection.accepted))
+        if problems:
+            return mapping_refusal(problems)
+    conflicts = feeding_conflicts(inputs.body, config, inputs.others)
+    if conflicts:
+        return InvalidReference(_listed([problem.message for problem in conflicts]))
+    digests: dict[str, str] = {}
+    try:
+        for mount in secret_mounts(spec, env, name):
+            secret = inputs.secrets.get(mount.secret_name) or SecretInput(
+                mount.secret_name, None, mount.field
+            )
+            digests[mount.secret_name] = secret.require(mount.keys, mount.field or "the gateway")
+    except ReconcileError as error:
+        return error
+    objects = build_gateway(
+        spec, env, namespace, name, config, tuple(digests[key] for key in sorted(digests))
+    )
+    statefulset, storage_problem = keep_buffer_storage(objects.statefulset, inputs.existing)
+    storage = spec.buffer.storage
+    resize: VolumeResize | None = None
+    if storage_problem is not None:
+        persistence = cond.condition(
+            cond.PERSISTENCE_SYNCED, False, cond.VOLUME_CLAIM_IMMUTABLE, storage_problem, generation
+        )
+    elif storage.type == "emptyDir":
+        persistence = cond.condition(
+            cond.PERSISTENCE_SYNCED,
+            True,
+            cond.VOLUME_SIZE_MATCHES,
+            f"The buffer is on an emptyDir of {storage.size}",
+            generation,
+        )
+    else:
+        persistence, resize = volume_condition(
+            labels.gateway_pvc_name(name),
+            storage.size,
+            "spec.buffer.storage.size",
+            inputs.pvc,
+            inputs.storage_class,
+            generation,
+        )
+    # A running pod whose restart checksum stays gets the change by push (tags, publish
+    # settings); one that rolls reads the new ConfigMap when it starts.
+    push = None
+    if inputs.existing_ready and pod_checksum(inputs.existing) == pod_checksum(statefulset):
+        token = inputs.secrets.get(labels.gateway_admin_secret_name(name))
+        push = ConfigPush(
+            env.gateway_url(namespace, name),
+            ((token.values if token else None) or {}).get("token", ""),
+            config_document(config),
+        )
+    login = gateway_login(name, config.things(), config.writable_things())
+    return Plan(
+        objects=[objects.config_map, objects.service, statefulset],
+        generated=[
+            build_login_secret(namespace, login, name, env, ""),
+            build_admin_token_secret(namespace, name, ""),
+        ],
+        logins=[login],
+        resizes=[resize] if resize else [],
+        push=push,
+        conditions=[persistence],
+        secret_digests=digests,
+        facts={"connections": len(config.connections), "tags": len(config.tags)},
+    )
+
+
+def gateway_secret_names(name: str, spec: dict[str, Any]) -> set[str]:
+    """The Secrets a Gateway's pod mounts, from the raw spec (for the operator's Secret index)."""
+    names = {login_secret_name(name), labels.gateway_admin_secret_name(name)}
+    for connection in spec.get("connections") or []:
+        opcua = connection.get("opcua") if isinstance(connection, dict) else None
+        if isinstance(opcua, dict):
+            for field_name in (
+                "credentialsSecretName",
+                "certificateSecretName",
+                "serverCertificateSecretName",
+            ):
+                if isinstance(opcua.get(field_name), str):
+                    names.add(opcua[field_name])
+    return names

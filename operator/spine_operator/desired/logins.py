@@ -8,9 +8,14 @@ and the gateways with the same logins, so an ACL too wide or too narrow shows in
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from spine_operator import labels
+from spine_operator.desired.workload import build_generated_secret
+from spine_operator.environment import Environment
 
 
 def check_topic_filter(topic: str) -> str:
@@ -101,3 +106,25 @@ def gateway_login(gateway: str, things: Iterable[str], writable_things: Iterable
         ),
         description=f"Spine gateway {gateway}",
     )
+
+
+def build_login_secret(
+    namespace: str, login: Login, owner_name: str, env: Environment, password: str
+) -> dict[str, Any]:
+    """The Secret a workload mounts for its broker login; the password is generated once."""
+    return build_generated_secret(
+        labels.login_secret_name(login.username),
+        namespace,
+        "mqtt-login",
+        owner_name,
+        {
+            "username": login.username,
+            "password": password,
+            "host": env.broker_host(namespace),
+            "port": str(env.broker_port),
+        },
+    )
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(24)

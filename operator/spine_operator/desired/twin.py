@@ -21,10 +21,13 @@ from spine_operator import labels
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
+from spine_operator.desired.broker import keep_claim_templates
 from spine_operator.desired.common import checksum, metadata, resources
-from spine_operator.desired.logins import TWIN_USERNAME
+from spine_operator.desired.logins import TWIN_USERNAME, build_login_secret, twin_login
+from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
+from spine_operator.errors import DependencyNotReady, ReconcileError
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.twin import TwinConfig
 
@@ -244,3 +247,82 @@ def select_twin_models(items: list[dict[str, Any]]) -> ModelSelection:
         owners.update({thing.name: name for thing in spec.things})
         accepted.append((name, spec))
     return ModelSelection(accepted, rejected)
+
+
+@dataclass(frozen=True)
+class TwinInputs:
+    """What the plan of a namespace's twin reads: the Spine that owns it, every TwinModel of the
+    namespace, its generated Secrets (None offline: `spine render`), and the live StatefulSet."""
+
+    spine: dict[str, Any]
+    models: list[dict[str, Any]]
+    env: Environment
+    tokens: SecretInput
+    login: SecretInput
+    existing: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One TwinModel's place in the twin: accepted (reason Reconciled) or refused, and why."""
+
+    reason: str
+    message: str
+    things: int | None = None
+    version: str | None = None
+
+
+def plan_twin(inputs: TwinInputs) -> Plan | Refusal:
+    """The twin workload with every accepted TwinModel, its login, the config push, and what each
+    TwinModel's status says (`facts["models"]`: name -> ModelStatus). Independent of the
+    broker's own settings: a broker problem never blocks a TwinModel."""
+    metadata_ = inputs.spine["metadata"]
+    namespace, spine_name = metadata_["namespace"], metadata_["name"]
+    try:
+        spec = SpineSpec.model_validate(inputs.spine.get("spec") or {})
+    except ValidationError:
+        return DependencyNotReady(
+            f"Spine {spine_name} has an invalid spec (its status says what to fix); the twin "
+            "is applied once it is valid"
+        )
+    env = inputs.env
+    selection = select_twin_models(inputs.models)
+    try:
+        token_digest = inputs.tokens.require(("write", "admin"), "the twin service")
+        login_digest = inputs.login.require(("username", "password"), "the twin's broker login")
+    except ReconcileError as error:
+        return error
+    config = twin_config(spec, env, namespace, selection.accepted)
+    objects = build_twin(
+        spec, env, namespace, spine_name, config, (token_digest, login_digest), inputs.login.name
+    )
+    statefulset = keep_claim_templates(objects.statefulset, inputs.existing)
+    twin_api = env.twin_url(namespace)
+    statuses: dict[str, ModelStatus] = {
+        name: ModelStatus(reason, message) for name, (reason, message) in selection.rejected.items()
+    }
+    for name, model in selection.accepted:
+        statuses[name] = ModelStatus(
+            cond.RECONCILED,
+            f"{len(model.things)} things in the twin service at {twin_api}",
+            len(model.things),
+            model.version,
+        )
+    return Plan(
+        objects=[objects.config_map, objects.service, statefulset, objects.network_policy],
+        generated=[
+            build_tokens_secret(namespace, spine_name, "", ""),
+            build_login_secret(namespace, twin_login(), spine_name, env, ""),
+        ],
+        logins=[twin_login()],
+        push=ConfigPush(
+            twin_api, (inputs.tokens.values or {}).get("admin", ""), config_document(config)
+        ),
+        secret_digests={inputs.tokens.name: token_digest, inputs.login.name: login_digest},
+        facts={
+            "things": len(config.things),
+            "api": twin_api,
+            "twinNamespace": spec.twin_namespace(namespace),
+            "models": statuses,
+        },
+    )
