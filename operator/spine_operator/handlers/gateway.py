@@ -15,9 +15,12 @@ from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.gateway import gateway_secret_names
 from spine_operator.desired.logins import gateway_username
-from spine_operator.reconcile.kinds import GATEWAYS, ready_gateways, reports
-
-_seen_generations: dict[tuple[str, str, str], int] = {}  # (kind, namespace, name) of dependencies
+from spine_operator.reconcile.kinds import (
+    GATEWAYS,
+    dependency_generations,
+    ready_gateways,
+    reports,
+)
 
 
 async def recheck_refused_siblings(namespace: str, name: str, index: Any, logger: Any) -> None:
@@ -83,11 +86,11 @@ def dependency_changed(
     """Whether a TwinModel or Spine event is news (created, deleted or a new generation)."""
     key = (kind, namespace, name)
     if type == "DELETED":
-        _seen_generations.pop(key, None)
+        dependency_generations.pop(key, None)
         return True
     generation = int(body.get("metadata", {}).get("generation") or 0)
-    changed = _seen_generations.get(key) != generation
-    _seen_generations[key] = generation
+    changed = dependency_generations.get(key) != generation
+    dependency_generations[key] = generation
     # The initial listing at startup is no news: each Gateway's resume handler runs anyway.
     return changed and type is not None
 

@@ -102,6 +102,8 @@ async def report_twin(k8s: Kubernetes, namespace: str, _: str) -> None:
 # Gateways: the status poller's last report of each ready gateway is part of its status.
 reports: dict[Key, status_poller.RuntimeReport] = {}
 ready_gateways: set[Key] = set()  # the poller's targets
+# (kind, namespace, name) -> generation of the dependencies last seen, to tell news from noise
+dependency_generations: dict[tuple[str, str, str], int] = {}
 
 
 async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
@@ -157,6 +159,7 @@ def reset() -> None:
     _status_locks.clear()
     reports.clear()
     ready_gateways.clear()
+    dependency_generations.clear()
 
 
 async def deliver_gateway_report(key: Key, report: status_poller.RuntimeReport) -> None:
