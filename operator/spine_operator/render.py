@@ -10,6 +10,7 @@ directory is read with its subdirectories.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from spine_operator import labels
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.kinds import API_VERSION, kind_by_name
+from spine_operator.api.kinds import API_VERSION, GROUP, kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import broker, gateway, twin
@@ -30,7 +31,12 @@ from spine_operator.desired.plan import Plan, Refusal, SecretInput
 from spine_operator.environment import Environment
 from spine_operator.errors import ReconcileError
 from spine_operator.labels import GENERATED
+from spine_operator.yamlfiles import YamlError, load_documents
 from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.base import DNS_LABEL_PATTERN
+
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class RenderError(ValueError):
@@ -48,25 +54,63 @@ class Resource:
         return f"{self.source}: {self.body.get('kind', '(no kind)')}/{name}"
 
 
+def name_problem(body: dict[str, Any]) -> str | None:
+    """Why the object's name or namespace would be refused by the API server, or None. They
+    become object names and, in `spine up`, paths: nothing else may get through."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        return "metadata.name is required"
+    name, namespace = metadata.get("name"), metadata.get("namespace", "default")
+    if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        return (
+            f"metadata.name {name!r}: use lower-case letters, digits, '-' and '.', starting "
+            "and ending with a letter or digit, at most 253 characters"
+        )
+    if not isinstance(namespace, str) or len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace):
+        return (
+            f"metadata.namespace {namespace!r}: a namespace is a DNS label: lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit, at most 63 characters"
+        )
+    return None
+
+
 def load_resources(paths: Iterable[Path]) -> list[Resource]:
-    """Every `spine.iiot.dev` object in the files (directories: their *.yaml and *.yml)."""
+    """Every `spine.iiot.dev` object in the files (directories: their *.yaml and *.yml).
+
+    RenderError names every file and object that kubectl or the API server would refuse."""
     resources: list[Resource] = []
+    problems: list[str] = []
     for path in paths:
         files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
         for file in files:
             try:
-                documents = list(yaml.safe_load_all(file.read_text()))
-            except (OSError, yaml.YAMLError) as error:
-                raise RenderError(f"{file}: cannot read YAML: {error}") from None
+                documents = load_documents(file)
+            except YamlError as error:
+                problems.append(f"{file}: {error}")
+                continue
             for index, document in enumerate(documents, start=1):
                 if document is None:
                     continue
                 source = f"{file} (document {index})"
-                if not isinstance(document, dict):
-                    raise RenderError(f"{source}: not a Kubernetes object")
-                if document.get("apiVersion") != API_VERSION:
+                if not isinstance(document, dict) or not document.get("apiVersion"):
+                    problems.append(f"{source}: not a Kubernetes object (no apiVersion)")
+                    continue
+                api_version = str(document["apiVersion"])
+                if api_version.split("/")[0] == GROUP and api_version != API_VERSION:
+                    problems.append(
+                        f"{source}: apiVersion {api_version} is not served; use {API_VERSION}"
+                    )
+                    continue
+                if api_version != API_VERSION:
                     continue  # other objects pass through kubectl, not the operator
-                resources.append(Resource(source, document))
+                resource = Resource(source, document)
+                problem = name_problem(document)
+                if problem:
+                    problems.append(f"{resource.label}: {problem}")
+                    continue
+                resources.append(resource)
+    if problems:
+        raise RenderError("\n".join(problems))
     return resources
 
 

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -313,3 +314,17 @@ def test_rendered_config_is_what_mosquitto_runs(broker: LocalBroker) -> None:
     assert f"listener {broker.port} 127.0.0.1" in text
     assert json.loads(broker.dynsec_path().read_text())["defaultACLAccess"]["subscribe"] is False
     assert time.time()  # the broker started on it: the fixture waited for its port
+
+
+def test_the_broker_log_survives_a_sigkill(tmp_path: Path) -> None:
+    """The log is written line by line: what mosquitto said before a crash is on disk."""
+    local = LocalBroker(tmp_path / "state").start()
+    assert local.process is not None
+    log = local.process.log_path
+    try:
+        wait_until(
+            lambda: "running" in log.read_text(), 10, "mosquitto's start-up lines in its log"
+        )
+    finally:
+        local.process.kill()
+    assert "listen socket on port" in log.read_text()

@@ -41,6 +41,13 @@ class LocalBrokerFiles:
 MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
 
 
+def line_buffered() -> list[str]:
+    """mosquitto logs to stdout through C stdio, block-buffered into a file: the last lines
+    before a crash (SIGKILL) would be lost. coreutils' stdbuf makes it flush every line."""
+    stdbuf = shutil.which("stdbuf")
+    return [stdbuf, "-oL", "-eL"] if stdbuf else []
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next(
         (path for path in MOSQUITTO_FALLBACKS if Path(path).exists()), None
@@ -102,7 +109,7 @@ def prepare_local_broker(
     return LocalBrokerFiles(
         config_path=config_path,
         dynsec_path=dynsec_path,
-        argv=[mosquitto_binary(), "-c", str(config_path)],
+        argv=[*line_buffered(), mosquitto_binary(), "-c", str(config_path)],
         admin_username=ADMIN_USERNAME,
         admin_password=admin_password,
     )
