@@ -61,6 +61,7 @@ class BrokerAdmin:
         self._lock = asyncio.Lock()
         self._reapply_task: asyncio.Task[None] | None = None
         self.reapplied = 0  # how many times the declared logins were re-applied on connect
+        self.passwords: dict[str, str] = {}  # username -> the password the broker holds
 
     # connection -------------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class BrokerAdmin:
                         "password": password,
                         "textdescription": login.description,
                         "roles": roles,
+                        **({"clientid": login.client_id} if login.client_id else {}),
                     },
                 ]
             )
@@ -243,7 +245,15 @@ class BrokerAdmin:
                     fixes.append(
                         {"command": "modifyClient", "username": login.username, "roles": roles}
                     )
-                if client_existed and not await self.login_works(login.username, password):
+                if client_existed and (client.get("clientid") or None) != login.client_id:
+                    fixes.append(
+                        {
+                            "command": "modifyClient",
+                            "username": login.username,
+                            "clientid": login.client_id or "",
+                        }
+                    )
+                if client_existed and not await self.password_known(login, password):
                     fixes.append(
                         {
                             "command": "modifyClient",
@@ -255,12 +265,14 @@ class BrokerAdmin:
                 for response in await self.execute(fixes):
                     self._raise_for(response)
                 changed = True
+            self.passwords[login.username] = password
             return changed
 
     async def remove_login(self, username: str) -> None:
         """Delete a login and its role; absent ones are fine."""
         async with self._lock:
             declared = self.declared.pop(username, None)
+            self.passwords.pop(username, None)
             role = declared.login.role_name if declared else f"spine-{username}"
             responses = await self.execute(
                 [
@@ -270,6 +282,15 @@ class BrokerAdmin:
             )
             self._raise_for(responses[0], "Client not found")
             self._raise_for(responses[1], "Role not found")
+
+    async def password_known(self, login: Login, password: str) -> bool:
+        """Whether the broker holds this password for the login. A login bound to a client id
+        cannot be probed without kicking its workload off (the probe would take its id), so its
+        password is trusted once this connection set or created it, and set again otherwise:
+        after an operator restart, each bound workload reconnects once."""
+        if login.client_id:
+            return self.passwords.get(login.username) == password
+        return await self.login_works(login.username, password)
 
     async def login_works(self, username: str, password: str) -> bool:
         """Whether the broker accepts this password (a throwaway connection, clean session)."""

@@ -13,7 +13,6 @@ buffer, broker and HTTP settings) and the Secrets the pod mounts, so those roll 
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.broker import keep_claim_templates
-from spine_operator.desired.common import checksum, resources
+from spine_operator.desired.common import resources
 from spine_operator.desired.logins import build_login_secret, gateway_login, gateway_username
 from spine_operator.desired.plan import (
     ConfigPush,
@@ -241,8 +240,7 @@ def gateway_config(
 
 
 def config_document(config: GatewayConfig) -> str:
-    """The file the gateway reads (JSON: every user-written value is escaped, never a line)."""
-    return json.dumps(config.to_wire(), indent=1, sort_keys=True)
+    return workload.config_document(config)
 
 
 def config_size_problem(config: GatewayConfig) -> str | None:
@@ -258,8 +256,7 @@ def config_size_problem(config: GatewayConfig) -> str | None:
 def restart_checksum(config: GatewayConfig, *secret_digests: str) -> str:
     """What a running gateway does not take by push: everything but tags and publish settings,
     and the Secrets it mounts."""
-    wire = {key: value for key, value in config.to_wire().items() if key not in LIVE_FIELDS}
-    return checksum(wire, *secret_digests)
+    return workload.restart_checksum(config, LIVE_FIELDS, *secret_digests)
 
 
 @dataclass(frozen=True)

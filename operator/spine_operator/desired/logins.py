@@ -42,10 +42,18 @@ class Login:
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     description: str = ""
+    # The only client id this login may connect with (dynamic security's `clientid`). Every
+    # login the operator makes is bound to its username, so no login can connect as another
+    # workload: kick it off, wipe its persistent session, or inherit its subscriptions.
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.username or any(not (c.isalnum() or c in "-_.") for c in self.username):
-            raise ValueError(f"login name {self.username!r}: use letters, digits, '-', '_', '.'")
+        for value in (self.username, self.client_id or "x"):
+            if not value or len(value) > 128 or any(not (c.isalnum() or c in "-_.") for c in value):
+                raise ValueError(
+                    f"login name or client id {value!r}: use letters, digits, '-', '_', '.' "
+                    "(at most 128)"
+                )
         for topic in (*self.publish, *self.subscribe):
             check_topic_filter(topic)
 
@@ -80,6 +88,7 @@ def gateway_ack_topic(gateway: str) -> str:
 def twin_login() -> Login:
     return Login(
         TWIN_USERNAME,
+        client_id=TWIN_USERNAME,
         publish=(
             thing_topic("+", "desired"),
             thing_topic("+", "events"),
@@ -99,6 +108,7 @@ def gateway_login(gateway: str, things: Iterable[str], writable_things: Iterable
     """A gateway publishes only its own things' updates and hears only its own commands."""
     return Login(
         gateway_username(gateway),
+        client_id=gateway_username(gateway),
         publish=tuple(sorted({thing_topic(thing, "twin") for thing in things})),
         subscribe=(
             gateway_ack_topic(gateway),

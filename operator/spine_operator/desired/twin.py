@@ -8,7 +8,6 @@ HTTP settings, storage, and the Secrets it mounts.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -22,7 +21,7 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.broker import keep_claim_templates
-from spine_operator.desired.common import checksum, metadata, resources
+from spine_operator.desired.common import metadata, resources
 from spine_operator.desired.logins import TWIN_USERNAME, build_login_secret, twin_login
 from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.workload import build_generated_secret
@@ -34,7 +33,7 @@ from spine_runtime.config.twin import TwinConfig
 COMPONENT = "twin"
 DATA_VOLUME = "data"
 RUNTIME_UID = 10001  # the image's non-root user
-LIVE_FIELDS = {"models", "things", "desiredTimeoutSeconds"}  # applied without a restart
+LIVE_FIELDS = frozenset({"models", "things", "desiredTimeoutSeconds"})  # applied without a restart
 
 
 def generate_token() -> str:
@@ -84,13 +83,12 @@ def twin_config(
 
 
 def config_document(config: TwinConfig) -> str:
-    return json.dumps(config.to_wire(), indent=1, sort_keys=True)
+    return workload.config_document(config)
 
 
 def restart_checksum(config: TwinConfig, *secret_digests: str) -> str:
     """What a running twin cannot pick up live: everything but models, things and timeouts."""
-    wire = {key: value for key, value in config.to_wire().items() if key not in LIVE_FIELDS}
-    return checksum(wire, *secret_digests)
+    return workload.restart_checksum(config, LIVE_FIELDS, *secret_digests)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ scale out are Deployments. Pure: dicts in, dicts out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from spine_operator import labels
-from spine_operator.desired.common import metadata, restricted_container_security
+from spine_operator.desired.common import checksum, metadata, restricted_container_security
 
 TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
@@ -220,6 +221,19 @@ def build_generated_secret(
         "type": "Opaque",
         "stringData": values,
     }
+
+
+def config_document(config: Any) -> str:
+    """A runtime's config file: JSON of its validated model (every user-written value escaped,
+    never a line of its own), the same bytes in the ConfigMap and in the push."""
+    return json.dumps(config.to_wire(), indent=1, sort_keys=True)
+
+
+def restart_checksum(config: Any, live_fields: frozenset[str], *secret_digests: str) -> str:
+    """What a running runtime cannot take by config push (every field but `live_fields`), and
+    the Secrets it mounts: the pod template's checksum, so exactly those changes roll the pod."""
+    wire = {key: value for key, value in config.to_wire().items() if key not in live_fields}
+    return checksum(wire, *secret_digests)
 
 
 def pod_checksum(workload: dict[str, Any] | None) -> str | None:

@@ -44,7 +44,12 @@ RUNTIME_ROOT = Path(spine_runtime.__file__).resolve().parents[1]
 
 def demo_login() -> Login:
     """For the person trying Spine: read everything under spine/, publish nothing."""
-    return Login(DEMO_USERNAME, subscribe=("spine/#",), description="spine up: demo, read-only")
+    return Login(
+        DEMO_USERNAME,
+        subscribe=("spine/#",),
+        description="spine up: demo, read-only",
+        client_id=DEMO_USERNAME,
+    )
 
 
 def runtime_argv(container_command: list[str]) -> list[str]:

@@ -426,7 +426,7 @@ def try_lines(run: NamespaceRun, thing: str) -> list[str]:
             f"    {url}/features/{prop}/desiredProperties/value",
         ]
     lines.append(
-        f"  mosquitto_sub -h {HOST} -p {run.env.broker_port} -u {DEMO_USERNAME} "
+        f"  mosquitto_sub -h {HOST} -p {run.env.broker_port} -i {DEMO_USERNAME} -u {DEMO_USERNAME} "
         f"-P {run.demo_password} -t 'spine/#' -v"
     )
     return lines
