@@ -69,6 +69,7 @@ def test_rendered_objects_match_the_golden_file() -> None:
         ("ConfigMap", "spine-gateway-press-line-1-config"),
         ("Service", "spine-gateway-press-line-1"),
         ("StatefulSet", "spine-gateway-press-line-1"),
+        ("NetworkPolicy", "spine-gateway-press-line-1"),
     ]
     assert "stringData" not in rendered.split("---")[0]  # no token before apply time
 

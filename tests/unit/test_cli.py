@@ -32,6 +32,7 @@ def test_render_prints_every_child_of_the_example() -> None:
         ("Service", "spine-broker"),
         ("Service", "spine-broker-headless"),
         ("StatefulSet", "spine-broker"),
+        ("NetworkPolicy", "spine-broker"),
         ("Secret", "spine-twin-tokens"),
         ("Secret", "spine-mqtt-spine-twin"),
         ("ConfigMap", "spine-twin-config"),

@@ -225,9 +225,10 @@ class BrokerObjects:
     config_map: dict[str, Any]
     services: list[dict[str, Any]]
     statefulset: dict[str, Any]
+    network_policy: dict[str, Any]
 
     def all(self) -> list[dict[str, Any]]:
-        return [self.config_map, *self.services, self.statefulset]
+        return [self.config_map, *self.services, self.statefulset, self.network_policy]
 
 
 def build_broker(
@@ -240,6 +241,17 @@ def build_broker(
         config_map=config_map,
         services=build_services(spec, env, namespace, spine_name),
         statefulset=build_statefulset(spec, env, namespace, spine_name, conf, digests),
+        # The namespace's workloads, the operator (the logins' admin client) and the address
+        # blocks the Spine names: nothing else reaches the broker.
+        network_policy=workload.build_ingress_policy(
+            labels.BROKER_NAME,
+            namespace,
+            COMPONENT,
+            spine_name,
+            [env.broker_port, *([env.broker_tls_port] if spec.tls else [])],
+            env.operator_namespace,
+            cidrs=tuple(spec.external_clients),
+        ),
     )
 
 
@@ -315,7 +327,7 @@ def plan_spine(inputs: SpineInputs) -> Plan | Refusal:
         digests[inputs.tls_secret.name] = tls
     generated = [] if spec.admin_secret_name else [build_admin_secret(namespace, name, "")]
     return Plan(
-        objects=[objects.config_map, *objects.services, statefulset],
+        objects=[objects.config_map, *objects.services, statefulset, objects.network_policy],
         generated=generated,
         resizes=[resize] if resize else [],
         conditions=[persistence],

@@ -264,9 +264,10 @@ class GatewayObjects:
     config_map: dict[str, Any]
     service: dict[str, Any]
     statefulset: dict[str, Any]
+    network_policy: dict[str, Any]
 
     def all(self) -> list[dict[str, Any]]:
-        return [self.config_map, self.service, self.statefulset]
+        return [self.config_map, self.service, self.statefulset, self.network_policy]
 
 
 def _secret_volume(mount: SecretMount) -> dict[str, Any]:
@@ -365,7 +366,18 @@ def build_gateway(
         claims,
         spec.buffer.storage.retain_on_delete,
     )
-    return GatewayObjects(config_map, service, statefulset)
+    # Only the operator (config push, /status) may reach the gateway's HTTP port. A pod on the
+    # host network is not isolated by a NetworkPolicy: the README says so.
+    network_policy = workload.build_ingress_policy(
+        workload_name,
+        namespace,
+        COMPONENT,
+        name,
+        [env.gateway_port],
+        env.operator_namespace,
+        same_namespace=False,
+    )
+    return GatewayObjects(config_map, service, statefulset, network_policy)
 
 
 def keep_buffer_storage(
@@ -682,7 +694,7 @@ def plan_gateway(inputs: GatewayInputs) -> Plan | Refusal:
         )
     login = gateway_login(name, config.things(), config.writable_things())
     return Plan(
-        objects=[objects.config_map, objects.service, statefulset],
+        objects=[objects.config_map, objects.service, statefulset, objects.network_policy],
         generated=[
             build_login_secret(namespace, login, name, env, ""),
             build_admin_token_secret(namespace, name, ""),

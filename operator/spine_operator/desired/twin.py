@@ -21,7 +21,7 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.broker import keep_claim_templates
-from spine_operator.desired.common import metadata, resources
+from spine_operator.desired.common import resources
 from spine_operator.desired.logins import TWIN_USERNAME, build_login_secret, twin_login
 from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.workload import build_generated_secret
@@ -111,7 +111,6 @@ def build_twin(
     secret_digests: tuple[str, ...],
     login_secret: str,
 ) -> TwinObjects:
-    select = labels.selector(COMPONENT, spine_name)
     pod_labels = labels.labels(COMPONENT, spine_name)
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
     config_map = workload.build_config_map(
@@ -167,30 +166,9 @@ def build_twin(
     )
     # DESIGN.md: only the namespace's own workloads (and the operator, which pushes config and
     # reads /status) may reach the twin until the proxy fronts it.
-    network_policy = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(labels.TWIN_NAME, namespace, COMPONENT, spine_name),
-        "spec": {
-            "podSelector": {"matchLabels": select},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [
-                        {"podSelector": {}},
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {
-                                    "kubernetes.io/metadata.name": env.operator_namespace
-                                }
-                            }
-                        },
-                    ],
-                    "ports": [{"port": env.twin_port, "protocol": "TCP"}],
-                }
-            ],
-        },
-    }
+    network_policy = workload.build_ingress_policy(
+        labels.TWIN_NAME, namespace, COMPONENT, spine_name, [env.twin_port], env.operator_namespace
+    )
     return TwinObjects(config_map, service, statefulset, network_policy)
 
 

@@ -207,6 +207,37 @@ def build_config_map(
     }
 
 
+def build_ingress_policy(
+    name: str,
+    namespace: str,
+    component: str,
+    instance: str,
+    ports: list[int],
+    operator_namespace: str,
+    same_namespace: bool = True,
+    cidrs: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A NetworkPolicy admitting to the workload's `ports` only the operator's namespace, the
+    namespace's own pods (unless `same_namespace` is False) and the given address blocks."""
+    sources: list[dict[str, Any]] = [{"podSelector": {}}] if same_namespace else []
+    sources.append(
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}}}
+    )
+    sources += [{"ipBlock": {"cidr": cidr}} for cidr in cidrs]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(name, namespace, component, instance),
+        "spec": {
+            "podSelector": {"matchLabels": labels.selector(component, instance)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": sources, "ports": [{"port": port, "protocol": "TCP"} for port in ports]}
+            ],
+        },
+    }
+
+
 def build_generated_secret(
     name: str, namespace: str, component: str, instance: str, values: dict[str, str]
 ) -> dict[str, Any]:
