@@ -259,15 +259,7 @@ def restart_checksum(config: GatewayConfig, *secret_digests: str) -> str:
     return workload.restart_checksum(config, LIVE_FIELDS, *secret_digests)
 
 
-@dataclass(frozen=True)
-class GatewayObjects:
-    config_map: dict[str, Any]
-    service: dict[str, Any]
-    statefulset: dict[str, Any]
-    network_policy: dict[str, Any]
-
-    def all(self) -> list[dict[str, Any]]:
-        return [self.config_map, self.service, self.statefulset, self.network_policy]
+GatewayObjects = workload.RuntimeObjects
 
 
 def _secret_volume(mount: SecretMount) -> dict[str, Any]:

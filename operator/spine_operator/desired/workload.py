@@ -20,6 +20,19 @@ TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 
 
+@dataclass(frozen=True)
+class RuntimeObjects:
+    """A runtime's children: its config, its Service, its workload and its NetworkPolicy."""
+
+    config_map: dict[str, Any]
+    service: dict[str, Any]
+    statefulset: dict[str, Any]
+    network_policy: dict[str, Any]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.config_map, self.service, self.statefulset, self.network_policy]
+
+
 def probes(handler: dict[str, Any]) -> dict[str, Any]:
     """Readiness and liveness on one handler: ready soon, killed only after a minute of silence."""
     probe = {**handler, "periodSeconds": 10, "timeoutSeconds": 3}
