@@ -46,6 +46,15 @@ async def owned_statefulset(
     return statefulset
 
 
+def not_reconciled_yet(reconciler: Reconciler[Any], body: dict[str, Any]) -> bool:
+    """Whether this process has not reconciled the resource yet although it has a status: right
+    after an operator restart, events of its children (kopf lists them at start) would otherwise
+    write Ready=False "Reconciling the latest change" before the resumed reconcile writes
+    Ready=True again, a false Progressing for kubectl wait and Argo CD. The last report stands."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    return key not in reconciler.outcomes and bool((body.get("status") or {}).get("conditions"))
+
+
 async def write_status(
     k8s: Kubernetes, kind: str, body: dict[str, Any], new_status: dict[str, Any]
 ) -> None:
@@ -68,7 +77,7 @@ async def report_spine(k8s: Kubernetes, namespace: str, name: str) -> None:
     """The only writer of a Spine's status: the broker's and the twin's outcomes, live state."""
     async with _status_locks[(SPINE.kind, namespace, name)]:
         body = await k8s.get(API_VERSION, SPINE.kind, namespace, name)
-        if body is None:
+        if body is None or not_reconciled_yet(SPINES, body):
             return
         broker_sts = await owned_statefulset(k8s, namespace, labels.BROKER_NAME, SPINE.kind, body)
         twin_sts = await owned_statefulset(k8s, namespace, labels.TWIN_NAME, SPINE.kind, body)
@@ -111,7 +120,7 @@ async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
     key = (namespace, name)
     async with _status_locks[(GATEWAY.kind, namespace, name)]:
         body = await k8s.get(API_VERSION, GATEWAY.kind, namespace, name)
-        if body is None:
+        if body is None or not_reconciled_yet(GATEWAYS, body):
             return
         statefulset = await owned_statefulset(
             k8s, namespace, labels.gateway_name(name), GATEWAY.kind, body
