@@ -154,6 +154,10 @@ class FlowLink:
             self.last_error = "disconnected from the broker"
             log.warning("Flow login %s lost its broker connection", client._client_id)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause(self) -> None:
         if not self._paused:
             transport = self._transport()

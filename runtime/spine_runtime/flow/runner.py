@@ -119,36 +119,52 @@ class FlowRunner:
         self._tasks: list[asyncio.Task[Any]] = []
         self.twin: TwinWriter | None = None
         identity = twin_identity(self.name)
-        subscriptions: list[tuple[str, int]] = []
+        source_topics: list[tuple[str, int]] = []
         if source.mqtt is not None:
             topic = source.mqtt.topic
             if engine.shared_subscriptions:
                 topic = shared_subscription(shared_group(self.name), topic)
-            subscriptions.append((topic, source.mqtt.qos))
+            source_topics.append((topic, source.mqtt.qos))
         if source.twin is not None:
-            subscriptions += [
+            source_topics += [
                 (f"spine/things/{thing}/events", 1) for thing in source.twin.things or []
             ]
         self.ack_topic: str | None = None
         if any(sink.twin is not None for sink in flow.sinks):
             self.ack_topic = twin_ack_topic(identity)
-            subscriptions.append((self.ack_topic, 1))
         instance = engine.instance or socket.gethostname()
+        settings: dict[str, Any] = {
+            "username": flow.login.username,
+            "password": flow.login.password(),
+            "host": engine.broker.host,
+            "port": engine.broker.port,
+            "keepalive": engine.broker.keepalive_seconds,
+            "tls_ca_file": str(engine.broker.tls_ca_file) if engine.broker.tls_ca_file else None,
+        }
+        client_id = f"flow-{self.name}-{instance}"[:200]
+        # Two connections per flow, one login. The source's may stop being read (TCP
+        # backpressure while the inbox is full) without stopping the PUBACKs and twin acks the
+        # sinks wait for on the other one: with one connection that was a deadlock.
         self.link = FlowLink(
-            client_id=f"flow-{self.name}-{instance}"[:200],
-            username=flow.login.username,
-            password=flow.login.password(),
-            host=engine.broker.host,
-            port=engine.broker.port,
-            on_message=self._on_mqtt,
-            subscriptions=subscriptions,
-            persistent=(self.source_qos == 1 and source.mqtt is not None)
-            or source.twin is not None,
-            session_expiry=engine.broker.session_expiry_seconds,
-            receive_maximum=flow.max_in_flight,
-            keepalive=engine.broker.keepalive_seconds,
-            tls_ca_file=str(engine.broker.tls_ca_file) if engine.broker.tls_ca_file else None,
+            client_id=f"{client_id}-out",
+            on_message=self._on_ack_topic,
+            subscriptions=[(self.ack_topic, 1)] if self.ack_topic else [],
+            receive_maximum=1000,
+            **settings,
         )
+        self.source_link: FlowLink | None = None
+        if source_topics:
+            self.source_link = FlowLink(
+                client_id=client_id,
+                on_message=self._on_mqtt,
+                subscriptions=source_topics,
+                # A QoS 1 source keeps its session (and what queues meanwhile) across restarts.
+                persistent=source.twin is not None
+                or (source.mqtt is not None and source.mqtt.qos == 1),
+                session_expiry=engine.broker.session_expiry_seconds,
+                receive_maximum=flow.max_in_flight,
+                **settings,
+            )
         if self.ack_topic is not None:
             self.twin = TwinWriter(
                 self.name,
@@ -156,6 +172,13 @@ class FlowRunner:
                 lambda topic, payload, done: self.link.publish(topic, payload, 1, False, done),
                 engine.twin_ack_timeout_seconds,
             )
+
+    @property
+    def links(self) -> list[FlowLink]:
+        return [self.link] + ([self.source_link] if self.source_link is not None else [])
+
+    def connected(self) -> bool:
+        return all(link.connected.is_set() for link in self.links)
 
     # Life cycle ------------------------------------------------------------------------------
 
@@ -165,7 +188,10 @@ class FlowRunner:
         self._tasks = [
             asyncio.create_task(self._work(), name=f"flow-{self.name}-work"),
             asyncio.create_task(self._tick(), name=f"flow-{self.name}-tick"),
-            asyncio.create_task(self.link.start(), name=f"flow-{self.name}-connect"),
+            *(
+                asyncio.create_task(link.start(), name=f"flow-{self.name}-connect")
+                for link in self.links
+            ),
         ]
         if self.flow.source.schedule is not None:
             self._tasks.append(
@@ -178,7 +204,8 @@ class FlowRunner:
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Take nothing more, finish what is inside (bounded), then log out."""
         self.accepting = False
-        self.link.pause()
+        if self.source_link is not None:
+            self.source_link.pause()
         deadline = time.monotonic() + drain_seconds
         while (self.inbox or self.in_order) and time.monotonic() < deadline:
             self.wake.set()
@@ -202,7 +229,9 @@ class FlowRunner:
         for origin in list(self.inbox) + list(self.in_order):
             if isinstance(origin.source, asyncio.Future) and not origin.source.done():
                 origin.source.set_result(("stopped", "the flow was stopped before delivering"))
-        await self.link.stop()
+        # The source first: what it did not acknowledge goes to the flow's next run.
+        for link in reversed(self.links):
+            await link.stop()
         self.running = False
         self._push_counts()
         self.metrics.running.labels(self.name).set(0)
@@ -210,19 +239,19 @@ class FlowRunner:
 
     # Intake ------------------------------------------------------------------------------------
 
+    def _on_ack_topic(self, message: Received) -> None:
+        if self.twin is not None and message.topic == self.ack_topic:
+            self.twin.on_ack(message.payload)
+        self.link.ack(message)
+
     def _on_mqtt(self, message: Received) -> None:
-        if self.ack_topic is not None and message.topic == self.ack_topic:
-            if self.twin is not None:
-                self.twin.on_ack(message.payload)
-            self.link.ack(message)
-            return
         if not self.accepting:
             return  # not acknowledged: the broker delivers it again to the flow's next run
         origin = Origin(self, message, message.payload, time.monotonic())
         self.inbox.append(origin)
         self.count_received += 1
-        if len(self.inbox) >= self.inbox_limit:
-            self.link.pause()
+        if len(self.inbox) >= self.inbox_limit and self.source_link is not None:
+            self.source_link.pause()
         self.wake.set()
 
     def submit_http(self, body: bytes) -> asyncio.Future[tuple[str, str]] | None:
@@ -262,8 +291,8 @@ class FlowRunner:
                 continue
             count = min(len(self.inbox), room, BATCH_MAX)
             batch = [self.inbox.popleft() for _ in range(count)]
-            if len(self.inbox) < self.inbox_limit // 2 and self.accepting:
-                self.link.resume()
+            if len(self.inbox) < self.inbox_limit // 2 and self.accepting and self.source_link:
+                self.source_link.resume()
             try:
                 await self._process(batch)
             except Exception as error:  # a bug must not stop the flow: say it, keep going
@@ -404,8 +433,8 @@ class FlowRunner:
         while in_order and in_order[0].done:
             head = in_order.popleft()
             source = head.source
-            if isinstance(source, Received):
-                self.link.ack(source)
+            if isinstance(source, Received) and self.source_link is not None:
+                self.source_link.ack(source)
             elif isinstance(source, asyncio.Future) and not source.done():
                 source.set_result(("deadLetter" if head.failed else "accepted", ""))
             latency.observe(time.monotonic() - head.received)
@@ -430,7 +459,7 @@ class FlowRunner:
                         self.name,
                         resent,
                     )
-            self.metrics.connected.labels(self.name).set(1 if self.link.connected.is_set() else 0)
+            self.metrics.connected.labels(self.name).set(1 if self.connected() else 0)
             self._push_counts()
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -507,7 +536,7 @@ class FlowRunner:
         return {
             "name": self.name,
             "running": self.running,
-            "connected": self.link.connected.is_set(),
+            "connected": self.connected(),
             "source": self.source_kind,
             "revision": self.digest[:12],
             "received": self.count_received,
@@ -521,7 +550,13 @@ class FlowRunner:
             "messagesPerSecond": self.rate(),
             "lastMessageTime": _iso_or_none(self.last_message_at),
             "lastError": self.last_error,
-            "brokerError": self.link.last_error,
+            "brokerError": next((link.last_error for link in self.links if link.last_error), None),
+            # The source is not being read: the inbox is full (backpressure).
+            "sourcePaused": self.source_link.paused if self.source_link else False,
+            "publishing": {
+                "unacknowledged": len(self.link.pending),
+                "waiting": len(self.link.waiting),
+            },
             "twinUnacknowledged": len(self.twin.unacked) if self.twin else None,
         }
 
