@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -161,6 +162,19 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
+def check_field_paths(keys: Any, where: str) -> None:
+    """Map keys that are field paths. (A key pattern would become patternProperties or
+    propertyNames in the JSON schema, which a CRD's structural schema does not allow.)"""
+    for key in keys:
+        if len(key) > 256 or not re.fullmatch(FIELD_PATH_PATTERN, key):
+            raise PydanticCustomError(
+                "field_path",
+                "{where}: '{key}' is not a field path such as value.temperature (names of "
+                "letters, digits, '_' and '-' joined by '.')",
+                {"where": where, "key": key[:80]},
+            )
+
+
 def acl_pattern(template: str) -> str:
     """The topic an ACL must allow for a template: each level holding a placeholder becomes '+'
     (a rendered placeholder may not contain '/', so it stays within its level)."""
@@ -276,8 +290,9 @@ class ValidateStep(CamelModel):
 
     @model_validator(mode="after")
     def _schema_or_model(self) -> ValidateStep:
-        if (self.json_schema is None) == (self.model is None):
-            raise PydanticCustomError("validate", "validate needs exactly one of schema and model")
+        # Both may be set: the operator resolves model into the schema the engine runs.
+        if self.json_schema is None and self.model is None:
+            raise PydanticCustomError("validate", "validate needs schema or model")
         if self.json_schema is not None:
             try:
                 jsonschema.Draft202012Validator.check_schema(self.json_schema)
@@ -331,12 +346,18 @@ class WindowStep(CamelModel):
     group_by: ExpressionText | None = Field(
         default=None, description="A JSONata expression whose value names the group."
     )
-    aggregates: dict[FieldPath, WindowAggregate] = Field(
+    aggregates: dict[str, WindowAggregate] = Field(
         min_length=1, max_length=64, description="Output field -> aggregate."
     )
     max_groups: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Open groups at most; more go to onError."
     )
+
+    @field_validator("aggregates")
+    @classmethod
+    def _output_fields(cls, aggregates: dict[str, WindowAggregate]) -> dict[str, WindowAggregate]:
+        check_field_paths(aggregates, "aggregates")
+        return aggregates
 
     @model_validator(mode="after")
     def _every_or_count(self) -> WindowStep:
@@ -409,16 +430,25 @@ class Step(CamelModel):
     transform: ExpressionStep | None = Field(
         default=None, description="Replace the message with the expression's value."
     )
-    set: dict[FieldPath, ExpressionText] | None = Field(
+    set: dict[str, ExpressionText] | None = Field(
         default=None, max_length=64, description="Field -> JSONata expression of the message."
     )
-    rename: dict[FieldPath, FieldPath] | None = Field(
+    rename: dict[str, FieldPath] | None = Field(
         default=None, max_length=64, description="Old field -> new field."
     )
     remove: list[FieldPath] | None = Field(default=None, max_length=64)
     convert: ConvertStep | None = None
     window: WindowStep | None = None
     call: CallStep | None = None
+    key: ExpressionText | None = Field(
+        default=None,
+        description="Keep state per key (a JSONata expression such as thing): the step's "
+        "expressions see $previous, the message this step last passed on for the same key. "
+        "For hysteresis and change detection (filter, transform, set).",
+    )
+    max_keys: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Keys remembered at most (oldest go)."
+    )
     on_error: ErrorAction | None = Field(
         default=None,
         description="What happens to a message this step fails on: deadLetter (to "
@@ -427,9 +457,21 @@ class Step(CamelModel):
 
     _expressions: dict[str, Expression] = PrivateAttr(default_factory=dict)
 
+    @field_validator("set", "rename")
+    @classmethod
+    def _field_keys(cls, fields: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        check_field_paths(fields or {}, str(info.field_name))
+        return fields
+
     @model_validator(mode="after")
     def _one_kind_and_compiled(self) -> Step:
         kind = _one_of(self, STEP_FIELDS, f"step {self.name}").rstrip("_")
+        if self.key is not None and kind not in ("filter", "transform", "set"):
+            raise PydanticCustomError(
+                "key",
+                "step {step}: key (state per key) is for filter, transform and set steps",
+                {"step": self.name},
+            )
         self._expressions = {}
         for where, source in self.expression_sources():
             try:
@@ -449,6 +491,8 @@ class Step(CamelModel):
     def expression_sources(self) -> list[tuple[str, str]]:
         """(where, source) of every expression of the step; `where` names it in errors."""
         found: list[tuple[str, str]] = []
+        if self.key is not None:
+            found.append(("key", self.key))
         if self.filter is not None:
             found.append(("expression", self.filter.expression))
         if self.transform is not None:

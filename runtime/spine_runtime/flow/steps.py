@@ -9,6 +9,7 @@ the event loop. `window` keeps state between batches and emits when a window clo
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -42,6 +43,10 @@ class StepRunner:
         self.kind = step.kind
         self.on_error = step.on_error or on_error
         self.timeout = timeout
+        self.key = step.expression("key").with_timeout(timeout) if step.key else None
+        self.max_keys = step.max_keys
+        # key -> the message this step last passed on; insertion order drops the oldest.
+        self.previous: dict[str, Any] = {}
         self.count_in = 0
         self.count_out = 0
         self.count_filtered = 0
@@ -51,11 +56,13 @@ class StepRunner:
         return step.expression(where).with_timeout(self.timeout)
 
     def run(self, pairs: list[Pair], fail: Fail) -> list[Pair]:
+        if self.key is not None:
+            return self._run_keyed(pairs, fail)
         out: list[Pair] = []
         handle = self.handle
         for origin, message in pairs:
             try:
-                result = handle(message)
+                result = handle(message, None)
             except (StepError, ExpressionError) as error:
                 self.count_errors += 1
                 fail(origin, message, str(error))
@@ -68,7 +75,33 @@ class StepRunner:
         self.count_out += len(out)
         return out
 
-    def handle(self, message: Any) -> Any:
+    def _run_keyed(self, pairs: list[Pair], fail: Fail) -> list[Pair]:
+        assert self.key is not None
+        out: list[Pair] = []
+        previous = self.previous
+        for origin, message in pairs:
+            try:
+                key = self.key.evaluate(message)
+                key = key if isinstance(key, str) else orjson.dumps(key).decode()
+                before = previous.get(key)
+                result = self.handle(message, {"previous": before} if before is not None else {})
+            except (StepError, ExpressionError) as error:
+                self.count_errors += 1
+                fail(origin, message, str(error))
+                continue
+            if result is None:
+                self.count_filtered += 1
+                continue
+            previous.pop(key, None)
+            previous[key] = copy.deepcopy(result)
+            if len(previous) > self.max_keys:
+                del previous[next(iter(previous))]
+            out.append((origin, result))
+        self.count_in += len(pairs)
+        self.count_out += len(out)
+        return out
+
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
         raise NotImplementedError
 
     async def run_async(self, pairs: list[Pair], fail: Fail) -> list[Pair]:
@@ -87,7 +120,7 @@ class ValidateRunner(StepRunner):
         assert step.validate_ is not None and step.validate_.json_schema is not None
         self.validator = jsonschema.Draft202012Validator(step.validate_.json_schema)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
         error = jsonschema.exceptions.best_match(self.validator.iter_errors(message))
         if error is not None:
             where = "/" + "/".join(str(part) for part in error.absolute_path)
@@ -100,8 +133,8 @@ class FilterRunner(StepRunner):
         super().__init__(step, on_error, timeout)
         self.test = self.expression(step, "expression")
 
-    def handle(self, message: Any) -> Any:
-        return message if truthy(self.test.evaluate(message)) else None
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
+        return message if truthy(self.test.evaluate(message, bindings)) else None
 
 
 class TransformRunner(StepRunner):
@@ -111,8 +144,8 @@ class TransformRunner(StepRunner):
         super().__init__(step, on_error, timeout)
         self.transform = self.expression(step, "expression")
 
-    def handle(self, message: Any) -> Any:
-        return self.transform.evaluate(message)
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
+        return self.transform.evaluate(message, bindings)
 
 
 def _parent(message: Any, path: list[str], create: bool) -> dict[str, Any]:
@@ -137,8 +170,10 @@ class SetRunner(StepRunner):
             (field.split("."), self.expression(step, f"set.{field}")) for field in step.set or {}
         ]
 
-    def handle(self, message: Any) -> Any:
-        values = [(path, expression.evaluate(message)) for path, expression in self.fields]
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
+        values = [
+            (path, expression.evaluate(message, bindings)) for path, expression in self.fields
+        ]
         for path, value in values:
             _parent(message, path, create=True)[path[-1]] = value
         return message
@@ -149,7 +184,7 @@ class RenameRunner(StepRunner):
         super().__init__(step, on_error, timeout)
         self.pairs = [(old.split("."), new.split(".")) for old, new in (step.rename or {}).items()]
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
         for old, new in self.pairs:
             try:
                 parent = _parent(message, old, create=False)
@@ -166,7 +201,7 @@ class RemoveRunner(StepRunner):
         super().__init__(step, on_error, timeout)
         self.paths = [field.split(".") for field in step.remove or []]
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
         for path in self.paths:
             try:
                 _parent(message, path, create=False).pop(path[-1], None)
@@ -183,7 +218,7 @@ class ConvertRunner(StepRunner):
         self.field = step.convert.field
         self.factor, self.offset = converter(step.convert.from_unit, step.convert.to_unit)
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
         try:
             parent = _parent(message, self.path, create=False)
         except KeyError:

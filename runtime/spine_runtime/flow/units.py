@@ -57,7 +57,7 @@ UNITS: dict[str, tuple[str, float, float]] = {
     # volume flow, base m3/h
     "m3/h": ("flow", 1.0, 0.0),
     "l/min": ("flow", 0.06, 0.0),
-    "gal/min": ("flow", 0.2271246, 0.0),
+    "gal/min": ("flow", 0.003785411784 * 60, 0.0),  # US gallon
 }
 
 
