@@ -63,6 +63,11 @@ class Environment:
     gateway_config_dir: str = "/etc/spine"
     gateway_data_dir: str = "/var/lib/spine/gateway"
     gateway_secrets_dir: str = "/var/run/spine"
+    flow_host_override: str | None = None  # local: 127.0.0.1
+    flow_bind_address: str = "0.0.0.0"
+    flow_port: int = 8080
+    flow_config_dir: str = "/etc/spine"
+    flow_secrets_dir: str = "/var/run/spine"
     operator_namespace: str = "spine-system"
 
     @classmethod
@@ -77,10 +82,12 @@ class Environment:
         broker_tls_port: int = 0,
         twin_port: int = 8080,
         gateway_port: int = 8081,
+        flow_port: int = 8082,
     ) -> Environment:
         broker_dir = state_dir / "broker"
         twin_dir = state_dir / "twin"
         gateway_dir = state_dir / "gateways"
+        flow_dir = state_dir / "flows"
         return cls(
             local=True,
             broker_host_override="127.0.0.1",
@@ -104,6 +111,11 @@ class Environment:
             gateway_config_dir=str(gateway_dir / "config"),
             gateway_data_dir=str(gateway_dir / "data"),
             gateway_secrets_dir=str(gateway_dir / "secrets"),
+            flow_host_override="127.0.0.1",
+            flow_bind_address="127.0.0.1",
+            flow_port=flow_port,
+            flow_config_dir=str(flow_dir / "config"),
+            flow_secrets_dir=str(flow_dir / "secrets"),
         )
 
     def broker_host(self, namespace: str) -> str:
@@ -117,6 +129,11 @@ class Environment:
         """Where the operator reaches a gateway's /status and /admin/config."""
         host = self.gateway_host_override or f"{labels.gateway_name(gateway)}.{namespace}.svc"
         return f"http://{host}:{self.gateway_port}"
+
+    def flow_engine_url(self, namespace: str) -> str:
+        """Where the operator reaches the flow engine's /status and /admin/config."""
+        host = self.flow_host_override or f"{labels.FLOW_ENGINE_NAME}.{namespace}.svc"
+        return f"http://{host}:{self.flow_port}"
 
     def gateway_directories(self, gateway: str) -> GatewayDirectories:
         """Config, buffer and Secret directories of one gateway, as its process sees them."""

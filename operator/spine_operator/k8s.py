@@ -42,6 +42,7 @@ RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
         "persistentvolumeclaims", frozenset({"get", "patch"})
     ),
     ("apps/v1", "StatefulSet"): ResourceType("statefulsets", APPLIED),
+    ("apps/v1", "Deployment"): ResourceType("deployments", APPLIED),
     ("networking.k8s.io/v1", "NetworkPolicy"): ResourceType("networkpolicies", APPLIED),
     ("storage.k8s.io/v1", "StorageClass"): ResourceType(
         "storageclasses", frozenset({"get"}), namespaced=False

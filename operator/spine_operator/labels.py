@@ -32,6 +32,11 @@ TWIN_CONFIG_NAME = "spine-twin-config"
 TWIN_TOKENS_SECRET = "spine-twin-tokens"
 TWIN_CONFIG_FILE = "twin.json"
 
+FLOW_ENGINE_NAME = "spine-flow-engine"
+FLOW_ENGINE_CONFIG_NAME = "spine-flow-engine-config"
+FLOW_ENGINE_TOKEN_SECRET = "spine-flow-engine-token"
+FLOW_ENGINE_CONFIG_FILE = "flows.json"
+
 GATEWAY_PREFIX = "spine-gateway-"
 GATEWAY_CONFIG_FILE = "gateway.json"
 GATEWAY_BUFFER_VOLUME = "buffer"

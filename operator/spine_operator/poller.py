@@ -152,7 +152,25 @@ def report_from_status(document: Any) -> RuntimeReport:
         raise ValueError(f"the gateway's /status has an unexpected shape ({error!r})") from None
 
 
-async def fetch_report(client: httpx.AsyncClient, url: str) -> tuple[RuntimeReport, str]:
+@dataclass(frozen=True)
+class FlowEngineReport:
+    """What the flow engine's /status said of each flow, or that it could not be read."""
+
+    reachable: bool
+    error: str | None = None
+    flows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def flow_engine_report(document: Any) -> FlowEngineReport:
+    """The report of the flow engine's /status; ValueError if it is not one."""
+    if not isinstance(document, dict) or not isinstance(document.get("flows"), dict):
+        raise ValueError("the answer is not the flow engine's /status document")
+    return FlowEngineReport(True, flows=document["flows"])
+
+
+async def fetch_report(
+    client: httpx.AsyncClient, url: str, parse: Callable[[Any], Any] = report_from_status
+) -> tuple[Any, str]:
     """(report, poll result for the metric): ok, unreachable or invalid. Never raises."""
     try:
         response = await client.get(f"{url}/status", timeout=STATUS_TIMEOUT)
@@ -163,7 +181,7 @@ async def fetch_report(client: httpx.AsyncClient, url: str) -> tuple[RuntimeRepo
     if response.status_code != 200:
         return RuntimeReport(False, f"{url}/status answered {response.status_code}"), "invalid"
     try:
-        return report_from_status(response.json()), "ok"
+        return parse(response.json()), "ok"
     except ValueError as error:
         return RuntimeReport(False, f"{url}/status: {error}"), "invalid"
 
@@ -176,11 +194,13 @@ class RuntimePoller:
         kind: str,
         targets: Callable[[], Iterable[Key]],
         url_of: Callable[[Key], str],
-        deliver: Callable[[Key, RuntimeReport], Awaitable[None]],
+        deliver: Callable[[Key, Any], Awaitable[None]],
         metrics: OperatorMetrics,
         interval: float | None = None,
+        parse: Callable[[Any], Any] = report_from_status,
     ) -> None:
         self.kind = kind
+        self.parse = parse
         self.targets = targets
         self.url_of = url_of
         self.deliver = deliver
@@ -211,7 +231,7 @@ class RuntimePoller:
         async def poll(key: Key) -> None:
             async with limit:
                 try:
-                    report, result = await fetch_report(client, self.url_of(key))
+                    report, result = await fetch_report(client, self.url_of(key), self.parse)
                     self.metrics.health_polls.labels(self.kind, result).inc()
                     await self.deliver(key, report)
                 except Exception:  # one gateway's trouble must never stop the others' polls

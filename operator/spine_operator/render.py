@@ -10,6 +10,7 @@ directory is read with its subdirectories.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ import yaml
 from pydantic import ValidationError
 
 from spine_operator import labels
+from spine_operator.api.flow import FlowSpec
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.kinds import API_VERSION, GROUP, kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.desired import broker, gateway, twin
+from spine_operator.desired import broker, flow, gateway, twin
 from spine_operator.desired.common import oldest
 from spine_operator.desired.logins import Login, twin_login
 from spine_operator.desired.plan import Plan, Refusal, SecretInput
@@ -197,6 +199,31 @@ def plan_twin_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -
     )
 
 
+def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    """The namespace's flow engine with every Flow rendered with the Spine (none: nothing)."""
+    namespace = spine["metadata"]["namespace"]
+    flow_inputs = flow.FlowInputs(
+        spine,
+        inputs.get("Flow", namespace),
+        inputs.get("TwinModel", namespace),
+        env,
+        placeholder(labels.FLOW_ENGINE_TOKEN_SECRET, ("token",)),
+        {},
+    )
+    _, verdicts, logins = flow.select_flows(
+        flow_inputs, SpineSpec.model_validate(spine.get("spec") or {}), namespace
+    )
+    refused = [
+        f"Flow {name}: {v.message}" for name, v in verdicts.items() if v.login_secret is None
+    ]
+    if refused:
+        raise RenderError("; ".join(refused))
+    secrets = {
+        labels.login_secret_name(login.username): login_placeholder(login) for login in logins
+    }
+    return planned(flow.plan_flows(dataclasses.replace(flow_inputs, logins=secrets)))
+
+
 def plan_gateway_offline(body: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     others = [item for item in inputs.get("Gateway", namespace) if item["metadata"]["name"] != name]
@@ -228,6 +255,7 @@ def render_spine(body: dict[str, Any], env: Environment, inputs: Inputs) -> list
     return [
         *rendered(plan_spine_offline(body, env, inputs)),
         *rendered(plan_twin_offline(body, env, inputs)),
+        *rendered(plan_flows_offline(body, env, inputs)),
     ]
 
 
@@ -244,10 +272,19 @@ def render_gateway(body: dict[str, Any], env: Environment, inputs: Inputs) -> li
 
 
 Renderer = Callable[[dict[str, Any], Environment, Inputs], list[dict[str, Any]]]
+
+
+def render_flow(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[dict[str, Any]]:
+    """No objects of its own (the namespace's flow engine, rendered with the Spine, runs it)."""
+    FlowSpec.model_validate(body.get("spec") or {})
+    return []
+
+
 RENDERERS: dict[str, Renderer] = {
     "Spine": render_spine,
     "TwinModel": render_twinmodel,
     "Gateway": render_gateway,
+    "Flow": render_flow,
 }
 
 

@@ -1,8 +1,8 @@
 """Every kind's status, derived from what the last reconcile found and what is live now. Pure.
 
-One function per kind, called by the only status writer of that kind (`reconcile/report.py`):
-`spine_status`, `twinmodel_status`, `gateway_status`. Each returns the whole new status (kopf's
-and Kubernetes' merge patch replaces lists), following CONVENTIONS.md: `Ready` summarises,
+One function per kind, called by the only status writer of that kind (`reconcile/kinds.py`):
+`spine_status`, `twinmodel_status`, `gateway_status`, `flow_status`. Each returns the whole new
+status (Kubernetes' merge patch replaces lists), following CONVENTIONS.md: `Ready` summarises,
 `Progressing` and `Degraded` say why, `observedGeneration` says which spec was reconciled.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from spine_operator import conditions as cond
 from spine_operator import labels
-from spine_operator.readiness import statefulset_ready
+from spine_operator.readiness import deployment_ready, statefulset_ready
 
 if TYPE_CHECKING:  # the status model is pure; the Outcome type belongs to the reconcile core
     from spine_operator.poller import RuntimeReport
@@ -289,4 +289,94 @@ def gateway_status(
     }
     if outcome is not None:
         status["observedGeneration"] = outcome.generation
+    return status
+
+
+def _flow_figures(flow: dict[str, Any] | None) -> dict[str, Any]:
+    """A flow's figures from the engine's /status, as the Flow's status carries them."""
+    if flow is None:
+        return {}
+    steps = flow.get("steps") or {}
+    sinks = flow.get("sinks") or {}
+    errors = sum(int(step.get("errors") or 0) for step in steps.values())
+    errors += sum(int(sink.get("errors") or 0) for sink in sinks.values())
+    return {
+        "running": bool(flow.get("running")),
+        "messagesIn": int(flow.get("received") or 0),
+        "messagesPerSecond": float(flow.get("messagesPerSecond") or 0.0),
+        "errors": errors,
+        "deadLetters": int(flow.get("deadLetters") or 0),
+        "inFlight": int(flow.get("inFlight") or 0),
+        "lastMessageTime": flow.get("lastMessageTime"),
+        "lastError": (str(flow["lastError"])[:300] if flow.get("lastError") else None),
+        "steps": [
+            {
+                "name": name,
+                "kind": step.get("kind"),
+                "messagesIn": int(step.get("in") or 0),
+                "messagesOut": int(step.get("out") or 0),
+                "filtered": int(step.get("filtered") or 0),
+                "errors": int(step.get("errors") or 0),
+            }
+            for name, step in steps.items()
+        ],
+    }
+
+
+def flow_status(
+    body: dict[str, Any],
+    engine: Outcome | None,
+    deployment: dict[str, Any] | None,
+    report: Any,
+    spine_problem: tuple[str, str] | None,
+) -> dict[str, Any] | None:
+    """Ready when the engine runs the flow; refused (and why) or waiting otherwise; None when
+    nothing is known yet. `report` is the poller's last FlowEngineReport."""
+    name = body["metadata"]["name"]
+    generation = _generation(body)
+    verdict = None
+    if engine is not None and engine.error is None:
+        verdict = engine.fact("flows", {}).get(name)
+    if verdict is None and spine_problem is None and engine is not None and engine.error:
+        spine_problem = (engine.error.reason, engine.error.message)
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if verdict is None:
+        if spine_problem is None:
+            return None
+        status["conditions"] = failed(generation, *spine_problem)
+        return status
+    status["loginSecretName"] = verdict.login_secret
+    if verdict.reason != cond.RECONCILED:
+        status["conditions"] = failed(generation, verdict.reason, verdict.message)
+        return status
+    ready, detail = deployment_ready(deployment)
+    flow = report.flows.get(name) if report is not None and report.reachable else None
+    status.update(_flow_figures(flow))
+    if not ready:
+        status["conditions"] = progressing(
+            generation, f"Waiting for Deployment {labels.FLOW_ENGINE_NAME}: {detail}"
+        )
+        return status
+    message = f"Running on Deployment {labels.FLOW_ENGINE_NAME}" + _undelivered(
+        engine.push if engine else None, "the engine reads its ConfigMap", "within about a minute"
+    )
+    found = [
+        cond.condition(cond.READY, True, cond.RECONCILED, message, generation),
+        cond.condition(
+            cond.PROGRESSING, False, cond.RECONCILED, "Every child is applied and ready", generation
+        ),
+    ]
+    if report is not None and not report.reachable:
+        text = f"The flow engine's /status cannot be read: {report.error}"
+        found.append(
+            cond.condition(cond.DEGRADED, True, cond.DEPENDENCY_UNAVAILABLE, text, generation)
+        )
+    elif flow is not None and flow.get("lastError"):
+        text = f"Last error: {str(flow['lastError'])[:300]}"
+        found.append(cond.condition(cond.DEGRADED, True, cond.STEP_ERRORS, text, generation))
+    elif report is not None:
+        found.append(
+            cond.condition(cond.DEGRADED, False, cond.STATUS_REPORTED, "No errors", generation)
+        )
+    status["conditions"] = found
     return status

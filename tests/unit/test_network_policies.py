@@ -1,6 +1,6 @@
-"""Every workload's NetworkPolicy admits exactly what DESIGN.md says: the broker and the twin
-the namespace's own pods and the operator (the broker also the address blocks the Spine names),
-a gateway's HTTP port the operator alone."""
+"""Every workload's NetworkPolicy admits exactly what DESIGN.md says: the broker, the twin and
+the flow engine the namespace's own pods and the operator (the broker also the address blocks
+the Spine names), a gateway's HTTP port the operator alone."""
 
 from __future__ import annotations
 
@@ -39,7 +39,13 @@ def only_rule(policy: dict[str, Any]) -> tuple[list[dict], list[int]]:
 
 def test_every_workload_has_its_allow_list(tmp_path: Path) -> None:
     found = policies(tmp_path)
-    assert sorted(found) == ["spine-broker", "spine-gateway-press-line-1", "spine-twin"]
+    assert sorted(found) == [
+        "spine-broker",
+        "spine-flow-engine",
+        "spine-gateway-press-line-1",
+        "spine-twin",
+    ]
+    assert only_rule(found["spine-flow-engine"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.flow_port])
     assert only_rule(found["spine-broker"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.broker_port])
     assert only_rule(found["spine-twin"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.twin_port])
     assert only_rule(found["spine-gateway-press-line-1"]) == ([OPERATOR], [ENV.gateway_port])

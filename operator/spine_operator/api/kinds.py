@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from spine_operator.api.flow import FlowSpec, FlowStatus
 from spine_operator.api.gateway import GatewaySpec, GatewayStatus
 from spine_operator.api.spine import SpineSpec, SpineStatus
 from spine_operator.api.twinmodel import TwinModelSpec, TwinModelStatus
@@ -132,7 +133,39 @@ GATEWAY = KindInfo(
     ),
 )
 
-KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL, GATEWAY)
+FLOW = KindInfo(
+    kind="Flow",
+    plural="flows",
+    singular="flow",
+    short_names=("iiotflow",),
+    spec_model=FlowSpec,
+    status_model=FlowStatus,
+    description="An integration flow: a source (MQTT topic, twin changes, HTTP endpoint, "
+    "schedule), steps (validate, filter, transform, convert, window, call) and sinks (MQTT, "
+    "HTTP, twin), run by the namespace's flow engine with its own broker login.",
+    extra_columns=(
+        {
+            "name": "Running",
+            "type": "boolean",
+            "jsonPath": ".status.running",
+            "description": "Whether the flow engine runs the flow.",
+        },
+        {
+            "name": "In/s",
+            "type": "number",
+            "jsonPath": ".status.messagesPerSecond",
+            "description": "Messages per second taken from the source, recently.",
+        },
+        {
+            "name": "Errors",
+            "type": "integer",
+            "jsonPath": ".status.errors",
+            "description": "Step and sink errors so far.",
+        },
+    ),
+)
+
+KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL, GATEWAY, FLOW)
 
 
 def kind_by_name(kind: str) -> KindInfo | None:

@@ -174,11 +174,24 @@ class TwinSpec(CamelModel):
     )
 
 
+class FlowEngineSpec(CamelModel):
+    """The namespace's flow engine: created when its first Flow appears."""
+
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests=ResourceList(cpu="100m", memory="64Mi"),
+            limits=ResourceList(cpu="2", memory="512Mi"),
+        ),
+        description="Compute resources of the flow engine container.",
+    )
+
+
 class SpineSpec(CamelModel):
     """Settings shared by the namespace's workloads. `{}` is a complete default."""
 
     broker: BrokerSpec = Field(default_factory=BrokerSpec)
     twin: TwinSpec = Field(default_factory=TwinSpec)
+    flow_engine: FlowEngineSpec = Field(default_factory=FlowEngineSpec)
 
     def twin_namespace(self, kubernetes_namespace: str) -> str:
         """DESIGN.md, Thing ids: Ditto needs each namespace part to start with a letter."""

@@ -17,12 +17,11 @@ from spine_operator.context import CONTEXT
 from spine_operator.labels import FINALIZER, PREFIX
 from spine_operator.reconcile import kinds
 
-_poller: status_poller.RuntimePoller | None = None
+_pollers: list[status_poller.RuntimePoller] = []
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _poller
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -32,23 +31,33 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30]
     kinds.reset()
-    _poller = status_poller.RuntimePoller(
-        kind="Gateway",
-        targets=lambda: sorted(kinds.ready_gateways),
-        url_of=lambda key: CONTEXT.environment.gateway_url(*key),
-        deliver=kinds.deliver_gateway_report,
-        metrics=CONTEXT.metrics,
-    )
-    _poller.start()
+    _pollers[:] = [
+        status_poller.RuntimePoller(
+            kind="Gateway",
+            targets=lambda: sorted(kinds.ready_gateways),
+            url_of=lambda key: CONTEXT.environment.gateway_url(*key),
+            deliver=kinds.deliver_gateway_report,
+            metrics=CONTEXT.metrics,
+        ),
+        status_poller.RuntimePoller(
+            kind="Flow",
+            targets=lambda: sorted(kinds.ready_engines),
+            url_of=lambda key: CONTEXT.environment.flow_engine_url(key[0]),
+            deliver=kinds.deliver_engine_report,
+            metrics=CONTEXT.metrics,
+            parse=status_poller.flow_engine_report,
+        ),
+    ]
+    for poller in _pollers:
+        poller.start()
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    global _poller
-    if _poller is not None:
-        await _poller.stop()
-        _poller = None
+    for poller in _pollers:
+        await poller.stop()
+    _pollers.clear()
     await CONTEXT.close()
 
 
-from spine_operator.handlers import gateway, secrets, spine, twinmodel  # noqa: E402,F401
+from spine_operator.handlers import flow, gateway, secrets, spine, twinmodel  # noqa: E402,F401

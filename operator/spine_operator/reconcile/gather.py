@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from spine_operator import labels
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.kinds import API_VERSION, GATEWAY, SPINE, TWINMODEL
+from spine_operator.api.kinds import API_VERSION, FLOW, GATEWAY, SPINE, TWINMODEL
 from spine_operator.api.spine import SpineSpec
 from spine_operator.context import CONTEXT
-from spine_operator.desired import broker, gateway, twin
+from spine_operator.desired import broker, flow, gateway, twin, workload
 from spine_operator.desired.common import controller_of, oldest
 from spine_operator.desired.logins import (
     Login,
@@ -30,7 +30,7 @@ from spine_operator.desired.logins import (
 from spine_operator.desired.plan import SecretInput
 from spine_operator.errors import ReconcileError
 from spine_operator.k8s import Kubernetes
-from spine_operator.readiness import statefulset_ready
+from spine_operator.readiness import deployment_ready, statefulset_ready
 
 
 async def read_resource(kind: str, k8s: Kubernetes, namespace: str, name: str) -> dict | None:
@@ -159,4 +159,38 @@ async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.Gatew
         statefulset_ready(existing)[0],
         pvc,
         storage_class,
+    )
+
+
+async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInputs:
+    """Every Flow and TwinModel of the namespace, the engine's token, each flow's login Secret
+    (generated once), and the live Deployment. Nothing is generated while no Flow exists."""
+    namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
+    env = CONTEXT.environment
+    flows = await k8s.list(API_VERSION, FLOW.kind, namespace)
+    models = await k8s.list(API_VERSION, TWINMODEL.kind, namespace)
+    token = SecretInput(labels.FLOW_ENGINE_TOKEN_SECRET, None)
+    inputs = flow.FlowInputs(spine, flows, models, env, token, {})
+    if not flows:
+        return inputs
+    token = await generated_secret(
+        k8s,
+        workload.build_generated_secret(
+            labels.FLOW_ENGINE_TOKEN_SECRET,
+            namespace,
+            flow.COMPONENT,
+            name,
+            {"token": twin.generate_token()},
+        ),
+        spine,
+    )
+    spec = SpineSpec.model_validate(spine.get("spec") or {})
+    _, _, logins = flow.select_flows(inputs, spec, namespace)
+    secrets = {}
+    for login in logins:
+        secret = await login_secret(k8s, namespace, login, spine)
+        secrets[secret.name] = secret
+    existing = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
+    return flow.FlowInputs(
+        spine, flows, models, env, token, secrets, existing, deployment_ready(existing)[0]
     )

@@ -16,18 +16,19 @@ from typing import Any
 from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator import poller as status_poller
-from spine_operator.api.kinds import API_VERSION, GATEWAY, SPINE, TWINMODEL
+from spine_operator.api.kinds import API_VERSION, FLOW, GATEWAY, SPINE, TWINMODEL
 from spine_operator.context import CONTEXT
 from spine_operator.desired.broker import plan_spine
 from spine_operator.desired.common import controller_of
+from spine_operator.desired.flow import plan_flows
 from spine_operator.desired.gateway import plan_gateway
 from spine_operator.desired.twin import plan_twin
 from spine_operator.errors import SpineNotFound
 from spine_operator.k8s import ApiError, Kubernetes
-from spine_operator.readiness import statefulset_ready
+from spine_operator.readiness import deployment_ready, statefulset_ready
 from spine_operator.reconcile import gather
 from spine_operator.reconcile.core import Key, Reconciler
-from spine_operator.statuses import gateway_status, spine_status, twinmodel_status
+from spine_operator.statuses import flow_status, gateway_status, spine_status, twinmodel_status
 
 TWIN_KEY = "twin"  # the twin aggregate's name in its (namespace, name) key
 TWIN = "Twin"  # its kind in metrics and logs
@@ -137,6 +138,46 @@ async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
         await write_status(k8s, GATEWAY.kind, body, new_status)
 
 
+# The flow engine: the poller's last report of each namespace's engine.
+engine_reports: dict[str, Any] = {}
+ready_engines: set[Key] = set()  # (namespace, FLOWS_KEY): the poller's targets
+FLOWS_KEY = "flows"  # the flow engine aggregate's name in its (namespace, name) key
+FLOW_ENGINE = "FlowEngine"  # its kind in metrics and logs
+
+
+async def report_flows(k8s: Kubernetes, namespace: str, _: str) -> None:
+    """Each Flow's status from the engine's outcome, its Deployment and the poller's report."""
+    spine = await gather.namespace_spine(k8s, namespace)
+    problem = None
+    if spine is None:
+        error = SpineNotFound.in_namespace(namespace, "this flow runs")
+        problem = (error.reason, error.message)
+    outcome = FLOWS.outcomes.get((namespace, FLOWS_KEY))
+    deployment = None
+    if spine is not None:
+        deployment = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
+        if deployment_ready(deployment)[0]:
+            ready_engines.add((namespace, FLOWS_KEY))
+        else:
+            ready_engines.discard((namespace, FLOWS_KEY))
+            engine_reports.pop(namespace, None)
+    for item in await k8s.list(API_VERSION, FLOW.kind, namespace):
+        async with _status_locks[(FLOW.kind, namespace, item["metadata"]["name"])]:
+            new_status = flow_status(
+                item, outcome if spine else None, deployment, engine_reports.get(namespace), problem
+            )
+            if new_status is not None:
+                await write_status(k8s, FLOW.kind, item, new_status)
+
+
+async def deliver_engine_report(key: Key, report: Any) -> None:
+    engine_reports[key[0]] = report
+    try:
+        await report_flows(CONTEXT.k8s, *key)
+    except ApiError as error:
+        status_poller.log.warning("Status of the Flows of %s not written: %s", key[0], error)
+
+
 SPINES: Reconciler[Any] = Reconciler(
     SPINE.kind,
     read=partial(gather.read_resource, SPINE.kind),
@@ -158,7 +199,14 @@ GATEWAYS: Reconciler[Any] = Reconciler(
     plan=plan_gateway,
     report=report_gateway,
 )
-RECONCILERS: tuple[Reconciler[Any], ...] = (SPINES, TWINS, GATEWAYS)
+FLOWS: Reconciler[Any] = Reconciler(
+    FLOW_ENGINE,
+    read=gather.read_twin_owner,
+    gather=gather.gather_flows,
+    plan=plan_flows,
+    report=report_flows,
+)
+RECONCILERS: tuple[Reconciler[Any], ...] = (SPINES, TWINS, GATEWAYS, FLOWS)
 
 
 def reset() -> None:
@@ -168,6 +216,8 @@ def reset() -> None:
     _status_locks.clear()
     reports.clear()
     ready_gateways.clear()
+    engine_reports.clear()
+    ready_engines.clear()
     dependency_generations.clear()
 
 

@@ -1,0 +1,302 @@
+"""The namespace's flow engine, planned from every Flow of the namespace (an aggregate, as the
+twin is of TwinModels).
+
+`plan_flows` checks each Flow (its spec compiles; the TwinModels it names exist), resolves its
+references into what the engine runs (a twin source's model into its things, a validate step's
+model into a JSON Schema), gives it its own broker login allowed exactly its topics, and renders
+the engine's config with every accepted flow: one change reaches the running engine by config
+push, and only that flow restarts there. No Flow, no engine: a namespace pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from spine_operator import conditions as cond
+from spine_operator import labels
+from spine_operator.api.spine import SpineSpec
+from spine_operator.api.twinmodel import TwinModelSpec
+from spine_operator.desired import workload
+from spine_operator.desired.common import resources
+from spine_operator.desired.logins import Login, build_login_secret
+from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
+from spine_operator.desired.twin import RUNTIME_UID, select_twin_models
+from spine_operator.environment import Environment
+from spine_operator.errors import DependencyNotReady, InvalidSpec, ReconcileError
+from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.flow import FlowEngineConfig, FlowSpec, shared_group
+from spine_runtime.flow.twin import twin_acl_topics, twin_identity
+
+COMPONENT = "flow-engine"
+LIVE_FIELDS = frozenset({"flows"})  # a flow's change is pushed; the engine restarts it alone
+
+
+def flow_username(flow: str) -> str:
+    return f"flow-{flow}"
+
+
+def flow_login(name: str, spec: FlowSpec) -> Login:
+    """Exactly the flow's topics: its source (also as a shared subscription, so replicas can
+    split it), its sinks, its dead letters, and its twin updates and their acks.
+
+    Not bound to one client id: the engine opens two connections per flow (source, sinks)."""
+    twin_publish, twin_acks = twin_acl_topics(name)
+    return Login(
+        flow_username(name),
+        publish=tuple(spec.publish_topics(name, twin_publish)),
+        subscribe=tuple(spec.subscribe_topics(twin_acks, shared_group(name))),
+        description=f"Spine flow {name}",
+    )
+
+
+@dataclass(frozen=True)
+class FlowInputs:
+    """What the plan of a namespace's flow engine reads."""
+
+    spine: dict[str, Any]
+    flows: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    env: Environment
+    token: SecretInput
+    logins: dict[str, SecretInput]  # login Secret name -> its values
+    existing: dict[str, Any] | None = None  # the live Deployment
+    existing_ready: bool = False
+
+
+@dataclass(frozen=True)
+class FlowVerdict:
+    """One Flow's place in the engine: running (Reconciled) or refused, and why."""
+
+    reason: str
+    message: str
+    login_secret: str | None = None
+
+
+def _model_schema(model: TwinModelSpec) -> dict[str, Any]:
+    """A TwinModel's properties as a JSON Schema of a message carrying them as fields."""
+    return {
+        "type": "object",
+        "properties": {name: prop.to_wire() for name, prop in model.properties.items()},
+    }
+
+
+def resolve(spec: FlowSpec, models: dict[str, TwinModelSpec]) -> dict[str, Any] | str:
+    """The flow as the engine runs it (the wire form), or why a reference does not resolve."""
+    missing = [name for name in spec.model_refs() if name not in models]
+    if missing:
+        return (
+            f"TwinModel {', '.join(missing)} does not exist in the namespace (or is refused): "
+            "apply it, and the flow starts as soon as it is accepted"
+        )
+    if spec.service_refs():
+        return (
+            f"serviceRef {', '.join(spec.service_refs())}: ServiceRegistrations are not "
+            "available yet; use url"
+        )
+    wire = spec.to_wire()
+    twin_source = wire["source"].get("twin")
+    if twin_source is not None and twin_source.get("model"):
+        model = models[twin_source["model"]]
+        things = [thing.name for thing in model.things]
+        twin_source["things"] = sorted(set(twin_source.get("things") or []) | set(things))
+    for step in wire.get("steps", []):
+        validate = step.get("validate")
+        if validate is not None and validate.get("schema") is None:
+            validate["schema"] = _model_schema(models[validate["model"]])
+    return wire
+
+
+def engine_config(
+    spec: SpineSpec, env: Environment, namespace: str, flows: list[dict[str, Any]]
+) -> FlowEngineConfig:
+    secrets_dir = PurePosixPath(env.flow_secrets_dir)
+    return FlowEngineConfig.model_validate(
+        {
+            "broker": {"host": env.broker_host(namespace), "port": env.broker_port},
+            "http": {
+                "host": env.flow_bind_address,
+                "port": env.flow_port,
+                "adminTokenFile": str(secrets_dir / "token" / "token"),
+            },
+            "twinNamespace": spec.twin_namespace(namespace),
+            "flows": flows,
+        }
+    )
+
+
+def login_file(env: Environment, flow: str) -> str:
+    return str(PurePosixPath(env.flow_secrets_dir) / "logins" / flow / "password")
+
+
+def select_flows(
+    inputs: FlowInputs, spec: SpineSpec, namespace: str
+) -> tuple[list[dict[str, Any]], dict[str, FlowVerdict], list[Login]]:
+    """(engine config of each accepted flow, each Flow's verdict, the accepted flows' logins)."""
+    models = dict(select_twin_models(inputs.models).accepted)
+    accepted: list[dict[str, Any]] = []
+    verdicts: dict[str, FlowVerdict] = {}
+    logins: list[Login] = []
+    for item in sorted(inputs.flows, key=lambda flow: flow["metadata"]["name"]):
+        name = item["metadata"]["name"]
+        if item["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            flow_spec = FlowSpec.model_validate(item.get("spec") or {})
+        except ValidationError as error:
+            message = f"Invalid spec: {describe_validation_error(error, 'spec')}"
+            verdicts[name] = FlowVerdict(cond.INVALID_SPEC, message)
+            continue
+        resolved = resolve(flow_spec, models)
+        if isinstance(resolved, str):
+            verdicts[name] = FlowVerdict(
+                cond.DEPENDENCY_NOT_FOUND, resolved[:1].upper() + resolved[1:]
+            )
+            continue
+        login = flow_login(name, flow_spec)
+        document = {
+            **resolved,
+            "name": name,
+            "login": {"username": login.username, "passwordFile": login_file(inputs.env, name)},
+        }
+        try:
+            engine_config(spec, inputs.env, namespace, [document])
+        except ValidationError as error:
+            message = f"Invalid spec: {describe_validation_error(error, 'spec')}"
+            verdicts[name] = FlowVerdict(cond.INVALID_SPEC, message)
+            continue
+        accepted.append(document)
+        logins.append(login)
+        verdicts[name] = FlowVerdict(
+            cond.RECONCILED,
+            "Running on the namespace's flow engine",
+            labels.login_secret_name(login.username),
+        )
+    return accepted, verdicts, logins
+
+
+def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
+    """The flow engine (ConfigMap, Service, Deployment, NetworkPolicy, its token, one login per
+    flow), or nothing while the namespace has no Flow; `facts["flows"]` has every verdict."""
+    metadata_ = inputs.spine["metadata"]
+    namespace, spine_name = metadata_["namespace"], metadata_["name"]
+    try:
+        spec = SpineSpec.model_validate(inputs.spine.get("spec") or {})
+    except ValidationError:
+        return DependencyNotReady(
+            f"Spine {spine_name} has an invalid spec (its status says what to fix); flows run "
+            "once it is valid"
+        )
+    env = inputs.env
+    accepted, verdicts, logins = select_flows(inputs, spec, namespace)
+    if not inputs.flows:
+        return Plan(objects=[], facts={"flows": {}})
+    digests: dict[str, str] = {}
+    try:
+        digests[inputs.token.name] = inputs.token.require(("token",), "the flow engine")
+        for login in logins:
+            secret = labels.login_secret_name(login.username)
+            found = inputs.logins.get(secret) or SecretInput(secret, None)
+            digests[secret] = found.require(("password",), f"flow login {login.username}")
+    except ReconcileError as error:
+        return error
+    try:
+        config = engine_config(spec, env, namespace, accepted)
+    except ValidationError as error:  # each flow passed alone: only their sum can fail here
+        return InvalidSpec(f"The flows together: {describe_validation_error(error, 'flows')}")
+    secrets_dir = PurePosixPath(env.flow_secrets_dir)
+    config_map = workload.build_config_map(
+        labels.FLOW_ENGINE_CONFIG_NAME,
+        namespace,
+        COMPONENT,
+        spine_name,
+        {labels.FLOW_ENGINE_CONFIG_FILE: workload.config_document(config)},
+    )
+    http_port = {"name": "http", "port": env.flow_port, "targetPort": "http", "protocol": "TCP"}
+    service = workload.build_service(
+        labels.FLOW_ENGINE_NAME, namespace, COMPONENT, spine_name, [http_port]
+    )
+    # One projected volume holds every flow's password at logins/<flow>/password.
+    logins_volume = {
+        "name": "logins",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "secret": {
+                        "name": labels.login_secret_name(flow_username(flow["name"])),
+                        "items": [{"key": "password", "path": f"{flow['name']}/password"}],
+                    }
+                }
+                for flow in accepted
+            ],
+        },
+    }
+    container = workload.container(
+        "flow-engine",
+        env.runtime_image,
+        [
+            "spine-runtime",
+            "flow",
+            "--config",
+            f"{env.flow_config_dir}/{labels.FLOW_ENGINE_CONFIG_FILE}",
+        ],
+        [{"name": "http", "containerPort": env.flow_port, "protocol": "TCP"}],
+        [
+            {"name": "config", "mountPath": env.flow_config_dir, "readOnly": True},
+            {"name": "token", "mountPath": str(secrets_dir / "token"), "readOnly": True},
+            {"name": "logins", "mountPath": str(secrets_dir / "logins"), "readOnly": True},
+            workload.TMP_MOUNT,
+        ],
+        resources(spec.flow_engine.resources),
+        workload.http_probes(),
+    )
+    # A new flow adds a login Secret to the projected volume: that is the pod's only restart.
+    checksum = workload.restart_checksum(
+        config, LIVE_FIELDS, *sorted(digests.values()), *sorted(digests)
+    )
+    template = workload.PodTemplate(
+        component=COMPONENT,
+        instance=spine_name,
+        uid=RUNTIME_UID,
+        containers=[container],
+        volumes=[
+            {"name": "config", "configMap": {"name": labels.FLOW_ENGINE_CONFIG_NAME}},
+            workload.secret_volume("token", labels.FLOW_ENGINE_TOKEN_SECRET),
+            logins_volume,
+            workload.TMP_VOLUME,
+        ],
+        checksum=checksum,
+    )
+    deployment = workload.build_deployment(labels.FLOW_ENGINE_NAME, namespace, template, 1)
+    network_policy = workload.build_ingress_policy(
+        labels.FLOW_ENGINE_NAME,
+        namespace,
+        COMPONENT,
+        spine_name,
+        [env.flow_port],
+        env.operator_namespace,
+    )
+    push = None
+    if inputs.existing_ready and workload.pod_checksum(inputs.existing) == checksum:
+        push = ConfigPush(
+            env.flow_engine_url(namespace),
+            (inputs.token.values or {}).get("token", ""),
+            workload.config_document(config),
+        )
+    return Plan(
+        objects=[config_map, service, deployment, network_policy],
+        generated=[
+            workload.build_generated_secret(
+                labels.FLOW_ENGINE_TOKEN_SECRET, namespace, COMPONENT, spine_name, {"token": ""}
+            ),
+            *(build_login_secret(namespace, login, spine_name, env, "") for login in logins),
+        ],
+        logins=logins,
+        push=push,
+        secret_digests=digests,
+        facts={"flows": verdicts, "identities": [twin_identity(flow["name"]) for flow in accepted]},
+    )

@@ -1,0 +1,118 @@
+"""The Flow kind through the real kopf runtime against the emulated API server: the namespace's
+flow engine appears with its first Flow, each Flow gets its own login, references resolve into
+what the engine runs, bad flows are refused alone, and status follows the engine's pod."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spine_operator.k8s import Kubernetes
+from tests.integration.test_spine_operator import spine, stored
+from tests.integration.test_twinmodel_operator import press_model
+from tests.support.processes import eventually
+
+pytestmark = pytest.mark.integration
+
+FLOWS = "spine.iiot.dev/v1alpha1/flows"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "press-line" / "flows.yaml"
+NAMESPACE = "plant-a"
+
+
+def example_flows() -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(EXAMPLE.read_text()) if doc]
+
+
+def ready(cluster, name: str) -> dict:
+    conditions = stored(cluster, FLOWS, NAMESPACE, name)["status"]["conditions"]
+    return next(item for item in conditions if item["type"] == "Ready")
+
+
+def engine_config(cluster) -> dict:
+    config_map = stored(cluster, "v1/configmaps", NAMESPACE, "spine-flow-engine-config")
+    return json.loads(config_map["data"]["flows.json"])
+
+
+async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) -> None:
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    await k8s.create(press_model())
+    flows = example_flows()
+    for flow in flows:
+        await k8s.create(copy.deepcopy(flow))
+    names = sorted(flow["metadata"]["name"] for flow in flows)
+    await eventually(
+        lambda: sorted(f["name"] for f in engine_config(cluster)["flows"]) == names,
+        15,
+        "every example flow in the engine's config",
+    )
+    config = engine_config(cluster)
+    alarms = next(f for f in config["flows"] if f["name"] == "press-alarms")
+    assert alarms["source"]["twin"]["things"] == ["press-1", "press-2"]  # the model, resolved
+    legacy = next(f for f in config["flows"] if f["name"] == "legacy-press")
+    assert legacy["login"]["username"] == "flow-legacy-press"
+    for name in names:
+        login = stored(cluster, "v1/secrets", NAMESPACE, f"spine-mqtt-flow-{name}")
+        assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
+    deployment = await eventually(
+        lambda: stored(cluster, "apps/v1/deployments", NAMESPACE, "spine-flow-engine"),
+        10,
+        "the engine's Deployment",
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    await eventually(lambda: ready(cluster, "press-kpi")["reason"] == "Progressing", 10, "waits")
+
+    # The engine's pod becomes ready, as the Deployment controller would report it.
+    await k8s.patch_merge(
+        "apps/v1",
+        "Deployment",
+        NAMESPACE,
+        "spine-flow-engine",
+        {
+            "status": {
+                "observedGeneration": deployment["metadata"]["generation"],
+                "replicas": 1,
+                "readyReplicas": 1,
+                "updatedReplicas": 1,
+            }
+        },
+        subresource="status",
+    )
+    for name in names:
+        await eventually(lambda n=name: ready(cluster, n)["status"] == "True", 10, f"{name} Ready")
+    status = stored(cluster, FLOWS, NAMESPACE, "press-kpi")["status"]
+    assert status["loginSecretName"] == "spine-mqtt-flow-press-kpi"
+
+
+async def test_a_bad_flow_is_refused_alone_and_a_missing_model_heals(cluster, operator) -> None:
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    flows = {flow["metadata"]["name"]: flow for flow in example_flows()}
+    good = flows["press-kpi"]
+    bad = copy.deepcopy(flows["alarm-enrich"])
+    bad["metadata"]["name"] = "bad-expression"
+    bad["spec"]["steps"][0]["filter"]["expression"] = "alarm = = true"
+    for flow in (good, bad):
+        await k8s.create(copy.deepcopy(flow))
+    await eventually(lambda: ready(cluster, "bad-expression")["reason"] == "InvalidSpec", 10, "bad")
+    message = ready(cluster, "bad-expression")["message"]
+    assert "steps[0]" in message and "position" in message, message
+    # press-kpi reads the things of TwinModel press, which does not exist yet
+    await eventually(
+        lambda: ready(cluster, "press-kpi")["reason"] == "DependencyNotFound", 10, "waits"
+    )
+    assert "TwinModel press does not exist" in ready(cluster, "press-kpi")["message"]
+    assert [f["name"] for f in engine_config(cluster)["flows"]] == []
+
+    await k8s.create(press_model())
+    await eventually(
+        lambda: [f["name"] for f in engine_config(cluster)["flows"]] == ["press-kpi"],
+        15,
+        "press-kpi in the engine once its model exists",
+    )
+    assert ready(cluster, "bad-expression")["reason"] == "InvalidSpec"
