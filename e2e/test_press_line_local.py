@@ -140,7 +140,31 @@ def test_the_screen_says_where_everything_is(spine_up: SpineUp, line: PressLine)
     assert "simulated press-1" in screen and "Try" in screen
     assert "\x1b[" not in screen  # not a terminal: plain lines, no cursor movement
     roles = sorted(p["role"] for p in spine_up.state()["processes"])
-    assert roles == ["broker", "gateway", "sim", "twin"]
+    assert roles == ["broker", "flow", "gateway", "sim", "twin"]
+
+
+def test_the_flows_run_on_twin_changes_with_their_own_logins(spine_up: SpineUp) -> None:
+    """The example's flows run on the real engine, fed by the real twin through the broker
+    under each flow's own login: the press flows see the presses' changes and make no error."""
+    import httpx
+
+    url = spine_up.state()["namespaces"]["plant-a"]["flowEngine"]["url"]
+
+    def flows() -> dict[str, Any]:
+        return dict(httpx.get(f"{url}/status", timeout=5).json()["flows"])
+
+    assert sorted(flows()) == ["alarm-enrich", "legacy-press", "press-alarms", "press-kpi"]
+    wait_until(
+        lambda: all(flows()[name]["received"] > 0 for name in ("press-alarms", "press-kpi")),
+        60,
+        "twin change events reaching the press flows",
+    )
+    for name, flow in flows().items():
+        assert flow["running"] and flow["connected"], name
+        assert flow["lastError"] is None and flow["brokerError"] is None, (name, flow)
+    kpi = flows()["press-kpi"]["steps"]
+    wait_until(lambda: flows()["press-kpi"]["steps"]["both-values"]["out"] > 0, 60, "KPI input")
+    assert kpi["values"]["errors"] == 0
 
 
 def test_a_value_changed_at_the_plc_shows_in_the_twin(line: PressLine) -> None:

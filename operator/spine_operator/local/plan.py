@@ -34,6 +34,7 @@ class NamespacePlan:
     models: list[tuple[str, TwinModelSpec]] = field(default_factory=list)  # accepted ones
     model_bodies: list[dict[str, Any]] = field(default_factory=list)
     gateways: list[Resource] = field(default_factory=list)
+    flow_bodies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def twin_namespace(self) -> str:
@@ -50,7 +51,7 @@ class LocalPlan:
 
 
 # Kinds `spine up` runs; any other kind of the API is reported and skipped.
-RUNNABLE = ("Spine", "TwinModel", "Gateway")
+RUNNABLE = ("Spine", "TwinModel", "Gateway", "Flow")
 
 
 def _namespace(resource: Resource) -> str:
@@ -111,6 +112,7 @@ def plan_local_run(resources: list[Resource]) -> LocalPlan:
             problems.append(f"{labels[model_name]}: {reason}: {message}")
         plan.models = selection.accepted
         plan.gateways = kinds.get("Gateway", [])
+        plan.flow_bodies = [_as_item(resource) for resource in kinds.get("Flow", [])]
         plans.append(plan)
     if problems:
         raise RenderError("\n".join(problems))

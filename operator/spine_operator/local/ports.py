@@ -19,6 +19,7 @@ DEFAULT_PORTS = {
     "broker": 11883,
     "twin": 18080,
     "gateway": 18081,
+    "flow": 18082,
     "sim-http": 18090,
     "modbus": 15020,
     "opcua": 14840,

@@ -11,6 +11,7 @@ Secrets already in the state directory are reused, so a kept state directory run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import sys
@@ -24,8 +25,15 @@ import httpx
 import spine_runtime
 from spine_operator import labels
 from spine_operator.desired import broker as broker_build
+from spine_operator.desired import flow as flow_build
 from spine_operator.desired import twin as twin_build
-from spine_operator.desired.logins import TWIN_USERNAME, Login, build_login_secret, twin_login
+from spine_operator.desired.logins import (
+    TWIN_USERNAME,
+    Login,
+    build_login_secret,
+    generate_password,
+    twin_login,
+)
 from spine_operator.desired.plan import Plan, Refusal, SecretInput
 from spine_operator.environment import Environment
 from spine_operator.errors import ReconcileError
@@ -133,7 +141,10 @@ def prepare_namespace(
     namespace = plan.namespace
     state_dir = state_root / namespace
     env = Environment.for_local(
-        state_dir, broker_port=ports.take("broker"), twin_port=ports.take("twin")
+        state_dir,
+        broker_port=ports.take("broker"),
+        twin_port=ports.take("twin"),
+        flow_port=ports.take("flow") if plan.flow_bodies else 0,
     )
     admin_dir = Path(env.broker_secrets_dir)
     admin_password = read_or_make(admin_dir / "password", broker_build.generate_password)
@@ -173,6 +184,8 @@ def prepare_namespace(
         )
     )
     run.workloads.append(prepare_twin(run, log_path("twin"), name_prefix))
+    if plan.flow_bodies:
+        run.workloads.append(prepare_flow_engine(run, log_path("flow-engine"), name_prefix))
     return run
 
 
@@ -219,6 +232,51 @@ def prepare_twin(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workloa
         name=f"{name_prefix}twin",
         role="twin",
         argv=runtime_argv(twin_plan.container_command()),
+        log_path=log_path,
+        probe=http_probe(f"{url}/healthz"),
+        address=url,
+        namespace=namespace,
+        env=runtime_env(),
+    )
+
+
+def prepare_flow_engine(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workload:
+    """The flow engine's token, each flow's login and the engine's config as files, from the
+    operator's own plan (which refuses a Flow as the operator would)."""
+    plan, env, namespace = run.plan, run.env, run.namespace
+    secrets_dir = Path(env.flow_secrets_dir)
+    token = {"token": read_or_make(secrets_dir / "token" / "token", twin_build.generate_token)}
+    write_secret({"stringData": token}, secrets_dir / "token")
+    inputs = flow_build.FlowInputs(
+        plan.spine_body,
+        plan.flow_bodies,
+        plan.model_bodies,
+        env,
+        SecretInput(labels.FLOW_ENGINE_TOKEN_SECRET, token),
+        {},
+    )
+    _, verdicts, logins = flow_build.select_flows(inputs, plan.spine, namespace)
+    refused = [f"Flow {name}: {v.message}" for name, v in verdicts.items() if not v.login_secret]
+    if refused:
+        raise RenderError(f"{plan.source}: " + "; ".join(refused))
+    secrets_by_name = {}
+    for login in logins:
+        flow_name = login.username.removeprefix("flow-")
+        password = read_or_make(secrets_dir / "logins" / flow_name / "password", generate_password)
+        write_secret({"stringData": {"password": password}}, secrets_dir / "logins" / flow_name)
+        secret = labels.login_secret_name(login.username)
+        secrets_by_name[secret] = SecretInput(secret, {"password": password})
+        run.logins.append((login, password))
+    engine_plan = planned(
+        flow_build.plan_flows(dataclasses.replace(inputs, logins=secrets_by_name)), plan.source
+    )
+    write_config_map(engine_plan.object_of("ConfigMap"), Path(env.flow_config_dir))
+    url = env.flow_engine_url(namespace)
+    run.details["flowEngine"] = {"url": url, "flows": sorted(verdicts)}
+    return Workload(
+        name=f"{name_prefix}flow engine",
+        role="flow",
+        argv=runtime_argv(engine_plan.container_command()),
         log_path=log_path,
         probe=http_probe(f"{url}/healthz"),
         address=url,
