@@ -300,3 +300,25 @@ def test_examples_are_valid_against_the_chart_crds(defaults: list[dict]) -> None
     assert {doc["kind"] for doc in examples} == crds
     for doc in examples:
         validate_against_crd(doc["kind"], doc)
+
+
+def test_notes_say_the_next_command() -> None:
+    # A client-side dry run renders NOTES.txt as `helm install` prints it, without a cluster.
+    result = helm(
+        "install", "spine", str(CHART), "--namespace", "plant-ops", "--dry-run=client",
+        "--set", "watchNamespaces={plant-a}",
+    )  # fmt: skip
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n plant-ops rollout status deployment/spine-operator" in notes
+    assert "watching plant-a" in notes
+    assert "kubectl -n plant-a wait spine/default --for=condition=Ready" in notes
+
+
+def test_the_packaged_chart_renders_the_same(tmp_path: Path, defaults: list[dict]) -> None:
+    # `helm package` must carry files/ (the alerts and the dashboard) and the generated templates.
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("spine-*.tgz")
+    monitoring = "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true"
+    packaged = helm("template", "spine", str(archive), "-n", NAMESPACE, "--set", monitoring)
+    from_folder = template("--set", monitoring)
+    assert [doc for doc in yaml.safe_load_all(packaged.stdout) if doc] == from_folder
