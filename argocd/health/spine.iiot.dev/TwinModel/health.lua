@@ -1,4 +1,4 @@
--- Argo CD health check of spine.iiot.dev/TwinModel (argocd/README.md: add it to argocd-cm as
+-- Argo CD health check of spine.iiot.dev/TwinModel (README.md, "Argo CD": add it to argocd-cm as
 -- resource.customizations.health.spine.iiot.dev_TwinModel). Runs on Argo CD's gopher-lua (Lua 5.1)
 -- without the string library: only base functions and table. Healthy: Ready=True at the current
 -- generation; Progressing: the operator has not caught up, the resource is being deleted, or it
