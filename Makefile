@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 APT_PACKAGES := mosquitto mosquitto-clients haproxy prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && echo sudo -n))
 
-.PHONY: install system-packages test lint unit integration crds golden demo clean helm chart checkov
+.PHONY: install system-packages test lint unit integration crds golden demo clean helm chart checkov promcheck
 
 system-packages:
 	@missing=""; for program in mosquitto haproxy promtool; do \
@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks charts
 	$(VENV)/bin/mypy
 
-test: install lint helm checkov
+test: install lint helm checkov promcheck
 	$(PYTHON) -m pytest -q
 
 unit: install
@@ -50,6 +50,10 @@ crds: install
 # into ~/.cache/spine/helm/<version>/ (minutes on 2 cores the first time, instant after).
 helm:
 	tests/helm/build.sh >/dev/null
+
+# promcheck: prometheus-operator's Go API types check our monitors and rules (tests/promcheck/).
+promcheck:
+	tests/promcheck/build.sh >/dev/null
 
 # checkov (security scan of the rendered objects) in its own venv, once, in ~/.cache/spine/checkov/.
 checkov:

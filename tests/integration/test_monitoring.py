@@ -5,7 +5,8 @@ the spec of manifests/monitoring/prometheusrule.yaml (checked here against `kube
 `promtool test rules` runs manifests/monitoring/tests/alerts.test.yaml on it, and every alert
 must be tested both firing and quiet. Every metric an alert or a panel uses is one a Spine
 process really exports (read from the metric objects themselves), every dashboard query parses
-in promtool, and the PodMonitors select the pods `spine render` produces.
+in promtool, the PodMonitors select the pods `spine render` produces, and the monitors and rules
+decode strictly into prometheus-operator's Go API types (tests/promcheck).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from spine_operator.metrics import OperatorMetrics
 from spine_runtime.gateway.metrics import GatewayMetrics
 from spine_runtime.twin.metrics import TwinMetrics
-from tests.support.helm import kustomize
+from tests.support.helm import kustomize, template
 
 pytestmark = pytest.mark.integration
 
@@ -279,3 +280,53 @@ def test_promtool_refuses_a_broken_query(tmp_path: Path) -> None:
     rule = {"record": "dashboard:broken", "expr": "sum by (namespace (spine_twin_things)"}
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [rule]}]}))
     assert run_promtool("check", "rules", str(path), cwd=tmp_path).returncode != 0
+
+
+# prometheus-operator's own types ------------------------------------------------------------
+
+
+def promcheck() -> str:
+    path = Path(
+        subprocess.run(
+            [str(REPO / "tests" / "promcheck" / "build.sh"), "--path"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    )
+    if not path.is_file():
+        pytest.skip(
+            f"promcheck is not built: `make promcheck` (tests/promcheck/build.sh) -> {path}"
+        )
+    return str(path)
+
+
+def run_promcheck(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promcheck(), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_monitors_and_rules_decode_strictly_into_prometheus_operator_types(tmp_path: Path) -> None:
+    # Field names and types as prometheus-operator's Go API (v0.95) defines them, for the
+    # overlay and for the chart with every value changed.
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump_all(kustomize(MONITORING)))
+    chart = tmp_path / "chart.yaml"
+    everything = REPO / "tests" / "helm" / "values-everything.yaml"
+    chart.write_text(yaml.safe_dump_all(template("--values", str(everything))))
+    for path in (overlay, chart):
+        result = run_promcheck(path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "4 checked, 0 failed" in result.stdout, result.stdout
+
+
+def test_promcheck_refuses_a_misspelt_field(tmp_path: Path) -> None:
+    (monitor,) = [obj for obj in kustomize(MONITORING) if obj["kind"] == "ServiceMonitor"]
+    monitor["spec"]["endpoints"][0]["honourLabels"] = True
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(monitor))
+    result = run_promcheck(path)
+    assert result.returncode == 1
+    assert 'unknown field "honourLabels"' in result.stderr
