@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.support.helm import CHART, NAMESPACE, REPO, helm
+from tests.support.helm import CHART, NAMESPACE, REPO, helm, kustomize
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +88,7 @@ def findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             ),
             write(
                 folder / "kustomize-monitoring.yaml",
-                subprocess.run(
-                    ["kubectl", "kustomize", str(REPO / "manifests" / "monitoring")],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    timeout=120,
-                ).stdout,
+                yaml.safe_dump_all(kustomize(REPO / "manifests" / "monitoring")),
             ),
         ],
         "workloads": [
