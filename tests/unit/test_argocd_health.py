@@ -10,15 +10,17 @@ own test layout), and every test input is a valid resource for the generated CRD
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
-from tests.support.crd_schema import validate_against_crd
+from tests.support.crd_schema import cel_failures, to_jsonschema
 
 lupa = pytest.importorskip("lupa.lua51", reason="PyPI lupa (Lua 5.1) runs the health scripts")
 
@@ -52,6 +54,24 @@ if chunk == nil then error(problem) end
 setfenv(chunk, env)
 return chunk()
 """
+
+
+@functools.cache
+def crd_schemas() -> dict[str, dict[str, Any]]:
+    """Each kind's schema, from the generated CRDs in crds/ (what the API server enforces)."""
+    schemas = {}
+    for path in CRDS.glob("*.spine.iiot.dev.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        schemas[crd["spec"]["names"]["kind"]] = crd["spec"]["versions"][0]["schema"][
+            "openAPIV3Schema"
+        ]
+    return schemas
+
+
+def validate_against_crd(kind: str, resource: dict[str, Any]) -> None:
+    schema = crd_schemas()[kind]
+    jsonschema.validate(copy.deepcopy(resource), to_jsonschema(schema))
+    assert not cel_failures(schema, resource), resource["metadata"]
 
 
 def kinds() -> list[str]:
