@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 APT_PACKAGES := mosquitto mosquitto-clients haproxy prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && echo sudo -n))
 
-.PHONY: install system-packages test lint unit integration crds golden demo clean
+.PHONY: install system-packages test lint unit integration crds golden demo clean helm chart checkov promcheck
 
 system-packages:
 	@missing=""; for program in mosquitto haproxy promtool; do \
@@ -31,11 +31,11 @@ $(VENV)/.installed: pyproject.toml
 install: system-packages $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks
+	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks charts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-test: install lint
+test: install lint helm checkov promcheck
 	$(PYTHON) -m pytest -q
 
 unit: install
@@ -46,6 +46,23 @@ integration: install
 
 crds: install
 	$(VENV)/bin/spine render-crds
+
+# The Helm CLI the chart tests run, built once from the Go module pinned in tests/helm/go.mod
+# into ~/.cache/spine/helm/<version>/ (minutes on 2 cores the first time, instant after).
+helm:
+	tests/helm/build.sh >/dev/null
+
+# promcheck: prometheus-operator's Go API types check our monitors and rules (tests/promcheck/).
+promcheck:
+	tests/promcheck/build.sh >/dev/null
+
+# checkov (security scan of the rendered objects) in its own venv, once, in ~/.cache/spine/checkov/.
+checkov:
+	tests/checkov/install.sh >/dev/null
+
+# Regenerate the chart's copies of crds/, the ClusterRole's rules, the alerts and the dashboard.
+chart: install
+	$(PYTHON) charts/generate.py
 
 golden: install
 	SPINE_UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/unit -k golden

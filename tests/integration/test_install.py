@@ -2,8 +2,9 @@
 
 No API server and no Docker engine run here, so this builds the kustomizations with kubectl's
 built-in kustomize, validates every object against the Kubernetes 1.30 schemas (strict), holds
-RBAC and pod security to what DESIGN.md promises, tests the alerts with promtool and lints the
-Dockerfile with hadolint. What needs a real cluster or image build is left to e2e/ and CI.
+RBAC and pod security to what DESIGN.md promises, and lints the Dockerfile with hadolint (the
+alerts are tested with promtool in test_monitoring.py). What needs a real cluster or image
+build is left to e2e/ and CI.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ IMAGE_NAME = "ghcr.io/spine-iiot/spine"
 GROUP = "spine.iiot.dev"
 KUBERNETES_VERSION = "1.30"
 # Kinds defined by prometheus-operator's CRDs: kubernetes-validate has no schema for them.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 LABELS = {
     "app.kubernetes.io/name": "spine-operator",
     "app.kubernetes.io/part-of": "spine",
@@ -174,12 +175,13 @@ def test_install_holds_the_operator_objects_and_the_crds(base_objects: list[dict
         ("ClusterRoleBinding", OPERATOR),
         ("Deployment", OPERATOR),
         ("Service", "spine-operator-metrics"),
+        ("NetworkPolicy", OPERATOR),
     } <= keys
     crds = [obj for obj in base_objects if obj["kind"] == "CustomResourceDefinition"]
     assert crds, "manifests/ must include the CRDs (../../crds)"
     assert {crd["spec"]["group"] for crd in crds} == {GROUP}
     others = [obj for obj in base_objects if obj["kind"] != "CustomResourceDefinition"]
-    assert len(others) == 6, f"unexpected objects: {sorted(key(obj) for obj in others)}"
+    assert len(others) == 7, f"unexpected objects: {sorted(key(obj) for obj in others)}"
 
 
 def test_namespaced_objects_land_in_spine_system(base_objects: list[dict]) -> None:
@@ -198,19 +200,22 @@ def test_operator_objects_carry_the_install_labels(base_objects: list[dict]) -> 
     assert LABELS.items() <= template["metadata"]["labels"].items()
 
 
-def test_monitoring_overlay_is_the_install_plus_servicemonitor_and_rule(
+def test_monitoring_overlay_is_the_install_plus_monitors_rules_and_dashboard(
     base_objects: list[dict], monitoring_objects: list[dict]
 ) -> None:
     base = {key(obj): obj for obj in base_objects}
     monitoring = {key(obj): obj for obj in monitoring_objects}
     assert set(monitoring) - set(base) == {
         ("ServiceMonitor", OPERATOR),
-        ("PrometheusRule", OPERATOR),
+        ("PodMonitor", "spine-gateways"),
+        ("PodMonitor", "spine-twins"),
+        ("PrometheusRule", "spine"),
+        ("ConfigMap", "spine-dashboards"),
     }
     # The overlay must not change the install it builds on.
     assert {name: monitoring[name] for name in base} == base
-    for kind in CUSTOM_KINDS:
-        added = find(monitoring_objects, kind, OPERATOR)
+    for added_key in set(monitoring) - set(base):
+        added = monitoring[added_key]
         assert added["metadata"]["namespace"] == NAMESPACE
         assert LABELS.items() <= added["metadata"]["labels"].items()
 
@@ -276,194 +281,7 @@ def test_servicemonitor_scrapes_the_operator_metrics_port(monitoring_objects: li
     assert service["metadata"]["labels"][spec["jobLabel"]] == OPERATOR
 
 
-# Alerts -------------------------------------------------------------------------------------
-
-
-def rule_groups(monitoring_objects: list[dict]) -> list[dict[str, Any]]:
-    rule = find(monitoring_objects, "PrometheusRule", OPERATOR)
-    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    return rule["spec"]["groups"]
-
-
-def alerts(monitoring_objects: list[dict]) -> dict[str, dict[str, Any]]:
-    return {
-        rule["alert"]: rule
-        for group in rule_groups(monitoring_objects)
-        for rule in group["rules"]
-        if "alert" in rule
-    }
-
-
-def test_prometheus_rule_fields_are_complete(monitoring_objects: list[dict]) -> None:
-    groups = rule_groups(monitoring_objects)
-    assert groups and all(group["name"] and group["rules"] for group in groups)
-    rules = [rule for group in groups for rule in group["rules"]]
-    by_name = alerts(monitoring_objects)
-    assert len(by_name) == len(rules), "every rule is a uniquely named alert"
-    assert {"SpineOperatorDown", "SpineReconcileErrors", "SpineResourcesNotReady"} <= set(by_name)
-    for name, rule in by_name.items():
-        assert rule["expr"].strip(), name
-        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
-        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
-        assert rule["annotations"]["summary"].strip(), name
-        assert rule["annotations"]["description"].strip(), name
-    not_ready = by_name["SpineResourcesNotReady"]
-    assert 'ready="false"' in not_ready["expr"] and not_ready["for"] == "15m"
-
-
-def test_alerts_use_only_metrics_the_operator_exports(monitoring_objects: list[dict]) -> None:
-    source = (REPO / "operator" / "spine_operator" / "metrics.py").read_text()
-    exported = set(re.findall(r"[\"'](spine_[a-z0-9_]+)[\"']", source))
-    used = {
-        metric
-        for rule in alerts(monitoring_objects).values()
-        for metric in re.findall(r"\bspine_[a-z0-9_]+", rule["expr"])
-    }
-    assert used, "the alerts should watch the operator's own metrics"
-    assert used <= exported, f"not exported by metrics.py: {sorted(used - exported)}"
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip(
-            "promtool is not on PATH: the Debian package `prometheus` ships it "
-            "(apt-get install -y --no-install-recommends prometheus)"
-        )
-    return path
-
-
-def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd
-    )
-
-
-def test_prometheus_rules_pass_promtool_check(
-    tmp_path: Path, monitoring_objects: list[dict]
-) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rule_groups(monitoring_objects)}))
-    result = run_promtool("check", "rules", str(rules), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
-
-
-def test_alerts_fire_when_they_should_and_not_before(
-    tmp_path: Path, monitoring_objects: list[dict]
-) -> None:
-    # promtool compares annotations exactly: keep the (templated) summary, drop the prose.
-    groups = copy.deepcopy(rule_groups(monitoring_objects))
-    for group in groups:
-        for rule in group["rules"]:
-            rule["annotations"].pop("description")
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    job = f'job="{OPERATOR}"'
-    scenario = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    # The operator's target is up for 5 minutes, then down.
-                    {"series": f'up{{{job}, instance="10.0.0.7:9090"}}', "values": "1x4 0x40"},
-                    # A Gateway in plant-a goes not ready at 5m and stays so; plant-b recovers.
-                    {
-                        "series": f'spine_resources{{{job}, kind="Gateway", '
-                        'namespace="plant-a", ready="false"}',
-                        "values": "0x4 1x40",
-                    },
-                    {
-                        "series": f'spine_resources{{{job}, kind="Gateway", '
-                        'namespace="plant-b", ready="false"}',
-                        "values": "1x9 0x35",
-                    },
-                    {
-                        "series": f'spine_resources{{{job}, kind="Spine", '
-                        'namespace="plant-b", ready="true"}',
-                        "values": "1x44",
-                    },
-                    # Flows keep failing with errors; Spines only retry, which is no error.
-                    {
-                        "series": f'spine_reconciliations_total{{{job}, kind="Flow", '
-                        'result="error"}',
-                        "values": "0+3x44",
-                    },
-                    {
-                        "series": f'spine_reconciliations_total{{{job}, kind="Spine", '
-                        'result="retry"}',
-                        "values": "0+5x44",
-                    },
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "8m", "alertname": "SpineOperatorDown", "exp_alerts": []},
-                    {
-                        "eval_time": "12m",
-                        "alertname": "SpineOperatorDown",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "critical"},
-                                "exp_annotations": {"summary": "The Spine operator is down"},
-                            }
-                        ],
-                    },
-                    {"eval_time": "15m", "alertname": "SpineResourcesNotReady", "exp_alerts": []},
-                    {
-                        "eval_time": "22m",
-                        "alertname": "SpineResourcesNotReady",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "warning",
-                                    "kind": "Gateway",
-                                    "namespace": "plant-a",
-                                },
-                                "exp_annotations": {
-                                    "summary": "1 Gateway resources in plant-a not ready"
-                                },
-                            }
-                        ],
-                    },
-                    {"eval_time": "10m", "alertname": "SpineReconcileErrors", "exp_alerts": []},
-                    {
-                        "eval_time": "25m",
-                        "alertname": "SpineReconcileErrors",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "warning", "kind": "Flow"},
-                                "exp_annotations": {
-                                    "summary": "Reconciles of Flow resources keep failing"
-                                },
-                            }
-                        ],
-                    },
-                ],
-            },
-            {
-                # A target that never appeared at all (e.g. the ServiceMonitor matches nothing).
-                "interval": "1m",
-                "input_series": [
-                    {"series": 'up{job="something-else", instance="x"}', "values": "1x20"}
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "10m",
-                        "alertname": "SpineOperatorDown",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "critical"},
-                                "exp_annotations": {"summary": "The Spine operator is down"},
-                            }
-                        ],
-                    }
-                ],
-            },
-        ],
-    }
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(scenario))
-    result = run_promtool("test", "rules", "tests.yaml", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+# The alerts (PrometheusRule), PodMonitors and dashboard: tests/integration/test_monitoring.py.
 
 
 # (c) RBAC -----------------------------------------------------------------------------------
