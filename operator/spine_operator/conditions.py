@@ -93,4 +93,3 @@ CONNECTIONS_DOWN = "ConnectionsDown"  # the gateway reports a connection down; m
 AWAITING_STATUS = "AwaitingStatus"  # the workload's /status has not been read yet
 STATUS_REPORTED = "StatusReported"  # the workload's /status answered at the last poll
 VOLUME_CLAIM_IMMUTABLE = "VolumeClaimImmutable"  # a PVC's storage class or kind cannot change
-STEP_ERRORS = "StepErrors"  # a flow runs, but its last message failed a step or a sink

@@ -25,8 +25,15 @@ PRESS_LINE = REPO / "examples" / "press-line"
 GROUP = "spine.iiot.dev"
 APP = "spine-press-line"
 NAMESPACE = "plant-a"
-PARENT_PLURALS = {"spines", "gateways", "twinmodels"}
-CHILD_PLURALS = ["statefulsets", "services", "configmaps", "secrets", "networkpolicies"]
+PARENT_PLURALS = {"spines", "gateways", "twinmodels", "flows"}
+CHILD_PLURALS = [
+    "statefulsets",
+    "deployments",
+    "services",
+    "configmaps",
+    "secrets",
+    "networkpolicies",
+]
 
 
 def tracked(doc: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +78,7 @@ async def test_argocd_managed_resources_keep_their_spec_and_lend_no_mark_to_chil
 ) -> None:
     k8s = Kubernetes()
     created = parents()
-    assert sorted(doc["kind"] for doc in created) == ["Gateway", "Spine", "TwinModel"]
+    assert sorted({doc["kind"] for doc in created}) == ["Flow", "Gateway", "Spine", "TwinModel"]
     for doc in created:
         await k8s.create(doc)
 
@@ -99,7 +106,12 @@ async def test_argocd_managed_resources_keep_their_spec_and_lend_no_mark_to_chil
             and any(str(op.get("path", "")).startswith("/spec") for op in body)
         ), f"{request.method} {request.name}: {body}"
     for doc in created:
-        plural = {"Spine": "spines", "Gateway": "gateways", "TwinModel": "twinmodels"}[doc["kind"]]
+        plural = {
+            "Spine": "spines",
+            "Gateway": "gateways",
+            "TwinModel": "twinmodels",
+            "Flow": "flows",
+        }[doc["kind"]]
         live = cluster.objects[f"{GROUP}/v1alpha1/{plural}", NAMESPACE, doc["metadata"]["name"]].raw
         assert live["spec"] == doc["spec"], doc["kind"]
         for key, value in doc["metadata"]["annotations"].items():

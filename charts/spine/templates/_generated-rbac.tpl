@@ -24,13 +24,11 @@
   - twinmodels
   - gateways
   - flows
-  - serviceregistrations
   verbs:
   - get
   - list
   - watch
   - patch
-  - update
 - apiGroups:
   - spine.iiot.dev
   resources:
@@ -38,39 +36,30 @@
   - twinmodels/status
   - gateways/status
   - flows/status
-  - serviceregistrations/status
   verbs:
-  - get
   - patch
-  - update
 - apiGroups:
   - ''
   resources:
   - events
   verbs:
   - create
-  - patch
-- apiGroups:
-  - events.k8s.io
-  resources:
-  - events
-  verbs:
-  - create
-  - patch
 - apiGroups:
   - ''
   resources:
   - configmaps
   - services
+  verbs:
+  - get
+  - create
+  - patch
+- apiGroups:
+  - ''
+  resources:
   - persistentvolumeclaims
   verbs:
   - get
-  - list
-  - watch
-  - create
   - patch
-  - update
-  - delete
 - apiGroups:
   - ''
   resources:
@@ -80,12 +69,19 @@
   - list
   - watch
   - create
-  - patch
-  - update
 - apiGroups:
   - apps
   resources:
   - statefulsets
+  verbs:
+  - get
+  - list
+  - watch
+  - create
+  - patch
+- apiGroups:
+  - apps
+  resources:
   - deployments
   verbs:
   - get
@@ -93,8 +89,6 @@
   - watch
   - create
   - patch
-  - update
-  - delete
 - apiGroups:
   - storage.k8s.io
   resources:
@@ -107,12 +101,8 @@
   - networkpolicies
   verbs:
   - get
-  - list
-  - watch
   - create
   - patch
-  - update
-  - delete
 {{- end }}
 {{/* The rules on cluster-scoped resources: bound cluster-wide in every mode. */}}
 {{- define "spine.generated.clusterScopedRules" }}
