@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -69,6 +70,8 @@ class Environment:
     flow_config_dir: str = "/etc/spine"
     flow_secrets_dir: str = "/var/run/spine"
     operator_namespace: str = "spine-system"
+    # Where Prometheus scrapes from: admitted to the runtimes' http port (/metrics), if set.
+    monitoring_namespace: str | None = None
 
     @classmethod
     def cluster(cls, runtime_image: str = RUNTIME_IMAGE) -> Environment:
@@ -169,7 +172,13 @@ def find_dynsec_plugin() -> str:
 
 def operator_environment() -> Environment:
     """The environment the operator renders for: its own image runs the runtime workloads."""
+    monitoring = os.environ.get("SPINE_MONITORING_NAMESPACE") or None
+    if monitoring is not None and not re.fullmatch(
+        r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", monitoring
+    ):
+        raise ValueError(f"SPINE_MONITORING_NAMESPACE {monitoring!r} is not a namespace name")
     return Environment(
         runtime_image=os.environ.get("SPINE_RUNTIME_IMAGE", RUNTIME_IMAGE),
         operator_namespace=os.environ.get("SPINE_OPERATOR_NAMESPACE", "spine-system"),
+        monitoring_namespace=monitoring,
     )

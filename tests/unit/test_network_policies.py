@@ -73,3 +73,26 @@ def test_the_spine_names_the_address_blocks_outside_the_namespace(tmp_path: Path
 def test_an_address_block_that_is_not_cidr_is_refused(cidr: str) -> None:
     with pytest.raises(ValidationError, match="not an address block"):
         SpineSpec.model_validate({"broker": {"externalClients": [cidr]}})
+
+
+def test_the_monitoring_namespace_may_scrape_every_runtime_but_not_the_broker() -> None:
+    """With SPINE_MONITORING_NAMESPACE (chart: metrics.scrapeNamespace) Prometheus reaches each
+    runtime's /metrics; mosquitto serves none, so the broker stays closed to it."""
+    env = Environment.cluster().replace(monitoring_namespace="monitoring")
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    found = {
+        obj["metadata"]["name"]: obj["spec"]
+        for obj in render(load_resources([PRESS_LINE]), env)
+        if obj["kind"] == "NetworkPolicy"
+    }
+    for name in ("spine-twin", "spine-flow-engine", "spine-gateway-press-line-1"):
+        assert scraper in only_rule(found[name])[0], name
+    assert scraper not in only_rule(found["spine-broker"])[0]
+
+
+def test_a_monitoring_namespace_that_is_no_name_is_refused(monkeypatch) -> None:
+    from spine_operator.environment import operator_environment
+
+    monkeypatch.setenv("SPINE_MONITORING_NAMESPACE", "bad/ns")
+    with pytest.raises(ValueError, match="is not a namespace name"):
+        operator_environment()

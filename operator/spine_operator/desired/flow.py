@@ -279,6 +279,7 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         spine_name,
         [env.flow_port],
         env.operator_namespace,
+        monitoring_namespace=env.monitoring_namespace,
     )
     push = None
     if inputs.existing_ready and workload.pod_checksum(inputs.existing) == checksum:

@@ -368,6 +368,7 @@ def build_gateway(
         [env.gateway_port],
         env.operator_namespace,
         same_namespace=False,
+        monitoring_namespace=env.monitoring_namespace,
     )
     return GatewayObjects(config_map, service, statefulset, network_policy)
 

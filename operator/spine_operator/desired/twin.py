@@ -159,7 +159,13 @@ def build_twin(
     # DESIGN.md: only the namespace's own workloads (and the operator, which pushes config and
     # reads /status) may reach the twin until the proxy fronts it.
     network_policy = workload.build_ingress_policy(
-        labels.TWIN_NAME, namespace, COMPONENT, spine_name, [env.twin_port], env.operator_namespace
+        labels.TWIN_NAME,
+        namespace,
+        COMPONENT,
+        spine_name,
+        [env.twin_port],
+        env.operator_namespace,
+        monitoring_namespace=env.monitoring_namespace,
     )
     return TwinObjects(config_map, service, statefulset, network_policy)
 

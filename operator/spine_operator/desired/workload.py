@@ -229,13 +229,17 @@ def build_ingress_policy(
     operator_namespace: str,
     same_namespace: bool = True,
     cidrs: tuple[str, ...] = (),
+    monitoring_namespace: str | None = None,
 ) -> dict[str, Any]:
     """A NetworkPolicy admitting to the workload's `ports` only the operator's namespace, the
-    namespace's own pods (unless `same_namespace` is False) and the given address blocks."""
+    namespace's own pods (unless `same_namespace` is False), the given address blocks, and the
+    namespace Prometheus scrapes from (the runtimes serve /metrics on their http port)."""
     sources: list[dict[str, Any]] = [{"podSelector": {}}] if same_namespace else []
-    sources.append(
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}}}
-    )
+    for admitted in (operator_namespace, monitoring_namespace):
+        if admitted:
+            sources.append(
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": admitted}}}
+            )
     sources += [{"ipBlock": {"cidr": cidr}} for cidr in cidrs]
     return {
         "apiVersion": "networking.k8s.io/v1",
