@@ -213,6 +213,13 @@ class Connection(CamelModel):
         return {"modbusTcp": self.modbus_tcp, "opcua": self.opcua, "s7": self.s7}[name]
 
     @property
+    def request_timeout(self) -> float:
+        """Seconds one request to the PLC may take (the protocol settings' `timeout`)."""
+        settings = self.modbus_tcp or self.opcua or self.s7
+        assert settings is not None
+        return settings.timeout
+
+    @property
     def protocol(self) -> Protocol:
         if self.modbus_tcp is not None:
             return Protocol.MODBUS_TCP

@@ -5,6 +5,8 @@ spine_gateway_read_duration_seconds{connection}     latency of one read request
 spine_gateway_notifications_total{connection}       OPC UA data-change notifications received
 spine_gateway_tag_errors_total{connection,reason}   values not published (not_finite, ...)
 spine_gateway_connection_up{connection}             1 while the PLC session is up
+spine_gateway_connection_stalled{connection}        1 while a poll group finishes no cycles
+spine_gateway_connection_stop_timeouts_total{connection}  connection tasks abandoned on stop
 spine_gateway_tag_values_total{connection}          property values put into updates
 spine_gateway_buffered_messages                     updates on disk awaiting the twin's ack
 spine_gateway_buffered_bytes                        their size
@@ -51,6 +53,18 @@ class GatewayMetrics:
         self.connection_up = Gauge(
             "spine_gateway_connection_up",
             "1 while the PLC session is up",
+            ["connection"],
+            registry=r,
+        )
+        self.connection_stalled = Gauge(
+            "spine_gateway_connection_stalled",
+            "1 while a poll group of the connection finishes no cycles",
+            ["connection"],
+            registry=r,
+        )
+        self.stop_timeouts = Counter(
+            "spine_gateway_connection_stop_timeouts",
+            "Connection tasks that did not stop within the deadline and were abandoned",
             ["connection"],
             registry=r,
         )

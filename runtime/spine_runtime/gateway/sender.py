@@ -59,7 +59,8 @@ class Sender:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 0.25)
+                async with asyncio.timeout(0.25):  # not wait_for: it can lose a cancel in 3.11
+                    await self.wake.wait()
             self.wake.clear()
             self._follow_queue()
             if not self.link.connected:

@@ -12,6 +12,7 @@ failed Read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import math
@@ -150,7 +151,8 @@ class OpcUaDriver(Driver):
             )
         self.client = client
         try:
-            await asyncio.wait_for(client.connect(), settings.timeout * 3)
+            async with asyncio.timeout(settings.timeout * 3):
+                await client.connect()
         except ua.UaStatusCodeError as error:
             name = ua.StatusCode(error.code).name
             message = f"the OPC UA server {settings.endpoint} refused the session: {name}"
@@ -196,7 +198,8 @@ class OpcUaDriver(Driver):
         if self.client is not None:
             client, self.client = self.client, None
             try:
-                await asyncio.wait_for(client.disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await client.disconnect()
             except Exception:  # the session may be half gone already; it is being dropped
                 log.debug(
                     "Closing OPC UA session of %s failed", self.connection.name, exc_info=True
@@ -284,10 +287,13 @@ class OpcUaDriver(Driver):
         if failed:
             await deliver(failed)
         while True:
-            try:
-                batch = await asyncio.wait_for(self.batches.get(), 0.5)
-            except TimeoutError:
-                batch = []
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that lands
+            # in the same loop step as a cancel and loses the cancel, so the runner could not
+            # stop this loop (issue 10).
+            batch = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    batch = await self.batches.get()
             if batch:
                 self.metrics.notifications.labels(self.connection.name).inc(len(batch))
                 await deliver(batch)
