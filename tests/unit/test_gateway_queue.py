@@ -135,3 +135,26 @@ async def test_the_async_queue_runs_calls_in_order_off_the_event_loop(tmp_path: 
     await queue.ack(batch[0].epoch, 20)
     assert queue.stats is not None and queue.stats.messages == 0
     await queue.close()
+
+
+def test_a_refused_update_becomes_a_bounded_dead_letter_and_its_seq_a_gap(tmp_path: Path) -> None:
+    queue = DiskQueue(tmp_path, max_messages=100, max_bytes=10**6, max_dead_letters=3)
+    queue.append([update(n) for n in range(6)])
+    for seq in (2, 3, 4, 5):
+        gap = queue.replace_with_gap(seq, "Not authorized (135)", "press-9", now=1000.0 + seq)
+        assert gap is not None and (gap.seq, gap.thing, gap.features) == (seq, "press-9", "{}")
+    # the seq stays, carrying no value, so the twin's ack can pass it
+    assert [(u.seq, u.features) for u in queue.read_after(0, 100)][1:3] == [(2, "{}"), (3, "{}")]
+    assert counters(queue, after=5) == [5]
+    # a gap refused again only moves to another thing: no second dead letter
+    assert queue.replace_with_gap(2, "Not authorized (135)", "press-8") is not None
+    kept = queue.dead_letters(10)
+    assert [(d.seq, d.thing) for d in kept] == [(5, "press-1"), (4, "press-1"), (3, "press-1")]
+    assert kept[0].features == '{"counter":{"properties":{"value":4}}}'
+    assert kept[0].reason == "Not authorized (135)"
+    assert (queue.stats().dead_letters_total, queue.stats().dead_letters_kept) == (4, 3)
+    queue.ack(queue.epoch, 6)
+    assert queue.replace_with_gap(6, "gone", "press-9") is None  # acknowledged meanwhile
+    queue.close()
+    reopened = DiskQueue(tmp_path, max_messages=100, max_bytes=10**6, max_dead_letters=3)
+    assert (reopened.stats().dead_letters_total, reopened.stats().dead_letters_kept) == (4, 3)

@@ -361,6 +361,13 @@ class BufferSettings(CamelModel):
         description="Flush every write to the device: also survives a power loss of the node, "
         "at the cost of one flush per poll cycle. Without it a killed process loses nothing.",
     )
+    max_dead_letters: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Most updates kept that the broker refused (e.g. not authorised); the "
+        "oldest go first. Each is counted and shown in /status.",
+    )
 
 
 class GatewayConfig(CamelModel):

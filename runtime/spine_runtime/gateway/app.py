@@ -61,11 +61,16 @@ class Gateway:
         self.metrics = GatewayMetrics()
         buffer = config.buffer
         self.queue = AsyncDiskQueue(
-            buffer.path, buffer.max_messages, buffer.max_bytes, buffer.fsync
+            buffer.path,
+            buffer.max_messages,
+            buffer.max_bytes,
+            buffer.fsync,
+            buffer.max_dead_letters,
         )
         self.runners: dict[str, ConnectionRunner] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.acks: asyncio.Queue[Ack] = asyncio.Queue()
+        self.refusals: asyncio.Queue[tuple[int, str, int]] = asyncio.Queue()
         self.started_at = time.time()
         self.last_refusal: str | None = None
         self.server: RuntimeServer | None = None
@@ -86,6 +91,7 @@ class Gateway:
                 disconnected=self._broker_lost,
                 message=self._message,
                 refused=self._refused,
+                publish_refused=lambda *refusal: self.refusals.put_nowait(refusal),
             ),
         )
         self.sender = Sender(config, self.queue, self.link, self.metrics, stats)
@@ -95,6 +101,7 @@ class Gateway:
             ("sender", self.sender.run()),
             ("writer", self.writer.run()),
             ("acks", self._handle_acks()),
+            ("refusals", self._handle_refusals()),
             ("heartbeats", self.pipeline.run_heartbeats(self._live_connections)),
             ("gauges", self._refresh_gauges()),
         ):
@@ -228,6 +235,14 @@ class Gateway:
             for ack in latest.values():
                 await self.sender.on_ack(ack)
 
+    async def _handle_refusals(self) -> None:
+        while True:
+            mid, reason, code = await self.refusals.get()
+            try:
+                await self.sender.on_publish_refused(mid, reason, code)
+            except Exception:  # a broken disk: the update stays queued and is retried
+                log.exception("Could not move a refused update aside")
+
     # Health, status, metrics ------------------------------------------------------------
 
     async def _refresh_gauges(self) -> None:
@@ -305,6 +320,12 @@ class Gateway:
                 "published": sender.published_count,
                 "resent": sender.resends,
                 "lastAckAt": format_time(sender.last_ack_at) if sender.last_ack_at else None,
+            },
+            "deadLetters": {
+                "total": stats.dead_letters_total if stats else 0,
+                "kept": stats.dead_letters_kept if stats else 0,
+                "maxKept": buffer.max_dead_letters,
+                "last": sender.last_dead_letter,
             },
             "writes": self.writer.status(),
         }

@@ -15,6 +15,7 @@ spine_gateway_published_messages_total              updates published for the fi
 spine_gateway_resent_messages_total                 updates published again (unacknowledged)
 spine_gateway_acked_messages_total                  updates the twin confirmed
 spine_gateway_dropped_messages_total                updates dropped because the buffer was full
+spine_gateway_dead_letters_total{reason}            updates the broker refused, kept aside
 spine_gateway_broker_connected                      1 while the MQTT session is up
 spine_gateway_writes_total{connection,result}       desired values written (ok, rejected, error)
 """
@@ -107,6 +108,12 @@ class GatewayMetrics:
         self.dropped = Counter(
             "spine_gateway_dropped_messages",
             "Updates dropped because the buffer was full",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "spine_gateway_dead_letters",
+            "Updates the broker refused (by MQTT reason), moved to the dead letters",
+            ["reason"],
             registry=r,
         )
         self.broker_connected = Gauge(
