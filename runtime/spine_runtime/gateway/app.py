@@ -8,6 +8,7 @@ change; anything else (name, namespace, broker, HTTP, buffer) needs a restart an
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -174,6 +175,9 @@ class Gateway:
         self.pipeline.heartbeat = new.publish.heartbeat_seconds or None
         self.link.set_subscriptions(subscriptions_of(new))
         self._start_runners(new)
+        # The old config's tags and sessions are cyclic garbage that the collector's oldest
+        # generation frees only much later: a large config would hold its memory until then.
+        gc.collect()
 
     async def _stop_runners(self) -> None:
         """Stop every connection, all at once and each within its deadline; one that would
