@@ -205,6 +205,7 @@ def test_the_config_has_secret_paths_only_and_follows_the_environment(tmp_path) 
         "usernameFile": "/var/run/spine/opcua/plc-opcua/login/username",
         "passwordFile": "/var/run/spine/opcua/plc-opcua/login/password",
         "serverCertificateFile": "/var/run/spine/opcua/plc-opcua/server/ca.crt",
+        "subscription": {"publishingInterval": 100.0, "queueSize": 1},
     }
     pod = build(gateway).statefulset["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}

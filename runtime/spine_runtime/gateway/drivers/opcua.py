@@ -23,6 +23,7 @@ from typing import Any
 from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies
 
+from spine_runtime.config.gateway import EffectiveSubscription, effective_subscription
 from spine_runtime.gateway.addresses import OpcUaAddress
 from spine_runtime.gateway.drivers.base import (
     BoundTag,
@@ -274,10 +275,9 @@ class OpcUaDriver(Driver):
             await asyncio.Event().wait()
         by_interval: dict[float, list[BoundTag]] = {}
         for tag in subscribed:
-            assert tag.config.subscribe is not None
             if node_id_of(tag) in self.unresolved:
                 continue
-            by_interval.setdefault(tag.config.subscribe.publishing_interval, []).append(tag)
+            by_interval.setdefault(self.subscription_of(tag).publishing_interval, []).append(tag)
         failed = self.unresolved_readings(subscribed)
         try:
             for interval, tags in sorted(by_interval.items()):
@@ -306,6 +306,10 @@ class OpcUaDriver(Driver):
                         f"no publish response from the server for {stale_after:.0f} s"
                     )
 
+    def subscription_of(self, tag: BoundTag) -> EffectiveSubscription:
+        assert tag.config.subscribe is not None
+        return effective_subscription(tag.config.subscribe, self.settings.subscription)
+
     async def _subscribe(
         self, client: Client, interval: float, tags: list[BoundTag]
     ) -> list[Reading]:
@@ -324,13 +328,10 @@ class OpcUaDriver(Driver):
         self.subscriptions.append((subscription, stale_after))
         items: dict[tuple[float, int], dict[str, list[BoundTag]]] = {}
         for tag in tags:
-            settings = tag.config.subscribe
-            assert settings is not None
-            # -1 asks the server to sample at the publishing interval (OPC UA Part 4, 7.16)
-            sampling = settings.sampling_interval if settings.sampling_interval is not None else -1
-            items.setdefault((float(sampling), settings.queue_size), {}).setdefault(
-                node_id_of(tag), []
-            ).append(tag)
+            settings = self.subscription_of(tag)
+            items.setdefault(
+                (float(settings.sampling_interval), settings.queue_size), {}
+            ).setdefault(node_id_of(tag), []).append(tag)
         failed: list[Reading] = []
         for (sampling, queue_size), by_node in items.items():
             for node_id, node_tags in by_node.items():
