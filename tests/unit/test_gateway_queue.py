@@ -158,3 +158,29 @@ def test_a_refused_update_becomes_a_bounded_dead_letter_and_its_seq_a_gap(tmp_pa
     queue.close()
     reopened = DiskQueue(tmp_path, max_messages=100, max_bytes=10**6, max_dead_letters=3)
     assert (reopened.stats().dead_letters_total, reopened.stats().dead_letters_kept) == (4, 3)
+
+
+async def test_what_the_sender_reads_from_memory_is_what_is_on_disk(tmp_path: Path) -> None:
+    queue = AsyncDiskQueue(tmp_path, max_messages=20, max_bytes=10**6, fsync=False)
+    await queue.open()
+
+    async def from_disk(after: int, limit: int = 1000) -> list:
+        return await queue._call(lambda disk: disk.read_after(after, limit))
+
+    for n in range(10):
+        await queue.append([update(n)])
+    assert await queue.read_after(0, 1000) == await from_disk(0)
+    assert await queue.read_after(7, 2) == await from_disk(7, 2)
+    assert await queue.read_after(10, 100) == []
+    gap = await queue.replace_with_gap(4, "Not authorized (135)", "press-2")
+    assert gap is not None
+    assert (await queue.read_after(3, 1))[0].features == "{}"
+    assert await queue.read_after(0, 1000) == await from_disk(0)
+    # a full buffer drops the oldest and starts a new epoch: every seq changes
+    for n in range(10, 25):
+        await queue.append([update(n)])
+    assert queue.stats is not None and queue.stats.dropped_total > 0
+    after = queue.stats.acked_position
+    assert await queue.read_after(after, 1000) == await from_disk(after)
+    assert (await queue.read_after(after, 1))[0].seq == 1
+    await queue.close()

@@ -23,6 +23,7 @@ which the twin processes (rejects: it sets no value) and so acknowledges.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import sqlite3
@@ -405,9 +406,19 @@ class DiskQueue:
         self._db.close()
 
 
+RECENT_UPDATES = 4096
+
+
 class AsyncDiskQueue:
     """The disk queue for asyncio code: every call runs in one worker thread, in call order,
-    so a slow disk (fsync) never stalls the event loop."""
+    so a slow disk (fsync) never stalls the event loop.
+
+    The updates appended last are also kept in memory (`RECENT_UPDATES` of them), so a sender
+    that keeps up reads them from there: one thread hop and one SQLite read less on the way
+    from the PLC to the broker. What is read from memory is exactly what is on disk: the copy
+    is made after the append committed, an epoch change or a drop makes it unusable, and a
+    gap replaces its entry.
+    """
 
     def __init__(
         self,
@@ -421,6 +432,8 @@ class AsyncDiskQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spine-buffer")
         self._queue: DiskQueue | None = None
         self.stats: QueueStats | None = None  # refreshed after every call, for /status
+        self._recent: dict[int, QueuedUpdate] = {}  # position -> the update as committed
+        self._last_position = 0  # of the last append (the sender reads no further)
 
     async def _call(self, operation: Callable[[DiskQueue], T]) -> T:
         def run() -> T:
@@ -437,12 +450,50 @@ class AsyncDiskQueue:
             self.stats = self._queue.stats()
             return self.stats
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, open_queue)
+        stats = await asyncio.get_running_loop().run_in_executor(self._executor, open_queue)
+        self._last_position = stats.last_position
+        return stats
 
     async def append(self, updates: Sequence[NewUpdate]) -> int:
-        return await self._call(lambda queue: queue.append(updates))
+        now = time.time()
+
+        def append(queue: DiskQueue) -> tuple[int, int, str, int]:
+            dropped = queue.append(updates, now)
+            return dropped, queue.last_position, queue.epoch, queue.epoch_base
+
+        dropped, last, epoch, base = await self._call(append)
+        self._last_position = max(self._last_position, last)
+        if dropped:
+            self._recent.clear()  # a new epoch: every seq changed
+            return dropped
+        for position, update in enumerate(updates, start=last - len(updates) + 1):
+            self._recent[position] = QueuedUpdate(
+                position,
+                position - base,
+                epoch,
+                update.thing,
+                update.features,
+                update.source_time,
+                now,
+            )
+        excess = len(self._recent) - RECENT_UPDATES
+        if excess > 0:
+            for position in list(itertools.islice(self._recent, excess)):
+                del self._recent[position]
+        return dropped
 
     async def read_after(self, position: int, limit: int) -> list[QueuedUpdate]:
+        stats = self.stats
+        found: list[QueuedUpdate] = []
+        next_position = position + 1
+        while stats is not None and len(found) < limit:
+            update = self._recent.get(next_position)
+            if update is None or update.epoch != stats.epoch:
+                break
+            found.append(update)
+            next_position += 1
+        if len(found) == limit or next_position > self._last_position:
+            return found
         return await self._call(lambda queue: queue.read_after(position, limit))
 
     async def ack(self, epoch: str, seq: int) -> AckResult:
@@ -451,6 +502,7 @@ class AsyncDiskQueue:
     async def replace_with_gap(
         self, position: int, reason: str, gap_thing: str
     ) -> QueuedUpdate | None:
+        self._recent.pop(position, None)
         return await self._call(lambda queue: queue.replace_with_gap(position, reason, gap_thing))
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
