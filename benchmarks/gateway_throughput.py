@@ -42,7 +42,7 @@ from tests.support.processes import free_port, wait_until
 from tests.support.sim import SimHandle, start_sim
 from tests.support.twin import TwinHandle, start_twin
 
-from spine_operator.brokeraccess import Login
+from spine_operator.desired.logins import Login
 
 REPORT = Path(__file__).parent / "reports" / "gateway.md"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

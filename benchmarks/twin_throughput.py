@@ -74,7 +74,9 @@ def _publisher(
     results: Any,
 ) -> None:
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-{gateway}-{kind}", protocol=mqtt.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=username,
+        protocol=mqtt.MQTTv5,  # bound login
     )
     client.username_pw_set(username, password)
     client.max_inflight_messages_set(0)

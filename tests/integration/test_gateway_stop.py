@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spine_operator.build.logins import gateway_login
+from spine_operator.desired.logins import gateway_login
 from spine_runtime.config.gateway import Connection, GatewayConfig
 from spine_runtime.gateway.app import Gateway
 from spine_runtime.gateway.drivers.base import BoundTag, Driver

@@ -86,7 +86,7 @@ class Gateway:
     def __init__(self, broker: LocalBroker, username: str, password: str) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
+            client_id=username,  # a gateway login is bound to its own client id
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(username, password)

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from spine_operator.brokeraccess import BrokerAdmin
-from spine_operator.build.logins import TWIN_USERNAME, gateway_login, twin_login
+from spine_operator.broker_admin import BrokerAdmin
+from spine_operator.desired.logins import TWIN_USERNAME, gateway_login, twin_login
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
