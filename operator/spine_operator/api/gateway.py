@@ -298,7 +298,9 @@ class GatewaySpec(CamelModel):
 class ConnectionStatus(CamelModel):
     name: str
     protocol: str | None = None
-    state: str | None = Field(default=None, description="connected, disconnected or error.")
+    state: str | None = Field(
+        default=None, description="connected, disconnected, error or stalled."
+    )
     last_success: str | None = None
     last_error: str | None = None
 
