@@ -295,8 +295,15 @@ async def test_desired_values_are_written_read_back_and_reported(tmp_path, broke
             ],
         )
         try:
+            # Every connection must be up before its first write: a write to a connection
+            # that is down is refused, not retried (README, Writes). Waiting for S7 alone
+            # flaked on a busy machine when the Modbus session came up late.
             wait_until(
-                lambda: acker.values("press-3", "running")[-1:] == [True],
+                lambda: (
+                    acker.values("press-3", "running")[-1:] == [True]
+                    and acker.values("press-1", "targetSpeed")
+                    and acker.values("press-2", "targetSpeed")
+                ),
                 20,
                 "the first values of all three connections",
             )

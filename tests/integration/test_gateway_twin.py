@@ -141,3 +141,26 @@ async def test_a_desired_speed_set_in_the_twin_reaches_the_plc_and_is_reported_b
     refused = httpx.put(url, json=90, headers=twin.auth(), timeout=5)
     assert refused.status_code == 400 and "maximum" in refused.json()["error"]
     assert sim.values()["targetSpeed"] == 45
+
+
+async def test_updates_the_broker_refuses_do_not_stop_the_twins_acks(
+    sim: SimHandle, twin: TwinHandle, gateway: GatewayHandle
+) -> None:
+    # The gateway's login may publish press-1 only; its config gains a tag for press-2 (a
+    # config ahead of its login). The broker refuses those updates (135); the gateway keeps
+    # them as dead letters and fills their seqs with gaps the real twin processes.
+    wait_until(lambda: everything_acknowledged(gateway), 15, "the first updates acknowledged")
+    refused_from = gateway.status()["publish"]["lastSeq"]
+    press_2 = {**TAGS[1], "name": "temperature-2", "thing": "press-2", "interval": 100}
+    gateway.write_config({**gateway.config, "tags": [*TAGS, press_2]})
+    wait_until(
+        lambda: gateway.status()["deadLetters"]["total"] >= 5, 15, "refused updates moved aside"
+    )
+    wait_until(
+        lambda: gateway.status()["publish"]["ackedSeq"] >= refused_from + 30,
+        20,
+        "the twin's acks to pass the refused seqs",
+    )
+    counted = reported(twin, "cycleCount")
+    wait_until(lambda: reported(twin, "cycleCount") > counted, 15, "press-1 to keep moving")
+    assert twin.thing("press-2")["features"]["temperature"]["properties"].get("value") is None

@@ -6,6 +6,9 @@ its config and runs `python -m spine_runtime.cli gateway --config FILE` on free 
 returned `GatewayHandle` reads /status and /metrics, stops, SIGKILLs and restarts it on the same
 buffer. The gateway's tests and the benchmarks use it (`spine up` renders its own).
 
+`ScriptedDriver` and `DeafDriver` are PLC sessions that misbehave on cancellation, for the
+tests of bounded stops (issue 10).
+
 `StandInAcker` is a STAND-IN FOR THE TWIN SERVICE, for tests that count every single update
 (the real twin keeps only each property's latest value; tests/integration/test_gateway_twin.py
 and e2e/ use the real one): it follows docs/protocol.md (stores updates in memory, acks the
@@ -14,6 +17,7 @@ highest contiguous seq per gateway and epoch after each batch) and records what 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -35,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from spine_operator.broker_admin import BrokerAdmin
 from spine_operator.desired.logins import TWIN_USERNAME, Login, gateway_login, twin_login
+from spine_runtime.gateway.drivers.base import Driver, PollGroup, Reading
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -414,3 +419,52 @@ class StandInAcker:
         }
         info = self.client.publish(f"spine/things/{thing}/desired", json.dumps(command), qos=1)
         info.wait_for_publish(5)
+
+
+# Drivers that misbehave on cancellation (issue 10, item 2) ----------------------------
+
+
+class ScriptedDriver(Driver):
+    """A PLC session whose reads the test completes by hand, awaited through the real
+    `asyncio.wait_for` as pymodbus does."""
+
+    protocol = "modbusTcp"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: asyncio.Future[list[Reading]] | None = None
+        self.read_started = asyncio.Event()
+        self.polls = 0
+        self.closed = False
+
+    async def connect(self) -> None:
+        self.groups = self.group_by_interval()
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def poll(self, group: PollGroup) -> list[Reading]:
+        self.polls += 1
+        self.pending = asyncio.get_running_loop().create_future()
+        self.read_started.set()
+        return await asyncio.wait_for(self.pending, 30)
+
+    def answer(self) -> None:
+        """Complete the pending read with a good value."""
+        assert self.pending is not None
+        self.read_started.clear()
+        self.pending.set_result([Reading(self.tags[0], 7)])
+
+
+class DeafDriver(ScriptedDriver):
+    """A session whose read ignores every cancel (a library catching CancelledError)."""
+
+    async def poll(self, group: PollGroup) -> list[Reading]:
+        self.polls += 1
+        self.read_started.set()
+        while not self.closed:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                continue
+        raise asyncio.CancelledError

@@ -25,6 +25,7 @@ from spine_operator.desired.workload import pod_checksum as workload_checksum
 from spine_operator.environment import Environment
 from spine_operator.render import RenderError, dump_yaml, load_resources, render
 from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.gateway import SubscriptionDefaults
 from spine_runtime.gateway.app import RESTART_FIELDS
 from tests.support.crd_schema import validate_against_crd
 
@@ -189,6 +190,7 @@ def test_the_config_has_secret_paths_only_and_follows_the_environment(tmp_path) 
     assert opcua is not None
     opcua.credentials_secret_name = "ua-login"
     opcua.server_certificate_secret_name = "ua-server"
+    opcua.subscription = SubscriptionDefaults(publishingInterval=50, samplingInterval=10)
     config = gateway_build.gateway_config(gateway, ENV, "plant-a", "press-line-1", "plant_a")
     wire = config.to_wire()
     assert wire["mqtt"] == {
@@ -208,6 +210,7 @@ def test_the_config_has_secret_paths_only_and_follows_the_environment(tmp_path) 
         "usernameFile": "/var/run/spine/opcua/plc-opcua/login/username",
         "passwordFile": "/var/run/spine/opcua/plc-opcua/login/password",
         "serverCertificateFile": "/var/run/spine/opcua/plc-opcua/server/ca.crt",
+        "subscription": {"publishingInterval": 50.0, "samplingInterval": 10.0, "queueSize": 1},
     }
     pod = build(gateway).statefulset["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -316,3 +316,18 @@ def test_secrets_are_paths_and_unknown_fields_are_refused() -> None:
     assert "twinNamespace: 'line-1' is invalid: it must be a Ditto namespace" in error_of(
         config_with([], twinNamespace="line-1")
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"x: " + b"[" * 1000 + b"]" * 1000, "the document is nested too deeply"),
+        (b"[" * 5000 + b"]" * 5000, "the document is nested too deeply"),
+        (b"a: &a [1, 2]\nb: *a\n", "aliases (*name) are not allowed in a config"),
+    ],
+)
+def test_hostile_documents_are_refused_as_config_errors(raw: bytes, expected: str) -> None:
+    # before: a RecursionError (a 500 on push) and alias expansion without bound
+    with pytest.raises(ConfigError) as refused:
+        parse_config(GatewayConfig, raw)
+    assert expected in str(refused.value)

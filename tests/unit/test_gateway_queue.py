@@ -135,3 +135,52 @@ async def test_the_async_queue_runs_calls_in_order_off_the_event_loop(tmp_path: 
     await queue.ack(batch[0].epoch, 20)
     assert queue.stats is not None and queue.stats.messages == 0
     await queue.close()
+
+
+def test_a_refused_update_becomes_a_bounded_dead_letter_and_its_seq_a_gap(tmp_path: Path) -> None:
+    queue = DiskQueue(tmp_path, max_messages=100, max_bytes=10**6, max_dead_letters=3)
+    queue.append([update(n) for n in range(6)])
+    for seq in (2, 3, 4, 5):
+        gap = queue.replace_with_gap(seq, "Not authorized (135)", "press-9", now=1000.0 + seq)
+        assert gap is not None and (gap.seq, gap.thing, gap.features) == (seq, "press-9", "{}")
+    # the seq stays, carrying no value, so the twin's ack can pass it
+    assert [(u.seq, u.features) for u in queue.read_after(0, 100)][1:3] == [(2, "{}"), (3, "{}")]
+    assert counters(queue, after=5) == [5]
+    # a gap refused again only moves to another thing: no second dead letter
+    assert queue.replace_with_gap(2, "Not authorized (135)", "press-8") is not None
+    kept = queue.dead_letters(10)
+    assert [(d.seq, d.thing) for d in kept] == [(5, "press-1"), (4, "press-1"), (3, "press-1")]
+    assert kept[0].features == '{"counter":{"properties":{"value":4}}}'
+    assert kept[0].reason == "Not authorized (135)"
+    assert (queue.stats().dead_letters_total, queue.stats().dead_letters_kept) == (4, 3)
+    queue.ack(queue.epoch, 6)
+    assert queue.replace_with_gap(6, "gone", "press-9") is None  # acknowledged meanwhile
+    queue.close()
+    reopened = DiskQueue(tmp_path, max_messages=100, max_bytes=10**6, max_dead_letters=3)
+    assert (reopened.stats().dead_letters_total, reopened.stats().dead_letters_kept) == (4, 3)
+
+
+async def test_what_the_sender_reads_from_memory_is_what_is_on_disk(tmp_path: Path) -> None:
+    queue = AsyncDiskQueue(tmp_path, max_messages=20, max_bytes=10**6, fsync=False)
+    await queue.open()
+
+    async def from_disk(after: int, limit: int = 1000) -> list:
+        return await queue._call(lambda disk: disk.read_after(after, limit))
+
+    for n in range(10):
+        await queue.append([update(n)])
+    assert await queue.read_after(0, 1000) == await from_disk(0)
+    assert await queue.read_after(7, 2) == await from_disk(7, 2)
+    assert await queue.read_after(10, 100) == []
+    gap = await queue.replace_with_gap(4, "Not authorized (135)", "press-2")
+    assert gap is not None
+    assert (await queue.read_after(3, 1))[0].features == "{}"
+    assert await queue.read_after(0, 1000) == await from_disk(0)
+    # a full buffer drops the oldest and starts a new epoch: every seq changes
+    for n in range(10, 25):
+        await queue.append([update(n)])
+    assert queue.stats is not None and queue.stats.dropped_total > 0
+    after = queue.stats.acked_position
+    assert await queue.read_after(after, 1000) == await from_disk(after)
+    assert (await queue.read_after(after, 1))[0].seq == 1
+    await queue.close()

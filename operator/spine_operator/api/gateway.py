@@ -40,6 +40,7 @@ from spine_runtime.config.gateway import (
     OpcUaSettings,
     PublishSettings,
     SecurityPolicy,
+    SubscriptionDefaults,
     Tag,
     ThingName,
     check_tag_list,
@@ -75,6 +76,7 @@ class OpcUaConnection(CamelModel):
     security_policy: SecurityPolicy = runtime_field(OpcUaSettings, "security_policy")
     security_mode: SecurityMode = runtime_field(OpcUaSettings, "security_mode")
     timeout: float = runtime_field(OpcUaSettings, "timeout")
+    subscription: SubscriptionDefaults = runtime_field(OpcUaSettings, "subscription")
     credentials_secret_name: DnsSubdomain | None = Field(
         default=None,
         description="A Secret with keys username and password: the OPC UA user login. "
@@ -296,7 +298,9 @@ class GatewaySpec(CamelModel):
 class ConnectionStatus(CamelModel):
     name: str
     protocol: str | None = None
-    state: str | None = Field(default=None, description="connected, disconnected or error.")
+    state: str | None = Field(
+        default=None, description="connected, disconnected, error or stalled."
+    )
     last_success: str | None = None
     last_error: str | None = None
 

@@ -196,6 +196,9 @@ def _runtime_connection(
         "securityPolicy": opcua.security_policy,
         "securityMode": opcua.security_mode,
         "timeout": opcua.timeout,
+        "subscription": opcua.subscription.model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        ),
         **files,
     }
     return wire

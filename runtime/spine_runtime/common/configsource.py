@@ -56,18 +56,39 @@ def _readable(problem: Any) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config needs none, and a few nested aliases expand
+    into an exponential amount of work for the validation that walks the document."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def parse_config(model: type[M], raw: bytes | str) -> M:
     """Parse a JSON or YAML document into `model`, raising ConfigError with a readable message."""
     try:
-        data = yaml.safe_load(raw)
+        try:
+            # JSON (what the operator renders and pushes) first: far cheaper than YAML.
+            data = json.loads(raw)
+        except ValueError:
+            data = yaml.load(raw, Loader=_NoAliasLoader)  # a SafeLoader
     except yaml.YAMLError as error:
         raise ConfigError(f"not valid JSON or YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError("the document is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError("the document must be a mapping")
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except RecursionError:
+        raise ConfigError("the document is nested too deeply") from None
 
 
 def digest_of(config: BaseModel) -> str:

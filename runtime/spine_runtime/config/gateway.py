@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -100,6 +101,81 @@ class ModbusTcpSettings(CamelModel):
     )
 
 
+SamplingMilliseconds = Annotated[float, Field(ge=0, le=86_400_000)]
+PublishingMilliseconds = Annotated[float, Field(ge=10, le=3_600_000)]
+QueueSize = Annotated[int, Field(ge=1, le=10_000)]
+
+
+class SubscriptionDefaults(CamelModel):
+    """How an OPC UA connection subscribes its tags unless a tag's `subscribe` says otherwise.
+
+    The defaults keep a change's way to the broker under about 200 ms: a sample at least
+    every 50 ms, a publish response every 100 ms.
+    """
+
+    publishing_interval: PublishingMilliseconds = Field(
+        default=100,
+        description="Milliseconds between notifications. It belongs to the subscription: "
+        "tags with the same publishing interval share one.",
+    )
+    sampling_interval: SamplingMilliseconds | None = Field(
+        default=None,
+        description="Milliseconds between samples at the server; 0 is the fastest it can do; "
+        "unset: half the publishing interval.",
+    )
+    queue_size: QueueSize = Field(
+        default=1,
+        description="Samples the server keeps per publishing interval; each one is published.",
+    )
+
+
+class Subscribe(CamelModel):
+    """Report an OPC UA value by subscription (monitored item) instead of polling it. Unset
+    fields take the connection's `opcua.subscription` defaults."""
+
+    sampling_interval: SamplingMilliseconds | None = Field(
+        default=None,
+        description="Milliseconds between samples at the server; 0 is the fastest it can do; "
+        "unset: the connection's default, else half the publishing interval.",
+    )
+    queue_size: QueueSize | None = Field(
+        default=None,
+        description="Samples the server keeps per publishing interval; each one is published "
+        "(unset: the connection's default, 1).",
+    )
+    publishing_interval: PublishingMilliseconds | None = Field(
+        default=None,
+        description="Milliseconds between notifications (unset: the connection's default, "
+        "100). Tags with the same publishing interval share one subscription.",
+    )
+
+
+@dataclass(frozen=True)
+class EffectiveSubscription:
+    """A subscribed tag's settings, its own or its connection's (milliseconds)."""
+
+    publishing_interval: float
+    sampling_interval: float
+    queue_size: int
+
+
+def effective_subscription(
+    subscribe: Subscribe, defaults: SubscriptionDefaults
+) -> EffectiveSubscription:
+    publishing = (
+        subscribe.publishing_interval
+        if subscribe.publishing_interval is not None
+        else defaults.publishing_interval
+    )
+    sampling = subscribe.sampling_interval
+    if sampling is None:
+        sampling = defaults.sampling_interval
+    if sampling is None:
+        sampling = publishing / 2
+    queue_size = subscribe.queue_size if subscribe.queue_size is not None else defaults.queue_size
+    return EffectiveSubscription(publishing, sampling, queue_size)
+
+
 SecurityPolicy = Literal[
     "None",
     "Basic128Rsa15",
@@ -132,6 +208,11 @@ class OpcUaSettings(CamelModel):
         default=None, description="The server's certificate to trust (PEM or DER)."
     )
     timeout: float = Field(default=4.0, gt=0, le=60, description="Seconds per request.")
+    subscription: SubscriptionDefaults = Field(
+        default_factory=SubscriptionDefaults,
+        description="Publishing interval, sampling interval and queue size of the connection's "
+        "subscribed tags, unless a tag sets its own.",
+    )
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> OpcUaSettings:
@@ -213,6 +294,13 @@ class Connection(CamelModel):
         return {"modbusTcp": self.modbus_tcp, "opcua": self.opcua, "s7": self.s7}[name]
 
     @property
+    def request_timeout(self) -> float:
+        """Seconds one request to the PLC may take (the protocol settings' `timeout`)."""
+        settings = self.modbus_tcp or self.opcua or self.s7
+        assert settings is not None
+        return settings.timeout
+
+    @property
     def protocol(self) -> Protocol:
         if self.modbus_tcp is not None:
             return Protocol.MODBUS_TCP
@@ -232,31 +320,6 @@ class Scale(CamelModel):
         if not math.isfinite(self.offset):
             raise PydanticCustomError("scale", "offset must be a finite number")
         return self
-
-
-class Subscribe(CamelModel):
-    """Report an OPC UA value by subscription (monitored item) instead of polling it."""
-
-    sampling_interval: float | None = Field(
-        default=None,
-        ge=0,
-        le=86_400_000,
-        description="Milliseconds between samples at the server; 0 is the fastest it can do; "
-        "unset uses the publishing interval.",
-    )
-    queue_size: int = Field(
-        default=1,
-        ge=1,
-        le=10_000,
-        description="Samples the server keeps per publishing interval; each one is published.",
-    )
-    publishing_interval: float = Field(
-        default=1000,
-        ge=10,
-        le=3_600_000,
-        description="Milliseconds between notifications. It belongs to the subscription: "
-        "tags with the same publishing interval share one.",
-    )
 
 
 class Tag(CamelModel):
@@ -353,6 +416,13 @@ class BufferSettings(CamelModel):
         default=False,
         description="Flush every write to the device: also survives a power loss of the node, "
         "at the cost of one flush per poll cycle. Without it a killed process loses nothing.",
+    )
+    max_dead_letters: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Most updates kept that the broker refused (e.g. not authorised); the "
+        "oldest go first. Each is counted and shown in /status.",
     )
 
 

@@ -8,6 +8,7 @@ change; anything else (name, namespace, broker, HTTP, buffer) needs a restart an
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ from spine_runtime import __version__
 from spine_runtime.common.configsource import ConfigError, ConfigSource
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.gateway import GatewayConfig
-from spine_runtime.gateway.connection import ConnectionRunner, ConnectionState
+from spine_runtime.gateway.connection import (
+    STOP_DEADLINE_SECONDS,
+    ConnectionRunner,
+    ConnectionState,
+    DriverFactory,
+)
+from spine_runtime.gateway.drivers import make_driver
 from spine_runtime.gateway.drivers.base import BoundTag
 from spine_runtime.gateway.metrics import GatewayMetrics
 from spine_runtime.gateway.mqtt import LinkEvents, MqttLink
@@ -31,6 +38,8 @@ from spine_runtime.gateway.writer import DesiredWriter
 log = logging.getLogger(__name__)
 
 RESTART_FIELDS = ("name", "twin_namespace", "mqtt", "http", "buffer")
+# SIGTERM to exit: Kubernetes waits 30 s before SIGKILL; every step of stop() is bounded.
+STOP_TASKS_SECONDS = 5.0
 
 
 def subscriptions_of(config: GatewayConfig) -> list[str]:
@@ -38,17 +47,31 @@ def subscriptions_of(config: GatewayConfig) -> list[str]:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        config_path: Path | None = None,
+        driver_factory: DriverFactory = make_driver,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.driver_factory = driver_factory
+        # connections whose task would not stop: (name, when), for /status and /healthz
+        self.abandoned: list[tuple[str, float]] = []
+        self.connection_stop_seconds = STOP_DEADLINE_SECONDS
         self.metrics = GatewayMetrics()
         buffer = config.buffer
         self.queue = AsyncDiskQueue(
-            buffer.path, buffer.max_messages, buffer.max_bytes, buffer.fsync
+            buffer.path,
+            buffer.max_messages,
+            buffer.max_bytes,
+            buffer.fsync,
+            buffer.max_dead_letters,
         )
         self.runners: dict[str, ConnectionRunner] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.acks: asyncio.Queue[Ack] = asyncio.Queue()
+        self.refusals: asyncio.Queue[tuple[int, str, int]] = asyncio.Queue()
         self.started_at = time.time()
         self.last_refusal: str | None = None
         self.server: RuntimeServer | None = None
@@ -69,6 +92,7 @@ class Gateway:
                 disconnected=self._broker_lost,
                 message=self._message,
                 refused=self._refused,
+                publish_refused=lambda *refusal: self.refusals.put_nowait(refusal),
             ),
         )
         self.sender = Sender(config, self.queue, self.link, self.metrics, stats)
@@ -78,6 +102,7 @@ class Gateway:
             ("sender", self.sender.run()),
             ("writer", self.writer.run()),
             ("acks", self._handle_acks()),
+            ("refusals", self._handle_refusals()),
             ("heartbeats", self.pipeline.run_heartbeats(self._live_connections)),
             ("gauges", self._refresh_gauges()),
         ):
@@ -100,11 +125,13 @@ class Gateway:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
-        for runner in self.runners.values():
-            await runner.stop()
+        await self._stop_runners()
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=STOP_TASKS_SECONDS)
+            for task in stuck:
+                log.error("Task %s did not stop within %.0f s", task.get_name(), STOP_TASKS_SECONDS)
         await self.link.stop()
         await self.queue.close()
         log.info("Gateway %s stopped", self.config.name)
@@ -124,6 +151,7 @@ class Gateway:
                 tags_by_connection[connection.name],
                 self.pipeline.ingest,
                 self.metrics,
+                self.driver_factory,
             )
             for connection in config.connections
         }
@@ -141,13 +169,27 @@ class Gateway:
             raise ConfigError(
                 f"changing {', '.join(changed)} needs a restart of the gateway; not applied"
             )
-        for runner in self.runners.values():
-            await runner.stop()
+        await self._stop_runners()
         self.config = new
         self.sender.config = new
         self.pipeline.heartbeat = new.publish.heartbeat_seconds or None
         self.link.set_subscriptions(subscriptions_of(new))
         self._start_runners(new)
+        # The old config's tags and sessions are cyclic garbage that the collector's oldest
+        # generation frees only much later: a large config would hold its memory until then.
+        gc.collect()
+
+    async def _stop_runners(self) -> None:
+        """Stop every connection, all at once and each within its deadline; one that would
+        not stop is abandoned and reported (the config still applies)."""
+        runners = list(self.runners.values())
+        stopped = await asyncio.gather(
+            *(runner.stop(self.connection_stop_seconds) for runner in runners)
+        )
+        for runner, ok in zip(runners, stopped, strict=True):
+            if not ok:
+                self.abandoned.append((runner.name, runner.abandoned_at or time.time()))
+        del self.abandoned[:-20]
 
     def _live_connections(self) -> set[str]:
         return {
@@ -197,6 +239,14 @@ class Gateway:
             for ack in latest.values():
                 await self.sender.on_ack(ack)
 
+    async def _handle_refusals(self) -> None:
+        while True:
+            mid, reason, code = await self.refusals.get()
+            try:
+                await self.sender.on_publish_refused(mid, reason, code)
+            except Exception:  # a broken disk: the update stays queued and is retried
+                log.exception("Could not move a refused update aside")
+
     # Health, status, metrics ------------------------------------------------------------
 
     async def _refresh_gauges(self) -> None:
@@ -208,16 +258,22 @@ class Gateway:
                 self.metrics.oldest_buffered_age.set(
                     time.time() - stats.oldest_enqueued_at if stats.oldest_enqueued_at else 0
                 )
+            for name, runner in self.runners.items():
+                stalled = runner.stalled_for() is not None
+                self.metrics.connection_stalled.labels(name).set(1 if stalled else 0)
             await asyncio.sleep(1)
 
     def healthy(self) -> bool:
-        return all(not task.done() for task in self.tasks)
+        # An abandoned connection task may still hold a socket or a thread: only a restart
+        # frees it for sure, so the gateway asks for one (the kubelet's liveness probe).
+        return not self.abandoned and all(not task.done() for task in self.tasks)
 
     def status(self) -> dict[str, Any]:
         stats = self.queue.stats
         now = time.time()
         buffer = self.config.buffer
         sender = self.sender
+        connections = [runner.status() for runner in self.runners.values()]
         return {
             "gateway": self.config.name,
             "version": __version__,
@@ -228,13 +284,21 @@ class Gateway:
                 "lastError": self.link.last_error,
                 "lastRefusal": self.last_refusal,
             },
-            "connections": [runner.status() for runner in self.runners.values()],
+            "connections": connections,
+            "abandonedConnections": [
+                {"name": name, "at": format_time(at)} for name, at in self.abandoned
+            ],
             "tags": self.pipeline.tag_status(
                 {
-                    name: f"connection {name} is {runner.state}: {runner.last_error}"
-                    for name, runner in self.runners.items()
-                    if runner.state is ConnectionState.DISCONNECTED
-                    or (runner.state is ConnectionState.ERROR and runner.driver is None)
+                    item["name"]: f"connection {item['name']} is {item['state']}: "
+                    f"{item['lastError']}"
+                    for item in connections
+                    if item["state"]
+                    in (ConnectionState.DISCONNECTED.value, ConnectionState.STALLED.value)
+                    or (
+                        item["state"] == ConnectionState.ERROR.value
+                        and self.runners[item["name"]].driver is None
+                    )
                 }
             ),
             "buffer": {
@@ -260,6 +324,12 @@ class Gateway:
                 "published": sender.published_count,
                 "resent": sender.resends,
                 "lastAckAt": format_time(sender.last_ack_at) if sender.last_ack_at else None,
+            },
+            "deadLetters": {
+                "total": stats.dead_letters_total if stats else 0,
+                "kept": stats.dead_letters_kept if stats else 0,
+                "maxKept": buffer.max_dead_letters,
+                "last": sender.last_dead_letter,
             },
             "writes": self.writer.status(),
         }

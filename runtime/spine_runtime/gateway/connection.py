@@ -2,7 +2,13 @@
 
 The gateway starts one runner per configured connection, each in its own task, so a failing PLC
 never stops the others. The runner hands every cycle's readings to the pipeline, serves writes
-for the desired-value writer, and keeps the state /status reports.
+for the desired-value writer, and keeps the state /status reports, a poller that stopped
+finishing its cycles ("stalled") included.
+
+Stopping is bounded: a driver library may swallow a cancel (Python 3.11's `asyncio.wait_for`
+returns a result that lands in the same loop step as the cancel, and pymodbus uses it), so
+`stop()` also sets a flag every loop checks, cancels again while it waits, and after a deadline
+abandons the task: it closes the driver, drops anything the task still reads, and reports it.
 """
 
 from __future__ import annotations
@@ -34,11 +40,24 @@ log = logging.getLogger(__name__)
 Sink = Callable[[str, list[Reading]], Awaitable[None]]
 DriverFactory = Callable[[Connection, list[BoundTag], GatewayMetrics], Driver]
 
+# How long stop() waits for a connection's tasks, cancelling again every RECANCEL_SECONDS.
+STOP_DEADLINE_SECONDS = 5.0
+RECANCEL_SECONDS = 0.1
+# Tasks that would not stop: kept referenced (a task only weakly held can vanish mid-run).
+_abandoned_tasks: set[asyncio.Task[None]] = set()
+
+
+def stall_after_seconds(interval: float, request_timeout: float) -> float:
+    """How long a poll group may go without finishing a cycle before it counts as stalled:
+    a few intervals, plus room for a slow answer just inside the request timeout."""
+    return 3 * interval + 2 * request_timeout + 1.0
+
 
 class ConnectionState(StrEnum):
     CONNECTED = "connected"  # session up, requests answered
     DISCONNECTED = "disconnected"  # no session: connecting, or waiting to reconnect
     ERROR = "error"  # the PLC refuses us (login, access) or refuses every request
+    STALLED = "stalled"  # session up, but a poll group stopped finishing its cycles
 
 
 class WriteFailed(Exception):
@@ -71,7 +90,12 @@ class ConnectionRunner:
         self._refusing_groups: set[int] = set()
         self._subscriptions_answer = False  # a subscription delivered a good value
         self._task: asyncio.Task[None] | None = None
+        self._session_tasks: list[asyncio.Task[None]] = []
         self._plan: dict[str, Any] = {}
+        self._stopping = False
+        self.abandoned_at: float | None = None
+        # poll group -> (interval, monotonic time its last cycle finished or it started)
+        self._cycle_ends: dict[int, tuple[float, float]] = {}
 
     @property
     def name(self) -> str:
@@ -80,39 +104,90 @@ class ConnectionRunner:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"connection {self.name}")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, deadline: float = STOP_DEADLINE_SECONDS) -> bool:
+        """Stop the connection's tasks within `deadline` seconds; False if they would not stop
+        (they are abandoned: the driver is closed and whatever they read is dropped)."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return True
+        give_up_at = asyncio.get_running_loop().time() + deadline
+        while not task.done():
+            # Cancel again and again: a cancel a library swallowed is not lost for good.
+            for child in (*self._session_tasks, task):
+                if not child.done():
+                    child.cancel()
+            remaining = give_up_at - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await asyncio.wait({task}, timeout=min(RECANCEL_SECONDS, remaining))
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("Connection %s ended with %r", self.name, task.exception())
+            return True
+        self.abandoned_at = time.time()
+        self.metrics.stop_timeouts.labels(self.name).inc()
+        log.error(
+            "Connection %s did not stop within %.0f s (a driver swallowed its cancellation); "
+            "abandoned it: its readings are dropped, and a restart of the gateway frees it",
+            self.name,
+            deadline,
+        )
+        _abandoned_tasks.add(task)
+        task.add_done_callback(_abandoned_tasks.discard)
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            # Closing the session makes the stuck request fail, which usually ends the task.
+            closing = asyncio.create_task(self._close_quietly(driver))
+            _abandoned_tasks.add(closing)
+            closing.add_done_callback(_abandoned_tasks.discard)
+        return False
+
+    async def _close_quietly(self, driver: Driver) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(STOP_DEADLINE_SECONDS):
+                await driver.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def run(self) -> None:
         delay = self.connection.reconnect_initial_seconds
         up = self.metrics.connection_up.labels(self.name)
         up.set(0)
-        while True:
+        while not self._stopping:
             driver = self.driver_factory(self.connection, self.tags, self.metrics)
             error: BaseException | None = None
             try:
                 await driver.connect()
+                if self._stopping:
+                    break
                 self.driver = driver
                 self._became_connected(driver)
                 up.set(1)
                 delay = self.connection.reconnect_initial_seconds
                 async with asyncio.TaskGroup() as session:
-                    for group in driver.groups:
-                        session.create_task(self._poll(driver, group))
-                    session.create_task(driver.run_subscriptions(self._deliver))
+                    self._session_tasks = [
+                        session.create_task(self._poll(driver, group)) for group in driver.groups
+                    ]
+                    self._session_tasks.append(
+                        session.create_task(driver.run_subscriptions(self._deliver))
+                    )
             except* ConnectionLost as lost:
                 error = lost.exceptions[0]
             except* Exception as failed:
                 error = failed.exceptions[0]
                 log.error("Connection %s failed unexpectedly", self.name, exc_info=error)
             finally:
-                self.driver = None
+                self._session_tasks = []
+                self._cycle_ends.clear()
+                if self.driver is driver:
+                    self.driver = None
                 up.set(0)
-                await driver.close()
+                await self._close_quietly(driver)
+            if self._stopping:
+                break
             self._became_disconnected(error, refused=isinstance(error, PeerRefused))
             # Jitter keeps many gateways from hammering a PLC that comes back in step.
             await asyncio.sleep(delay * random.uniform(0.75, 1.25))
@@ -141,9 +216,13 @@ class ConnectionRunner:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         group_id = id(group)
-        while True:
+        self._cycle_ends[group_id] = (group.interval, time.monotonic())
+        while not self._stopping:
             readings = await driver.poll(group)
+            if self._stopping:
+                return  # a read that finished as the stop landed: its values are not wanted
             self.cycles += 1
+            self._cycle_ends[group_id] = (group.interval, time.monotonic())
             failed = [reading for reading in readings if reading.error]
             if readings and len(failed) == len(readings):
                 self._refusing_groups.add(group_id)
@@ -162,6 +241,22 @@ class ConnectionRunner:
                 next_at = now
             await asyncio.sleep(next_at - now)
 
+    def stalled_for(self) -> float | None:
+        """Seconds since the slowest poll group last finished a cycle, if that is longer than
+        it may take (stall_after_seconds); None while every group keeps its pace."""
+        if self.state is not ConnectionState.CONNECTED and self.state is not (
+            ConnectionState.ERROR
+        ):
+            return None
+        now = time.monotonic()
+        timeout = self.connection.request_timeout
+        worst = None
+        for interval, finished_at in list(self._cycle_ends.values()):
+            idle = now - finished_at
+            if idle > stall_after_seconds(interval, timeout) and (worst is None or idle > worst):
+                worst = idle
+        return worst
+
     def _update_state(self, driver: Driver) -> None:
         # "error": the session is up but the PLC refuses everything asked of it (a wrong unit
         # id, no access). One bad tag only fails that tag (see /status, tags).
@@ -171,6 +266,8 @@ class ConnectionRunner:
         self.state = ConnectionState.ERROR if refusing_everything else ConnectionState.CONNECTED
 
     async def _deliver(self, readings: list[Reading]) -> None:
+        if self._stopping:
+            return
         if any(reading.error is None for reading in readings):
             self.last_success = time.time()
             if not self._subscriptions_answer and self.driver is not None:
@@ -195,12 +292,18 @@ class ConnectionRunner:
         driver = self.driver
         if driver is not None:
             self._plan = driver.plan_summary()
+        state, last_error = self.state, self.last_error
+        stalled = self.stalled_for()
+        if stalled is not None:
+            state = ConnectionState.STALLED
+            last_error = f"no poll cycle finished for {stalled:.0f} s"
         return {
             "name": self.name,
             "protocol": self.connection.protocol.value,
-            "state": self.state.value,
+            "state": state.value,
+            "stalled": stalled is not None,
             "lastSuccess": format_time(self.last_success) if self.last_success else None,
-            "lastError": self.last_error,
+            "lastError": last_error,
             "lastErrorAt": format_time(self.last_error_at) if self.last_error_at else None,
             "connectedSince": format_time(self.connected_since) if self.connected_since else None,
             "reconnects": self.reconnects,

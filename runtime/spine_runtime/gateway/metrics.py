@@ -5,6 +5,8 @@ spine_gateway_read_duration_seconds{connection}     latency of one read request
 spine_gateway_notifications_total{connection}       OPC UA data-change notifications received
 spine_gateway_tag_errors_total{connection,reason}   values not published (not_finite, ...)
 spine_gateway_connection_up{connection}             1 while the PLC session is up
+spine_gateway_connection_stalled{connection}        1 while a poll group finishes no cycles
+spine_gateway_connection_stop_timeouts_total{connection}  connection tasks abandoned on stop
 spine_gateway_tag_values_total{connection}          property values put into updates
 spine_gateway_buffered_messages                     updates on disk awaiting the twin's ack
 spine_gateway_buffered_bytes                        their size
@@ -13,6 +15,7 @@ spine_gateway_published_messages_total              updates published for the fi
 spine_gateway_resent_messages_total                 updates published again (unacknowledged)
 spine_gateway_acked_messages_total                  updates the twin confirmed
 spine_gateway_dropped_messages_total                updates dropped because the buffer was full
+spine_gateway_dead_letters_total{reason}            updates the broker refused, kept aside
 spine_gateway_broker_connected                      1 while the MQTT session is up
 spine_gateway_writes_total{connection,result}       desired values written (ok, rejected, error)
 """
@@ -51,6 +54,18 @@ class GatewayMetrics:
         self.connection_up = Gauge(
             "spine_gateway_connection_up",
             "1 while the PLC session is up",
+            ["connection"],
+            registry=r,
+        )
+        self.connection_stalled = Gauge(
+            "spine_gateway_connection_stalled",
+            "1 while a poll group of the connection finishes no cycles",
+            ["connection"],
+            registry=r,
+        )
+        self.stop_timeouts = Counter(
+            "spine_gateway_connection_stop_timeouts",
+            "Connection tasks that did not stop within the deadline and were abandoned",
             ["connection"],
             registry=r,
         )
@@ -93,6 +108,12 @@ class GatewayMetrics:
         self.dropped = Counter(
             "spine_gateway_dropped_messages",
             "Updates dropped because the buffer was full",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "spine_gateway_dead_letters",
+            "Updates the broker refused (by MQTT reason), moved to the dead letters",
+            ["reason"],
             registry=r,
         )
         self.broker_connected = Gauge(

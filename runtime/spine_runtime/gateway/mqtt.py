@@ -37,7 +37,9 @@ class LinkEvents:
     connected: Callable[[bool], None]  # session_present
     disconnected: Callable[[str], None]
     message: Callable[[str, bytes], None]
-    refused: Callable[[str], None]  # the broker refused a publish or a subscription
+    refused: Callable[[str], None]  # the broker refused a subscription
+    # the broker refused a publish: (mid, reason name, reason code), e.g. "Not authorized", 135
+    publish_refused: Callable[[int, str, int], None]
 
 
 class MqttLink:
@@ -106,13 +108,14 @@ class MqttLink:
             if mid is not None:
                 self._subscribe_mids[mid] = added
 
-    def publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        """Hand a message to paho; False if the session is down (it stays on disk)."""
+    def publish(self, topic: str, payload: bytes, qos: int) -> int | None:
+        """Hand a message to paho; its message id, or None if the session is down (it stays on
+        disk). A refusal by the broker comes later, as `publish_refused` with that id."""
         client = self._client
         if client is None or not self.connected:
-            return False
+            return None
         info = client.publish(topic, payload, qos=qos)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     # paho's network thread ---------------------------------------------------------------
 
@@ -179,7 +182,8 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any = None
     ) -> None:
         if reason.is_failure:
-            self._hand_over(self.events.refused, f"the broker refused an update: {reason}")
+            # Handed over after the loop step that published it: the sender has noted the mid.
+            self._hand_over(self.events.publish_refused, mid, str(reason), int(reason.value))
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any = None

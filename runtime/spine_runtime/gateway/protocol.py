@@ -42,9 +42,14 @@ def update_payload(
     epoch: str,
     seq: int,
     source_time: str,
+    gap: str | None = None,
 ) -> bytes:
-    """A Ditto `merge` of several features of one thing, with the gateway's headers."""
-    headers = {
+    """A Ditto `merge` of several features of one thing, with the gateway's headers.
+
+    `gap`: this seq's update was refused by the broker and is kept as a dead letter; the
+    message carries no value, only the seq (so the twin's ack can pass it) and the reason.
+    """
+    headers: dict[str, Any] = {
         "content-type": "application/merge-patch+json",
         "correlation-id": f"{gateway}:{epoch}:{seq}",
         "spine-gateway": gateway,
@@ -52,6 +57,8 @@ def update_payload(
         "spine-seq": seq,
         "spine-source-time": source_time,
     }
+    if gap is not None:
+        headers["spine-gap"] = gap
     # `features` is already JSON (stored that way in the disk queue): splice it in rather than
     # parse and re-encode it on every send.
     return (

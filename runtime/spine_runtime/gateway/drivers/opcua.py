@@ -12,6 +12,7 @@ failed Read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Any
 from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies
 
+from spine_runtime.config.gateway import EffectiveSubscription, effective_subscription
 from spine_runtime.gateway.addresses import OpcUaAddress
 from spine_runtime.gateway.drivers.base import (
     BoundTag,
@@ -150,7 +152,8 @@ class OpcUaDriver(Driver):
             )
         self.client = client
         try:
-            await asyncio.wait_for(client.connect(), settings.timeout * 3)
+            async with asyncio.timeout(settings.timeout * 3):
+                await client.connect()
         except ua.UaStatusCodeError as error:
             name = ua.StatusCode(error.code).name
             message = f"the OPC UA server {settings.endpoint} refused the session: {name}"
@@ -196,7 +199,8 @@ class OpcUaDriver(Driver):
         if self.client is not None:
             client, self.client = self.client, None
             try:
-                await asyncio.wait_for(client.disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await client.disconnect()
             except Exception:  # the session may be half gone already; it is being dropped
                 log.debug(
                     "Closing OPC UA session of %s failed", self.connection.name, exc_info=True
@@ -271,10 +275,9 @@ class OpcUaDriver(Driver):
             await asyncio.Event().wait()
         by_interval: dict[float, list[BoundTag]] = {}
         for tag in subscribed:
-            assert tag.config.subscribe is not None
             if node_id_of(tag) in self.unresolved:
                 continue
-            by_interval.setdefault(tag.config.subscribe.publishing_interval, []).append(tag)
+            by_interval.setdefault(self.subscription_of(tag).publishing_interval, []).append(tag)
         failed = self.unresolved_readings(subscribed)
         try:
             for interval, tags in sorted(by_interval.items()):
@@ -284,10 +287,13 @@ class OpcUaDriver(Driver):
         if failed:
             await deliver(failed)
         while True:
-            try:
-                batch = await asyncio.wait_for(self.batches.get(), 0.5)
-            except TimeoutError:
-                batch = []
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that lands
+            # in the same loop step as a cancel and loses the cancel, so the runner could not
+            # stop this loop (issue 10).
+            batch = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    batch = await self.batches.get()
             if batch:
                 self.metrics.notifications.labels(self.connection.name).inc(len(batch))
                 await deliver(batch)
@@ -299,6 +305,10 @@ class OpcUaDriver(Driver):
                     raise ConnectionLost(
                         f"no publish response from the server for {stale_after:.0f} s"
                     )
+
+    def subscription_of(self, tag: BoundTag) -> EffectiveSubscription:
+        assert tag.config.subscribe is not None
+        return effective_subscription(tag.config.subscribe, self.settings.subscription)
 
     async def _subscribe(
         self, client: Client, interval: float, tags: list[BoundTag]
@@ -318,13 +328,10 @@ class OpcUaDriver(Driver):
         self.subscriptions.append((subscription, stale_after))
         items: dict[tuple[float, int], dict[str, list[BoundTag]]] = {}
         for tag in tags:
-            settings = tag.config.subscribe
-            assert settings is not None
-            # -1 asks the server to sample at the publishing interval (OPC UA Part 4, 7.16)
-            sampling = settings.sampling_interval if settings.sampling_interval is not None else -1
-            items.setdefault((float(sampling), settings.queue_size), {}).setdefault(
-                node_id_of(tag), []
-            ).append(tag)
+            settings = self.subscription_of(tag)
+            items.setdefault(
+                (float(settings.sampling_interval), settings.queue_size), {}
+            ).setdefault(node_id_of(tag), []).append(tag)
         failed: list[Reading] = []
         for (sampling, queue_size), by_node in items.items():
             for node_id, node_tags in by_node.items():

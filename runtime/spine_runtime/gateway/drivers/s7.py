@@ -127,12 +127,11 @@ class S7Driver(Driver):
         client = AsyncClient()
         self.client = client
         try:
-            await asyncio.wait_for(
-                client.connect(
+            # asyncio.timeout, not wait_for, here and below: 3.11's wait_for can lose a cancel.
+            async with asyncio.timeout(self.settings.timeout):
+                await client.connect(
                     self.settings.host, self.settings.rack, self.settings.slot, self.settings.port
-                ),
-                self.settings.timeout,
-            )
+                )
         except (TimeoutError, S7Error, OSError) as error:
             raise ConnectionLost(
                 f"cannot open an S7 session with {self.settings.host}:{self.settings.port} "
@@ -147,7 +146,8 @@ class S7Driver(Driver):
         if self.client is not None:
             client, self.client = self.client, None
             with contextlib.suppress(TimeoutError, S7Error, OSError):
-                await asyncio.wait_for(client.disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await client.disconnect()
 
     async def _exchange(self, request: bytes) -> bytes:
         client = self.client
@@ -159,7 +159,8 @@ class S7Driver(Driver):
             async with self.lock:
                 await connection.send_data(request)
                 for _ in range(4):  # a late answer to a timed-out request may come first
-                    pdu = await asyncio.wait_for(connection.receive_data(), self.settings.timeout)
+                    async with asyncio.timeout(self.settings.timeout):
+                        pdu = await connection.receive_data()
                     if len(pdu) >= 6 and struct.unpack(">H", pdu[4:6])[0] == expected:
                         return pdu
         except (TimeoutError, S7Error, OSError) as error:
