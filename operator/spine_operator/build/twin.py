@@ -29,7 +29,7 @@ from spine_runtime.config.twin import TwinConfig
 COMPONENT = "twin"
 DATA_VOLUME = "data"
 RUNTIME_UID = 10001  # the image's non-root user
-LIVE_FIELDS = {"models", "things", "desiredTimeoutSeconds"}  # applied without a restart
+LIVE_FIELDS = {"models", "things", "gateways", "desiredTimeoutSeconds"}  # applied live
 
 
 def generate_token() -> str:
@@ -50,9 +50,17 @@ def build_tokens_secret(namespace: str, spine_name: str, write: str, admin: str)
 
 
 def twin_config(
-    spec: SpineSpec, env: Environment, namespace: str, models: list[tuple[str, TwinModelSpec]]
+    spec: SpineSpec,
+    env: Environment,
+    namespace: str,
+    models: list[tuple[str, TwinModelSpec]],
+    gateways: list[str] | None = None,
 ) -> TwinConfig:
-    """The twin's config document from the Spine and the namespace's valid TwinModels."""
+    """The twin's config document from the Spine and the namespace's valid TwinModels.
+
+    `gateways`, the names of the namespace's Gateways, are the only ones whose sequence numbers
+    the twin tracks; None leaves them unlisted (the twin then tracks a bounded number).
+    """
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
     return TwinConfig.model_validate(
         {
@@ -76,6 +84,7 @@ def twin_config(
             "things": [
                 thing.to_wire() for name, model in models for thing in model.thing_instances(name)
             ],
+            **({} if gateways is None else {"gateways": sorted(set(gateways))}),
         }
     )
 

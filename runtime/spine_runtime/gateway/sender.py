@@ -124,7 +124,7 @@ class Sender:
                     seq=update.seq,
                     source_time=update.source_time,
                 )
-                if not self.link.publish(twin_topic(update.thing), payload, qos):
+                if not self.link.publish(twin_topic(self.config.name, update.thing), payload, qos):
                     return  # the session dropped; the update stays on disk
                 self.cursor = update.position
                 self.in_flight.append((update.position, time.monotonic()))
