@@ -548,6 +548,7 @@ class TwinService:
             "models": len(self.models),
             "updates": dict(self.counts),
             "sourceTimeAhead": self.source_time_ahead,
+            "gatewaysTracked": self.store.tracked_gateways(),
             "commits": self.store.commits,
             "lastCommit": format_time(self.last_commit) if self.last_commit else None,
             "mqttConnected": self.link is not None and self.link.connected,
