@@ -197,48 +197,61 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.fixture
+async def unlisted_twin(broker: LocalBroker, tmp_path: Path):
+    """A twin whose config lists no gateways: it tracks at most MAX_UNLISTED_GATEWAYS."""
+    handle = await start_twin(tmp_path, broker, MODELS, THINGS)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+async def wide_client(broker: LocalBroker):
+    """A login allowed to publish anywhere below spine/: an ACL made too wide by mistake."""
+    password = secrets.token_urlsafe(12)
+    await ensure_login(broker, Login("wide", publish=("spine/#",)), password)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wide", protocol=mqtt.MQTTv5)
+    client.username_pw_set("wide", password)
+    client.max_inflight_messages_set(0)  # a bounded window makes paho slow at thousands
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    wait_until(client.is_connected, 5, "the flooding client to connect")
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
 async def test_ten_thousand_forged_names_keep_memory_and_health_bounded(
-    broker: LocalBroker, tmp_path: Path, observer: Observer
+    unlisted_twin: TwinHandle, wide_client: mqtt.Client, gateway: Gateway, observer: Observer
 ) -> None:
-    """A login whose ACL is too wide (an operator mistake) floods gateway topics with 10,000
-    names and the plain topic with 10,000 forged headers. Without a gateway list the twin keeps
-    at most MAX_UNLISTED_GATEWAYS trackers; health checks and a real gateway's ack stay prompt."""
-    names = 10_000
-    twin = await start_twin(tmp_path, broker, MODELS, THINGS)
-    wide_password = secrets.token_urlsafe(12)
-    await ensure_login(broker, Login("wide", publish=("spine/#",)), wide_password)
-    wide = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wide", protocol=mqtt.MQTTv5)
-    wide.username_pw_set("wide", wide_password)
-    wide.max_inflight_messages_set(0)  # a bounded window makes paho slow at thousands
-    wide.connect(broker.host, broker.port)
-    wide.loop_start()
-    wait_until(wide.is_connected, 5, "the flooding client to connect")
-    gateway = Gateway(broker, *await ensure_gateway_login(broker, GATEWAY, ["press-1"]))
+    """A login whose ACL is too wide floods gateway topics with 10,000 names and the plain
+    topic with 10,000 forged headers. The twin keeps at most MAX_UNLISTED_GATEWAYS trackers;
+    health checks and a real gateway's ack stay prompt, and memory does not follow the names."""
+    names, twin = 10_000, unlisted_twin
+    gateway.report("press-1", "count", 1, seq=1)
+    observer.wait_for(f"spine/gateways/{GATEWAY}/acks")
+    before = rss_mib(twin.process.pid)
+    slowest = [0.0]
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert client.get(f"{twin.url}/healthz").status_code == 200
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+                stop.wait(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     try:
-        gateway.report("press-1", "count", 1, seq=1)
-        observer.wait_for(f"spine/gateways/{GATEWAY}/acks")
-        before = rss_mib(twin.process.pid)
-        slowest = [0.0]
-        stop = threading.Event()
-
-        def probe() -> None:
-            with httpx.Client(timeout=30) as client:
-                while not stop.is_set():
-                    started = time.monotonic()
-                    assert client.get(f"{twin.url}/healthz").status_code == 200
-                    slowest[0] = max(slowest[0], time.monotonic() - started)
-                    stop.wait(0.05)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
         infos = []
         for index in range(names):
             headers = {"spine-gateway": f"forged-{index}", "spine-epoch": "e", "spine-seq": 1}
             body = json.dumps(command("press-1", "count", index, headers)).encode()
-            infos.append(
-                wide.publish(f"spine/gateways/forged-{index}/things/press-1/twin", body, qos=1)
-            )
-            infos.append(wide.publish("spine/things/press-1/twin", body, qos=1))
+            topic = f"spine/gateways/forged-{index}/things/press-1/twin"
+            infos.append(wide_client.publish(topic, body, qos=1))
+            infos.append(wide_client.publish("spine/things/press-1/twin", body, qos=1))
         for info in infos:
             info.wait_for_publish(60)
         wait_until(
@@ -257,26 +270,21 @@ async def test_ten_thousand_forged_names_keep_memory_and_health_bounded(
             interval=0.005,
         )
         ack_seconds = time.monotonic() - started
+    finally:
         stop.set()
         prober.join(30)
-        after = rss_mib(twin.process.pid)
-        status = twin.status()
-        print(
-            f"\n{names:,} forged names: RSS {before:.0f} -> {after:.0f} MiB, slowest /healthz "
-            f"{1000 * slowest[0]:.0f} ms, real ack {1000 * ack_seconds:.0f} ms after the flood"
-        )
-        assert status["gatewaysTracked"] == 256  # MAX_UNLISTED_GATEWAYS, the real one included
-        assert status["updates"]["unknown_gateway"] == names - 255
-        assert status["updates"]["rejected"] == names  # the plain-topic forgeries
-        # bounds with room for a busy machine; the defect took 8-15 s and +86 MB
-        assert slowest[0] < 3.0, "a health check took longer than the kubelet's probe timeout"
-        assert after - before < 40
-    finally:
-        stop_clients = (wide, gateway.client)
-        for client in stop_clients:
-            client.disconnect()
-            client.loop_stop()
-        twin.stop()
+    after = rss_mib(twin.process.pid)
+    status = twin.status()
+    print(
+        f"\n{names:,} forged names: RSS {before:.0f} -> {after:.0f} MiB, slowest /healthz "
+        f"{1000 * slowest[0]:.0f} ms, real ack {1000 * ack_seconds:.0f} ms after the flood"
+    )
+    assert status["gatewaysTracked"] == 256  # MAX_UNLISTED_GATEWAYS, the real one included
+    assert status["updates"]["unknown_gateway"] == names - 255
+    assert status["updates"]["rejected"] == names  # the plain-topic forgeries
+    # bounds with room for a busy machine; the defect took 8-15 s and +86 MB
+    assert slowest[0] < 3.0, "a health check took longer than the kubelet's probe timeout"
+    assert after - before < 40
 
 
 # item 6: a source time far ahead ----------------------------------------------------------------

@@ -477,6 +477,12 @@ class IngestSettings(CamelModel):
         description="Rejections published on a thing's errors topic per second at most (bursts "
         "of as many); the rest are only counted, so a flood of bad input cannot flood the broker.",
     )
+    errors_per_second: float = Field(
+        default=200.0,
+        gt=0,
+        description="Rejections published on the errors topics per second at most, all things "
+        "together (bursts of as many); the rest are only counted.",
+    )
     max_source_time_ahead_seconds: float = Field(
         default=30.0,
         ge=0,

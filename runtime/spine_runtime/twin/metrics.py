@@ -9,7 +9,8 @@
 - `spine_twin_commits_total`, `spine_twin_commit_seconds`, `spine_twin_commit_updates`:
   transactions, their duration and how many updates each stored.
 - `spine_twin_things`, `spine_twin_desired_pending`, `spine_twin_desired_failed`: gauges.
-- `spine_twin_errors_suppressed_total`: rejections counted but not published (rate limit).
+- `spine_twin_errors_suppressed_total`: rejections counted but not published (rate limits per
+  thing and overall).
 - `spine_twin_mqtt_connected`, `spine_twin_sse_clients`: gauges.
 """
 
