@@ -184,7 +184,7 @@ async def test_invalid_updates_are_rejected_with_a_reason_and_change_nothing(
         (b"not json {", "the payload is not JSON", None),
         (
             gateway.command("press-1", "/features/temperature/desiredProperties/value", 20),
-            "is readOnly",
+            "desired values are set over HTTP",
             "/features/temperature/desiredProperties/value",
         ),
         # one bad value spoils the whole update: the good one is not applied either

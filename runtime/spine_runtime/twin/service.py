@@ -226,6 +226,8 @@ class TwinService:
         identifier = thing_id(self.namespace, name or "")
         document: Any = None
         origin: Origin | None = None
+        # the clock skew allowed: a later source time is replaced, a held one no longer counts
+        limit = now + self.config.ingest.max_source_time_ahead_seconds
         try:
             try:
                 document = orjson.loads(inbound.payload)
@@ -244,7 +246,6 @@ class TwinService:
                     Rejection(
                         f"gateway {gateway} is not one of the twin's gateways: the update is "
                         "neither applied nor acknowledged",
-                        field="/headers/spine-gateway",
                         status=403,
                     ),
                     inbound.payload,
@@ -252,7 +253,6 @@ class TwinService:
                 )
                 return
             origin = read
-            limit = now + self.config.ingest.max_source_time_ahead_seconds
             if origin.source_epoch is not None and origin.source_epoch > limit:
                 # A clock ahead (or a forged time) would make every later value look stale.
                 self.source_time_ahead += 1
@@ -271,7 +271,6 @@ class TwinService:
             if thing is None:
                 raise Rejection(f"unknown thing {identifier}: no TwinModel defines it", status=404)
             changes = read_changes(document, self.namespace, thing.name, self.static_parts(thing))
-            self.validators[thing.model_name].check_all(changes)
             desired = next((change for change in changes if change.desired), None)
             if desired is not None:
                 raise Rejection(
@@ -281,14 +280,13 @@ class TwinService:
                     field=desired.path,
                     status=403,
                 )
+            self.validators[thing.model_name].check_all(changes)
         except Rejection as rejection:
             if origin is not None:
                 self.store.record_processed(origin, now)
             self._reject(name, identifier, rejection, inbound.payload, document)
             return
-        outcome = self.store.apply(
-            thing, changes, origin, now, now + self.config.ingest.max_source_time_ahead_seconds
-        )
+        outcome = self.store.apply(thing, changes, origin, now, limit)
         if outcome is None:
             self._count("stale")
             return
