@@ -19,6 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.brokeraccess import Login
+from spine_runtime.twin.state import Origin
+from spine_runtime.twin.store import TwinStore
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
 from tests.support.twin import (
@@ -285,6 +287,27 @@ async def test_ten_thousand_forged_names_keep_memory_and_health_bounded(
     # bounds with room for a busy machine; the defect took 8-15 s and +86 MB
     assert slowest[0] < 3.0, "a health check took longer than the kubelet's probe timeout"
     assert after - before < 40
+
+
+async def test_forged_trackers_in_an_old_database_leave_room_for_real_gateways(
+    broker: LocalBroker, tmp_path: Path, gateway: Gateway, observer: Observer
+) -> None:
+    """A database written while identities came from headers may hold thousands of forged
+    names; without a gateway list, they must not use up the room of the real gateways."""
+    old = TwinStore(tmp_path / "twin" / "twin.db")
+    old.open()
+    for index in range(1_000):
+        old.record_processed(Origin(gateway=f"forged-{index}", epoch="e", seq=1), 0.0)
+    old.write(old.take_batch())
+    old.close()
+    twin = await start_twin(tmp_path, broker, MODELS, THINGS)
+    try:
+        gateway.report("press-1", "count", 3, seq=1)
+        ack = observer.wait_for(f"spine/gateways/{GATEWAY}/acks")
+        assert ack == {"gateway": GATEWAY, "epoch": gateway.epoch, "seq": 1}
+        assert twin.status()["updates"]["unknown_gateway"] == 0
+    finally:
+        twin.stop()
 
 
 # item 6: a source time far ahead ----------------------------------------------------------------

@@ -92,6 +92,7 @@ class TwinService:
         self._error_budget: dict[str, tuple[float, float]] = {}
         self._errors_total: tuple[float, float] | None = None
         self._gateways: frozenset[str] | None = None
+        self._admitted: set[str] = set()  # gateways tracked while the config lists none
         self._committed_acks: dict[str, tuple[str, int, float]] = {}
         self.last_commit: float | None = None
 
@@ -214,10 +215,20 @@ class TwinService:
 
     def tracks_gateway(self, gateway: str) -> bool:
         """Whether the twin keeps sequence numbers (and sends acks) for this gateway: one the
-        config lists, or, with no list, one of the first MAX_UNLISTED_GATEWAYS. O(1)."""
+        config lists, or, with no list, one of the first MAX_UNLISTED_GATEWAYS seen on a
+        gateway topic since the start. O(1).
+
+        The bound counts names seen, not trackers in the database: one written before the
+        identity came from the topic may hold any number of forged names, and must not use up
+        the room of the real gateways (their own trackers are kept and found again)."""
         if self._gateways is not None:
             return gateway in self._gateways
-        return self.store.tracks(gateway) or self.store.tracked_gateways() < MAX_UNLISTED_GATEWAYS
+        if gateway in self._admitted:
+            return True
+        if len(self._admitted) >= MAX_UNLISTED_GATEWAYS:
+            return False
+        self._admitted.add(gateway)
+        return True
 
     def _process(self, inbound: Inbound, now: float) -> None:
         self._after.inbound.append(inbound)
