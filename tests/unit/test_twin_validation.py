@@ -8,6 +8,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from spine_operator.api.spine import SpineSpec
+from spine_operator.build import twin as twin_build
+from spine_operator.environment import Environment
 from spine_runtime.common.configsource import ConfigError, parse_config
 from spine_runtime.config.twin import (
     PropertySchema,
@@ -497,3 +500,13 @@ def test_the_update_topic_names_the_thing_and_perhaps_the_gateway() -> None:
         "spine/gateways/line-1/things/press-1/twin/x",
     ]:
         assert twin_route(topic) is None, topic
+
+
+def test_the_operator_lists_gateways_in_the_twin_config_and_they_apply_live() -> None:
+    spec, env = SpineSpec.model_validate({}), Environment()
+    unlisted = twin_build.twin_config(spec, env, "plant-a", [])
+    assert unlisted.gateways is None and "gateways" not in unlisted.to_wire()
+    listed = twin_build.twin_config(spec, env, "plant-a", [], gateways=["line-2", "line-1"])
+    assert listed.to_wire()["gateways"] == ["line-1", "line-2"]
+    # a new Gateway reaches the running twin by config push: no restart of its pod
+    assert twin_build.restart_checksum(listed) == twin_build.restart_checksum(unlisted)
