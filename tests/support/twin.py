@@ -120,7 +120,7 @@ class TwinHandle:
             env=self.extra_env or None,
         ).start()
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
         self.process.wait_for_port(self.port, timeout)
 
         def connected() -> bool:
@@ -250,7 +250,11 @@ async def start_twin(
     handle.write_config(config)
     handle._launch()
     if wait:
-        handle.wait_ready()
+        try:
+            handle.wait_ready()
+        except BaseException:
+            handle.process.stop()  # the caller gets no handle to stop it with
+            raise
     return handle
 
 
