@@ -33,6 +33,7 @@ install: system-packages $(VENV)/.installed
 lint: install
 	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install lint
 	$(PYTHON) -m pytest -q

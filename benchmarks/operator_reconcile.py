@@ -24,7 +24,7 @@ from pathlib import Path
 from tests.support.operator import emulated_cluster, write_kubeconfig
 from tests.support.processes import ManagedProcess, free_port
 
-from spine_operator.api.registry import API_VERSION
+from spine_operator.api.kinds import API_VERSION
 from spine_operator.k8s import Kubernetes, reset_api_client
 
 CHILDREN = [

@@ -35,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.support.mosquitto import LocalBroker
 from tests.support.twin import TwinHandle, ensure_gateway_login, ensure_login, start_twin
 
-from spine_operator.brokeraccess import Login
+from spine_operator.desired.logins import Login
 
 REPORT = Path(__file__).parent / "reports" / "twin.md"
 MODEL: dict[str, Any] = {
@@ -76,7 +76,9 @@ def _publisher(
     results: Any,
 ) -> None:
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-{gateway}-{kind}", protocol=mqtt.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=username,
+        protocol=mqtt.MQTTv5,  # bound login
     )
     client.username_pw_set(username, password)
     client.max_inflight_messages_set(0)

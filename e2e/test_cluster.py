@@ -50,6 +50,7 @@ def skip_reason() -> str | None:
 
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
     pytest.mark.timeout(1200),
 ]

@@ -42,12 +42,10 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 async def operator(cluster):
     """The real kopf runtime with Spine's handlers, running against `cluster`."""
     from spine_operator.context import CONTEXT
-    from spine_operator.handlers import spine as spine_handlers
+    from spine_operator.reconcile import kinds
     from tests.support.operator import RunningOperator
 
-    spine_handlers._outcomes.clear()
-    spine_handlers._locks.clear()
-    spine_handlers._status_locks.clear()
+    kinds.reset()
     saved_delay = CONTEXT.retry_delay
     CONTEXT.retry_delay = 0.5
     running = RunningOperator()

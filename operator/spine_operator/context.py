@@ -16,7 +16,7 @@ from spine_operator.metrics import METRICS, OperatorMetrics
 
 @dataclass
 class OperatorContext:
-    k8s: Kubernetes = field(default_factory=Kubernetes)
+    k8s: Kubernetes = field(default_factory=lambda: Kubernetes(checked=True))
     environment: Environment = field(default_factory=operator_environment)
     metrics: OperatorMetrics = METRICS
     retry_delay: float = 30.0  # seconds before a retry when a dependency is missing

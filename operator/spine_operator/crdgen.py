@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from spine_operator.api.registry import CATEGORY, GROUP, KINDS, VERSION, KindInfo
+from spine_operator.api.kinds import CATEGORY, GROUP, KINDS, VERSION, KindInfo
 
 DROPPED_KEYS = {"title", "$defs", "discriminator"}
 KNOWN_FORMATS = {"int32", "int64", "float", "double", "byte", "date", "date-time", "password"}

@@ -17,7 +17,7 @@ import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from spine_operator.api.registry import API_VERSION, KINDS
+from spine_operator.api.kinds import API_VERSION, KINDS
 from spine_operator.labels import FIELD_MANAGER
 
 REQUEST_TIMEOUT = 30.0
@@ -26,23 +26,44 @@ REQUEST_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class ResourceType:
     plural: str
+    verbs: frozenset[str]  # every verb the operator uses on it: the source of its RBAC rules
     namespaced: bool = True
 
 
-# Every kind the operator reads or writes. A kind missing here is a programming error.
+APPLIED = frozenset({"get", "create", "patch"})  # server-side apply creates a missing object
+# Every kind the operator reads or writes, and how. A call the table does not allow is a
+# programming error (ValueError), so manifests/base/rbac.yaml, derived from this table by a
+# test, always grants what the code uses and nothing more.
 RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
-    ("v1", "ConfigMap"): ResourceType("configmaps"),
-    ("v1", "Secret"): ResourceType("secrets"),
-    ("v1", "Service"): ResourceType("services"),
-    ("v1", "PersistentVolumeClaim"): ResourceType("persistentvolumeclaims"),
-    ("apps/v1", "StatefulSet"): ResourceType("statefulsets"),
-    ("apps/v1", "Deployment"): ResourceType("deployments"),
-    ("networking.k8s.io/v1", "NetworkPolicy"): ResourceType("networkpolicies"),
-    ("storage.k8s.io/v1", "StorageClass"): ResourceType("storageclasses", namespaced=False),
+    ("v1", "ConfigMap"): ResourceType("configmaps", APPLIED),
+    ("v1", "Secret"): ResourceType("secrets", frozenset({"get", "create"})),
+    ("v1", "Service"): ResourceType("services", APPLIED),
+    ("v1", "PersistentVolumeClaim"): ResourceType(
+        "persistentvolumeclaims", frozenset({"get", "patch"})
+    ),
+    ("apps/v1", "StatefulSet"): ResourceType("statefulsets", APPLIED),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ResourceType("networkpolicies", APPLIED),
+    ("storage.k8s.io/v1", "StorageClass"): ResourceType(
+        "storageclasses", frozenset({"get"}), namespaced=False
+    ),
 }
+RESOURCE_TYPES.update(
+    {
+        (API_VERSION, info.kind): ResourceType(info.plural, frozenset({"get", "list"}))
+        for info in KINDS
+    }
+)
+STATUS_VERBS = frozenset({"patch"})  # on <plural>/status of every kind of ours
 
 
-RESOURCE_TYPES.update({(API_VERSION, info.kind): ResourceType(info.plural) for info in KINDS})
+def _allowed(api_version: str, kind: str, verb: str, subresource: str | None = None) -> None:
+    resource = RESOURCE_TYPES.get((api_version, kind))
+    allowed = STATUS_VERBS if subresource == "status" else (resource.verbs if resource else ())
+    if verb not in allowed:
+        raise ValueError(
+            f"the operator does not {verb} {api_version}/{kind}"
+            f"{'/' + subresource if subresource else ''}: add it to RESOURCE_TYPES (and RBAC)"
+        )
 
 
 class ApiError(Exception):
@@ -133,8 +154,17 @@ def reset_api_client() -> None:
 class Kubernetes:
     """Async calls to the API server with the operator's field manager."""
 
-    def __init__(self, api_client: ApiClient | None = None) -> None:
+    def __init__(self, api_client: ApiClient | None = None, checked: bool = False) -> None:
+        """`checked`: refuse any call RESOURCE_TYPES does not declare (the operator's own
+        adapter is checked; tests that seed objects through this class are not)."""
         self._api_client = api_client
+        self.checked = checked
+
+    def _allowed(
+        self, api_version: str, kind: str, verb: str, subresource: str | None = None
+    ) -> None:
+        if self.checked:
+            _allowed(api_version, kind, verb, subresource)
 
     @property
     def api_client(self) -> ApiClient:
@@ -176,6 +206,7 @@ class Kubernetes:
         self, api_version: str, kind: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""
+        self._allowed(api_version, kind, "get")
         try:
             return await self.request("GET", resource_path(api_version, kind, namespace, name))
         except ApiError as error:
@@ -183,10 +214,20 @@ class Kubernetes:
                 return None
             raise
 
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None
+    ) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace."""
+        self._allowed(api_version, kind, "list")
+        listing = await self.request("GET", resource_path(api_version, kind, namespace))
+        return list(listing.get("items") or [])
+
     async def apply(self, obj: dict[str, Any], owner: dict[str, Any] | None = None) -> dict:
         """Server-side apply under the field manager `spine-operator`, taking over conflicts."""
         obj = with_owner(obj, owner)
         metadata = obj["metadata"]
+        for verb in ("create", "patch"):
+            self._allowed(obj["apiVersion"], obj["kind"], verb)
         path = resource_path(
             obj["apiVersion"], obj["kind"], metadata.get("namespace"), metadata["name"]
         )
@@ -201,6 +242,7 @@ class Kubernetes:
     async def create(self, obj: dict[str, Any], owner: dict[str, Any] | None = None) -> dict:
         obj = with_owner(obj, owner)
         metadata = obj["metadata"]
+        self._allowed(obj["apiVersion"], obj["kind"], "create")
         path = resource_path(obj["apiVersion"], obj["kind"], metadata.get("namespace"))
         return await self.request("POST", path, body=obj, query=[("fieldManager", FIELD_MANAGER)])
 
@@ -234,6 +276,7 @@ class Kubernetes:
         patch: dict[str, Any],
         subresource: str | None = None,
     ) -> dict[str, Any]:
+        self._allowed(api_version, kind, "patch", subresource)
         path = resource_path(api_version, kind, namespace, name, subresource)
         return await self.request(
             "PATCH", path, body=patch, content_type="application/merge-patch+json"

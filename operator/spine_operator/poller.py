@@ -1,7 +1,7 @@
-"""The operator's one background poller of runtime health: each ready Gateway's `/status`.
+"""The operator's background poller of runtime health: each ready runtime's `/status`.
 
 DESIGN.md, "How the operator works": runtime health reaches status through one background task
-(started by `handlers.gateway` in `@kopf.on.startup`), not a kopf timer per resource, which would
+(started by `handlers` in `@kopf.on.startup`), not a kopf timer per resource, which would
 put a finalizer on every resource. Every `SETTINGS.interval` seconds (env
 SPINE_STATUS_POLL_SECONDS, default 10) it reads each target's /status with httpx and explicit
 timeouts, counts the poll in `spine_runtime_health_polls_total{kind, result}`, and hands a
@@ -168,19 +168,19 @@ async def fetch_report(client: httpx.AsyncClient, url: str) -> tuple[RuntimeRepo
         return RuntimeReport(False, f"{url}/status: {error}"), "invalid"
 
 
-class GatewayPoller:
-    """Polls `targets()` every `interval` seconds and passes each report to `deliver`."""
-
-    kind = "Gateway"
+class RuntimePoller:
+    """Polls `targets()` of one kind every `interval` seconds; passes each report to `deliver`."""
 
     def __init__(
         self,
+        kind: str,
         targets: Callable[[], Iterable[Key]],
         url_of: Callable[[Key], str],
         deliver: Callable[[Key, RuntimeReport], Awaitable[None]],
         metrics: OperatorMetrics,
         interval: float | None = None,
     ) -> None:
+        self.kind = kind
         self.targets = targets
         self.url_of = url_of
         self.deliver = deliver

@@ -9,6 +9,8 @@ directory is read with its subdirectories.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +19,24 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from spine_operator import labels
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.registry import API_VERSION, kind_by_name
+from spine_operator.api.kinds import API_VERSION, GROUP, kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build import broker as broker_build
-from spine_operator.build import gateway as gateway_build
-from spine_operator.build.twin import select_twin_models
+from spine_operator.desired import broker, gateway, twin
+from spine_operator.desired.common import oldest
+from spine_operator.desired.logins import Login, twin_login
+from spine_operator.desired.plan import Plan, Refusal, SecretInput
 from spine_operator.environment import Environment
+from spine_operator.errors import ReconcileError
 from spine_operator.labels import GENERATED
+from spine_operator.yamlfiles import YamlError, load_documents
 from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.base import DNS_LABEL_PATTERN
+
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class RenderError(ValueError):
@@ -44,25 +54,63 @@ class Resource:
         return f"{self.source}: {self.body.get('kind', '(no kind)')}/{name}"
 
 
+def name_problem(body: dict[str, Any]) -> str | None:
+    """Why the object's name or namespace would be refused by the API server, or None. They
+    become object names and, in `spine up`, paths: nothing else may get through."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        return "metadata.name is required"
+    name, namespace = metadata.get("name"), metadata.get("namespace", "default")
+    if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        return (
+            f"metadata.name {name!r}: use lower-case letters, digits, '-' and '.', starting "
+            "and ending with a letter or digit, at most 253 characters"
+        )
+    if not isinstance(namespace, str) or len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace):
+        return (
+            f"metadata.namespace {namespace!r}: a namespace is a DNS label: lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit, at most 63 characters"
+        )
+    return None
+
+
 def load_resources(paths: Iterable[Path]) -> list[Resource]:
-    """Every `spine.iiot.dev` object in the files (directories: their *.yaml and *.yml)."""
+    """Every `spine.iiot.dev` object in the files (directories: their *.yaml and *.yml).
+
+    RenderError names every file and object that kubectl or the API server would refuse."""
     resources: list[Resource] = []
+    problems: list[str] = []
     for path in paths:
         files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
         for file in files:
             try:
-                documents = list(yaml.safe_load_all(file.read_text()))
-            except (OSError, yaml.YAMLError) as error:
-                raise RenderError(f"{file}: cannot read YAML: {error}") from None
+                documents = load_documents(file)
+            except YamlError as error:
+                problems.append(f"{file}: {error}")
+                continue
             for index, document in enumerate(documents, start=1):
                 if document is None:
                     continue
                 source = f"{file} (document {index})"
-                if not isinstance(document, dict):
-                    raise RenderError(f"{source}: not a Kubernetes object")
-                if document.get("apiVersion") != API_VERSION:
+                if not isinstance(document, dict) or not document.get("apiVersion"):
+                    problems.append(f"{source}: not a Kubernetes object (no apiVersion)")
+                    continue
+                api_version = str(document["apiVersion"])
+                if api_version.split("/")[0] == GROUP and api_version != API_VERSION:
+                    problems.append(
+                        f"{source}: apiVersion {api_version} is not served; use {API_VERSION}"
+                    )
+                    continue
+                if api_version != API_VERSION:
                     continue  # other objects pass through kubectl, not the operator
-                resources.append(Resource(source, document))
+                resource = Resource(source, document)
+                problem = name_problem(document)
+                if problem:
+                    problems.append(f"{resource.label}: {problem}")
+                    continue
+                resources.append(resource)
+    if problems:
+        raise RenderError("\n".join(problems))
     return resources
 
 
@@ -80,12 +128,34 @@ class Inputs:
     def of(cls, resources: list[Resource]) -> Inputs:
         inputs = cls()
         for resource in resources:
-            key = (str(resource.body.get("kind", "")), _namespace(resource.body))
-            inputs.by_kind.setdefault(key, []).append(resource.body)
+            metadata = resource.body.get("metadata") or {}
+            # As the API server stores it: a namespace, and no creation time offline (models
+            # and gateways created "at once" are taken in name order, as the operator does).
+            body = {
+                **resource.body,
+                "metadata": {
+                    "creationTimestamp": "",
+                    **metadata,
+                    "namespace": _namespace(resource.body),
+                },
+            }
+            key = (str(body.get("kind", "")), _namespace(body))
+            inputs.by_kind.setdefault(key, []).append(body)
         return inputs
 
     def get(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         return self.by_kind.get((kind, namespace), [])
+
+    def spine(self, namespace: str) -> dict[str, Any] | None:
+        return oldest(self.get("Spine", namespace))
+
+
+# Offline, a Secret's values exist only once applied: a placeholder stands for each.
+PLACEHOLDER = "(live Secret)"
+
+
+def placeholder(name: str, keys: tuple[str, ...], field_name: str = "") -> SecretInput:
+    return SecretInput(name, dict.fromkeys(keys, PLACEHOLDER), field_name)
 
 
 def without_data(secret: dict[str, Any]) -> dict[str, Any]:
@@ -95,16 +165,70 @@ def without_data(secret: dict[str, Any]) -> dict[str, Any]:
     return secret
 
 
+def planned(result: Plan | Refusal) -> Plan:
+    if isinstance(result, ReconcileError):
+        raise RenderError(f"{result.reason}: {result.message}")
+    return result
+
+
+def login_placeholder(login: Login) -> SecretInput:
+    return placeholder(labels.login_secret_name(login.username), ("username", "password"))
+
+
+def plan_spine_offline(body: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    spec = SpineSpec.model_validate(body.get("spec") or {}).broker
+    admin = placeholder(broker.admin_secret_name(spec), ("username", "password"))
+    tls = placeholder(spec.tls.secret_name, ("tls.crt", "tls.key")) if spec.tls else None
+    return planned(broker.plan_spine(broker.SpineInputs(body, env, admin, tls)))
+
+
+def plan_twin_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    namespace = spine["metadata"]["namespace"]
+    return planned(
+        twin.plan_twin(
+            twin.TwinInputs(
+                spine,
+                inputs.get("TwinModel", namespace),
+                env,
+                placeholder(labels.TWIN_TOKENS_SECRET, ("write", "admin")),
+                login_placeholder(twin_login()),
+            )
+        )
+    )
+
+
+def plan_gateway_offline(body: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    others = [item for item in inputs.get("Gateway", namespace) if item["metadata"]["name"] != name]
+    models = inputs.get("TwinModel", namespace)
+    spec = GatewaySpec.model_validate(body.get("spec") or {})
+    secrets = {
+        mount.secret_name: placeholder(mount.secret_name, mount.keys, mount.field)
+        for mount in gateway.secret_mounts(spec, env, name)
+    }
+    spine = inputs.spine(namespace) or {
+        "metadata": {"name": "(none)", "namespace": namespace},
+        "spec": {},
+    }
+    return planned(
+        gateway.plan_gateway(
+            gateway.GatewayInputs(
+                body, env, spine, models, others, secrets, check_models=bool(models)
+            )
+        )
+    )
+
+
+def rendered(plan: Plan) -> list[dict[str, Any]]:
+    return [*(without_data(copy.deepcopy(secret)) for secret in plan.generated), *plan.objects]
+
+
 def render_spine(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[dict[str, Any]]:
-    namespace = _namespace(body)
-    name = body["metadata"]["name"]
-    spec = SpineSpec.model_validate(body.get("spec") or {})
-    objects: list[dict[str, Any]] = []
-    if not spec.broker.admin_secret_name:
-        objects.append(without_data(broker_build.build_admin_secret(namespace, name, "")))
-    digests = broker_build.SecretDigests(admin="(live Secret)", tls="(live Secret)")
-    objects += broker_build.build_broker(spec.broker, env, namespace, name, digests).all()
-    return objects
+    """The broker, and the twin service with every TwinModel rendered with it."""
+    return [
+        *rendered(plan_spine_offline(body, env, inputs)),
+        *rendered(plan_twin_offline(body, env, inputs)),
+    ]
 
 
 def render_twinmodel(
@@ -116,38 +240,7 @@ def render_twinmodel(
 
 
 def render_gateway(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[dict[str, Any]]:
-    namespace = _namespace(body)
-    name = body["metadata"]["name"]
-    problem = gateway_build.gateway_name_problem(name)
-    if problem is not None:
-        raise RenderError(problem)
-    spec = GatewaySpec.model_validate(body.get("spec") or {})
-    spines = inputs.get("Spine", namespace)
-    spine = SpineSpec.model_validate((spines[0].get("spec") or {}) if spines else {})
-    config = gateway_build.gateway_config(
-        spec, env, namespace, name, spine.twin_namespace(namespace)
-    )
-    models = inputs.get("TwinModel", namespace)
-    if models:  # only what is rendered together can be checked together
-        selection = select_twin_models(
-            [
-                {**model, "metadata": {"creationTimestamp": "", **model["metadata"]}}
-                for model in models
-            ]
-        )
-        mapping = gateway_build.check_tags_against_models(
-            config, gateway_build.models_by_thing(selection.accepted)
-        )
-        if mapping:
-            raise RenderError("; ".join(problem.message for problem in mapping))
-    size_problem = gateway_build.config_size_problem(config)
-    if size_problem is not None:
-        raise RenderError(size_problem)
-    digests = tuple("(live Secret)" for _ in gateway_build.secret_mounts(spec, env, name))
-    return [
-        without_data(gateway_build.build_admin_token_secret(namespace, name, "")),
-        *gateway_build.build_gateway(spec, env, namespace, name, config, digests).all(),
-    ]
+    return rendered(plan_gateway_offline(body, env, inputs))
 
 
 Renderer = Callable[[dict[str, Any], Environment, Inputs], list[dict[str, Any]]]
@@ -209,8 +302,13 @@ def render(resources: list[Resource], env: Environment) -> list[dict[str, Any]]:
         if not (resource.body.get("metadata") or {}).get("name"):
             problems.append(f"{resource.label}: metadata.name is required")
             continue
+        body = next(
+            item
+            for item in inputs.get(kind, _namespace(resource.body))
+            if item["metadata"].get("name") == resource.body["metadata"]["name"]
+        )
         try:
-            objects += RENDERERS[kind](resource.body, env, inputs)
+            objects += RENDERERS[kind](body, env, inputs)
         except ValidationError as error:
             problems.append(f"{resource.label}: {describe_validation_error(error, 'spec')}")
         except RenderError as error:

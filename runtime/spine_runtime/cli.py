@@ -12,6 +12,7 @@ import sys
 RUNTIMES = {
     "twin": "spine_runtime.twin.main",
     "gateway": "spine_runtime.gateway.main",
+    "flow": "spine_runtime.flow.main",
     "sim": "spine_runtime.sim.main",
     "broker-seed": "spine_runtime.broker.seed",
 }

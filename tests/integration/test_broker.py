@@ -12,23 +12,29 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.brokeraccess import BrokerAccessError, BrokerAdmin, Login
+from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
+from spine_operator.desired.logins import TWIN_USERNAME, Login, gateway_login, twin_login
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def connect_result(broker: LocalBroker, username: str | None, password: str | None) -> str:
+def connect_result(
+    broker: LocalBroker, username: str | None, password: str | None, client_id: str | None = None
+) -> str:
     """The CONNACK reason the broker gives this login (MQTT v5)."""
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"t-{uuid.uuid4().hex[:6]}",
+        protocol=mqtt.MQTTv5,
     )
     if username is not None:
         client.username_pw_set(username, password)
@@ -312,3 +318,53 @@ def test_rendered_config_is_what_mosquitto_runs(broker: LocalBroker) -> None:
     assert f"listener {broker.port} 127.0.0.1" in text
     assert json.loads(broker.dynsec_path().read_text())["defaultACLAccess"]["subscribe"] is False
     assert time.time()  # the broker started on it: the fixture waited for its port
+
+
+def test_the_broker_log_survives_a_sigkill(tmp_path: Path) -> None:
+    """The log is written line by line: what mosquitto said before a crash is on disk."""
+    local = LocalBroker(tmp_path / "state").start()
+    assert local.process is not None
+    log = local.process.log_path
+    try:
+        wait_until(
+            lambda: "running" in log.read_text(), 10, "mosquitto's start-up lines in its log"
+        )
+    finally:
+        local.process.kill()
+    assert "listen socket on port" in log.read_text()
+
+
+async def test_no_login_can_take_over_another_workloads_client_id(broker: LocalBroker) -> None:
+    """Every login the operator makes is bound to its own client id: the read-only demo login
+    and a gateway's login cannot connect as the twin, so they can neither kick it off nor
+    inherit its persistent session and its subscriptions."""
+    admin = BrokerAdmin(broker.host, broker.port, broker.admin_username, broker.admin_password)
+    await admin.start()
+    try:
+        twin, gateway = twin_login(), gateway_login("line-1", ["press-1"], [])
+        demo = Login("spine-demo", subscribe=("spine/#",), client_id="spine-demo")
+        for login in (twin, gateway, demo):
+            await admin.ensure_login(login, f"pw-{login.username}")
+        assert await admin.ensure_login(twin, "pw-spine-twin") is False  # nothing to change
+    finally:
+        await admin.close()
+    twin_client = broker.client(
+        TWIN_USERNAME, "pw-spine-twin", client_id=TWIN_USERNAME, clean_start=False
+    )
+    disconnected: list[object] = []
+    twin_client.on_disconnect = lambda *args: disconnected.append(args)
+    try:
+        for username in ("spine-demo", "gateway-line-1"):
+            result = await asyncio.to_thread(
+                connect_result, broker, username, f"pw-{username}", TWIN_USERNAME
+            )
+            assert result != "Success", f"{username} connected as the twin"
+        assert twin_client.is_connected() and not disconnected
+        # Each with its own id, as its workload connects:
+        own = await asyncio.to_thread(
+            connect_result, broker, "spine-demo", "pw-spine-demo", "spine-demo"
+        )
+        assert own == "Success"
+    finally:
+        twin_client.disconnect()
+        twin_client.loop_stop()

@@ -7,10 +7,13 @@ import asyncio
 
 import pytest
 
-from spine_operator.api.registry import API_VERSION
-from spine_operator.brokeraccess import BrokerAccess, Login, SpineNotFound
-from spine_operator.build.broker import build_admin_secret
-from spine_operator.build.common import secret_values
+from spine_operator import labels
+from spine_operator.api.kinds import API_VERSION
+from spine_operator.brokeraccess import BrokerAccess
+from spine_operator.desired.broker import build_admin_secret
+from spine_operator.desired.common import secret_values
+from spine_operator.desired.logins import Login
+from spine_operator.errors import SpineNotFound
 from spine_operator.k8s import Kubernetes
 from tests.integration.test_broker import ALLOWED, DENIED, connect_result, publish_reason
 
@@ -38,7 +41,8 @@ async def test_login_secret_is_created_once_and_the_acl_is_enforced(access, brok
     broker_access, owner = access
     k8s = broker_access.k8s
     login = Login("gateway-line-1", publish=("spine/things/press-1/twin",))
-    name = await broker_access.ensure_login("plant-a", login, owner)
+    assert await broker_access.ensure_login("plant-a", login, owner) is True
+    name = labels.login_secret_name("gateway-line-1")
     secret = await k8s.get("v1", "Secret", "plant-a", name)
     values = secret_values(secret)
     assert values["username"] == "gateway-line-1" and len(values["password"]) >= 24
@@ -55,7 +59,7 @@ async def test_login_secret_is_created_once_and_the_acl_is_enforced(access, brok
 
     # again, with a wider ACL: the same Secret and password, the new ACL in place
     wider = Login("gateway-line-1", publish=("spine/things/+/twin",))
-    assert await broker_access.ensure_login("plant-a", wider, owner) == name
+    assert await broker_access.ensure_login("plant-a", wider, owner) is True
     assert secret_values(await k8s.get("v1", "Secret", "plant-a", name)) == values
     client = await asyncio.to_thread(broker.client, values["username"], values["password"])
     try:
@@ -70,7 +74,7 @@ async def test_login_secret_is_created_once_and_the_acl_is_enforced(access, brok
 
 async def test_namespace_without_a_spine_is_a_clear_error(cluster, broker) -> None:
     broker_access = BrokerAccess(Kubernetes(), broker.env)
-    with pytest.raises(SpineNotFound, match="namespace plant-z has no Spine"):
+    with pytest.raises(SpineNotFound, match="Namespace plant-z has no Spine"):
         await broker_access.ensure_login(
             "plant-z",
             Login("x", publish=("a",)),

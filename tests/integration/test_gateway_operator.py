@@ -20,9 +20,9 @@ import yaml
 from prometheus_client import REGISTRY
 
 from spine_operator import poller
-from spine_operator.api.registry import API_VERSION
-from spine_operator.build.common import secret_values
+from spine_operator.api.kinds import API_VERSION
 from spine_operator.context import CONTEXT
+from spine_operator.desired.common import secret_values
 from spine_operator.k8s import Kubernetes
 from tests.integration.test_spine_operator import STS, mark_statefulset_ready, spine, stored
 from tests.integration.test_twinmodel_operator import press_model

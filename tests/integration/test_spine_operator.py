@@ -13,7 +13,7 @@ from typing import Any
 import kmock
 import pytest
 
-from spine_operator.api.registry import API_VERSION
+from spine_operator.api.kinds import API_VERSION
 from spine_operator.k8s import Kubernetes
 from tests.support.crd_schema import validate_against_crd
 from tests.support.processes import eventually
@@ -75,7 +75,12 @@ async def test_spine_creates_broker_and_turns_ready(cluster, operator) -> None:
     k8s = Kubernetes()
     await k8s.create(spine("plant-a"))
     await eventually(
-        lambda: condition(cluster, "plant-a", "BrokerReady"), 10, "a BrokerReady condition"
+        lambda: (
+            condition(cluster, "plant-a", "BrokerReady")
+            and condition(cluster, "plant-a", "TwinReady")["reason"] == "TwinStarting"
+        ),
+        10,
+        "BrokerReady, and TwinReady waiting for the twin's pod",
     )
 
     owner_uid = stored(cluster, SPINES, "plant-a", "default")["metadata"]["uid"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spine_operator.api.registry import API_VERSION
-from spine_operator.build.common import secret_values
+from spine_operator.api.kinds import API_VERSION
+from spine_operator.desired.common import secret_values
 from spine_operator.k8s import Kubernetes
 from tests.integration.test_spine_operator import STS, spine, stored
 from tests.support.crd_schema import validate_against_crd

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-from spine_operator.api.registry import kind_by_name
+from spine_operator.api.kinds import kind_by_name
 from spine_operator.crdgen import build_crd
 
 

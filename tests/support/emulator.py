@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp.web
 import jsonpatch
+import jsonschema
 import kmock
 import yaml
 
@@ -48,6 +49,25 @@ def merge_patch(base: Any, patch: Any) -> Any:
 
 def essence(body: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key not in ("metadata", "status")}
+
+
+def status_refusal(kind: Any, status: Any) -> str | None:
+    """Why the API server would not keep a status of one of our kinds as written, or None.
+
+    A real API server prunes fields its schema does not know, silently; here they are refused
+    (422, naming the field), so a status field the CRD lacks fails the test that writes it."""
+    from spine_operator.api.kinds import kind_by_name
+    from tests.support.crd_schema import crd_schema, to_jsonschema
+
+    if not isinstance(kind, str) or kind_by_name(kind) is None or status is None:
+        return None
+    schema = crd_schema(kind)["properties"]["status"]
+    try:
+        jsonschema.validate(copy.deepcopy(status), to_jsonschema(schema))
+    except jsonschema.ValidationError as error:
+        where = "status." + ".".join(str(part) for part in error.absolute_path)
+        return f"{kind} {where}: {error.message}"
+    return None
 
 
 class RealisticEmulator(kmock.KubernetesEmulator):
@@ -181,6 +201,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 **{k: v for k, v in current.items() if k != "status"},
                 **({"status": body["status"]} if body.get("status") is not None else {}),
             }
+            refusal = status_refusal(current.get("kind"), body.get("status"))
+            if refusal:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=refusal)
         elif has_status:
             body = {
                 **{k: v for k, v in body.items() if k != "status"},

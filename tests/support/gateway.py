@@ -33,8 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from spine_operator.brokeraccess import BrokerAdmin, Login
-from spine_operator.build.logins import gateway_login, twin_login
+from spine_operator.broker_admin import BrokerAdmin
+from spine_operator.desired.logins import TWIN_USERNAME, Login, gateway_login, twin_login
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -296,7 +296,7 @@ class StandInAcker:
     def __init__(self, broker: LocalBroker, password: str, client_id: str | None = None):
         self.broker = broker
         self.password = password
-        self.client_id = client_id or f"stand-in-twin-{uuid.uuid4().hex[:6]}"
+        self.client_id = client_id or TWIN_USERNAME  # the twin's login is bound to its id
         self.lock = threading.Lock()
         self.updates: list[ReceivedUpdate] = []
         self.progress: dict[tuple[str, str], _GatewayProgress] = defaultdict(_GatewayProgress)

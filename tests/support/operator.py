@@ -20,7 +20,7 @@ import kubernetes
 import yaml
 
 from spine_operator import k8s as k8s_module
-from spine_operator.api.registry import GROUP, KINDS, VERSION
+from spine_operator.api.kinds import GROUP, KINDS, VERSION
 from tests.support.emulator import RealisticEmulator
 
 

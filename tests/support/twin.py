@@ -25,8 +25,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from spine_operator.brokeraccess import BrokerAdmin
-from spine_operator.build.logins import TWIN_USERNAME, gateway_login, twin_login
+from spine_operator.broker_admin import BrokerAdmin
+from spine_operator.desired.logins import TWIN_USERNAME, gateway_login, twin_login
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -302,7 +302,7 @@ class Gateway:
         self.name = name
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
+            client_id=username,  # a gateway login is bound to its own client id
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(username, password)

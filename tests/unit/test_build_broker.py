@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spine_operator.api.spine import SpineSpec
-from spine_operator.build import broker
+from spine_operator.desired import broker
 from spine_operator.environment import Environment
 from spine_operator.render import dump_yaml, load_resources, render
 

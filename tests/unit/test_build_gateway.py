@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build import gateway as gateway_build
+from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.workload import pod_checksum as workload_checksum
 from spine_operator.environment import Environment
 from spine_operator.render import RenderError, dump_yaml, load_resources, render
 from spine_runtime.common.configsource import describe_validation_error
@@ -51,7 +52,7 @@ def build(gateway: GatewaySpec | None = None, env: Environment = ENV, digests=DI
 
 
 def pod_checksum(objects: gateway_build.GatewayObjects) -> str | None:
-    return gateway_build.pod_checksum(objects.statefulset)
+    return workload_checksum(objects.statefulset)
 
 
 def test_rendered_objects_match_the_golden_file() -> None:
@@ -63,10 +64,12 @@ def test_rendered_objects_match_the_golden_file() -> None:
     assert rendered == golden.read_text(), f"run with SPINE_UPDATE_GOLDEN=1 and review {golden}"
     kinds = [(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(rendered)]
     assert kinds == [
+        ("Secret", "spine-mqtt-gateway-press-line-1"),
         ("Secret", "spine-gateway-press-line-1-admin"),
         ("ConfigMap", "spine-gateway-press-line-1-config"),
         ("Service", "spine-gateway-press-line-1"),
         ("StatefulSet", "spine-gateway-press-line-1"),
+        ("NetworkPolicy", "spine-gateway-press-line-1"),
     ]
     assert "stringData" not in rendered.split("---")[0]  # no token before apply time
 

@@ -8,7 +8,7 @@ import pytest
 
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build import gateway as gateway_build
+from spine_operator.desired import gateway as gateway_build
 from spine_operator.environment import Environment
 
 MODEL = TwinModelSpec.model_validate(

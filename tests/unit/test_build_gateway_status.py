@@ -11,10 +11,13 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from spine_operator.desired.plan import Plan
+from spine_operator.errors import InvalidReference
 from spine_operator.external import PushResult
-from spine_operator.handlers.gateway import Outcome, gateway_conditions
 from spine_operator.metrics import OperatorMetrics
-from spine_operator.poller import GatewayPoller, RuntimeReport, fetch_report, report_from_status
+from spine_operator.poller import RuntimePoller, RuntimeReport, fetch_report, report_from_status
+from spine_operator.reconcile.core import Outcome
+from spine_operator.statuses import gateway_conditions
 
 URL = "http://spine-gateway-press-line-1.plant-a.svc:8080"
 
@@ -144,7 +147,8 @@ async def test_one_poll_reads_every_target_counts_it_and_delivers_the_report() -
             raise httpx.ConnectError("refused", request=request)
         return httpx.Response(200, json=STATUS)
 
-    poller = GatewayPoller(
+    poller = RuntimePoller(
+        "Gateway",
         targets=lambda: [("plant-a", "up"), ("plant-a", "down")],
         url_of=lambda key: f"http://{key[1]}:8080",
         deliver=deliver,
@@ -175,7 +179,7 @@ def conditions(outcome, statefulset=READY_STS, report=None) -> dict[str, dict[st
 
 
 def test_a_reconciled_gateway_whose_pod_runs_is_ready_and_awaits_its_first_poll() -> None:
-    found = conditions(Outcome(3, connections=2, tags=5))
+    found = conditions(Outcome(3, plan=Plan([], facts={"connections": 2, "tags": 5})))
     assert found["Ready"]["status"] == "True" and found["Ready"]["reason"] == "Reconciled"
     assert "with 2 connections and 5 tags" in found["Ready"]["message"]
     assert found["Progressing"]["status"] == "False"
@@ -186,7 +190,7 @@ def test_a_reconciled_gateway_whose_pod_runs_is_ready_and_awaits_its_first_poll(
 
 def test_a_push_that_did_not_arrive_is_said_but_not_an_error() -> None:
     push = PushResult(False, f"{URL} is not reachable (ConnectError)")
-    ready = conditions(Outcome(3, push=push))["Ready"]
+    ready = conditions(Outcome(3, plan=Plan([]), push=push))["Ready"]
     assert ready["status"] == "True"
     assert "config push not delivered" in ready["message"]
     assert "reads its ConfigMap within about a minute" in ready["message"]
@@ -205,7 +209,7 @@ def test_a_pod_not_ready_is_progressing() -> None:
 
 def test_an_older_outcome_or_a_failure_is_reported_as_such() -> None:
     assert conditions(Outcome(2))["Ready"]["message"] == "Reconciling the latest change"
-    failed = conditions(Outcome(3, failure=("InvalidReference", "Tags do not fit")))
+    failed = conditions(Outcome(3, error=InvalidReference("Tags do not fit")))
     assert failed["Ready"] == {
         "type": "Ready",
         "status": "False",

@@ -32,8 +32,16 @@ def test_render_prints_every_child_of_the_example() -> None:
         ("Service", "spine-broker"),
         ("Service", "spine-broker-headless"),
         ("StatefulSet", "spine-broker"),
+        ("NetworkPolicy", "spine-broker"),
+        ("Secret", "spine-twin-tokens"),
+        ("Secret", "spine-mqtt-spine-twin"),
+        ("ConfigMap", "spine-twin-config"),
+        ("Service", "spine-twin"),
+        ("StatefulSet", "spine-twin"),
+        ("NetworkPolicy", "spine-twin"),
     ]
-    assert "data" not in objects[0] and "stringData" not in objects[0]  # no secret values
+    for secret in (o for o in objects if o["kind"] == "Secret"):  # no secret values
+        assert "data" not in secret and "stringData" not in secret
 
 
 def test_render_refuses_invalid_input_naming_file_and_field(tmp_path) -> None:
@@ -55,7 +63,59 @@ def test_render_refuses_unknown_kinds_and_broken_yaml(tmp_path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("kind: [unclosed\n")
     result = spine("render", "-f", str(broken))
-    assert result.returncode == 1 and "cannot read YAML" in result.stderr
+    assert result.returncode == 1 and "not valid YAML" in result.stderr
+
+
+GATEWAY = "apiVersion: spine.iiot.dev/v1alpha1\nkind: Gateway\n"
+
+
+def test_render_and_up_refuse_what_the_api_server_would_refuse(tmp_path) -> None:
+    """Names that become paths, a served version, one value per key, no traceback."""
+    cases = {
+        "traversal.yaml": (
+            "apiVersion: spine.iiot.dev/v1alpha1\nkind: Spine\n"
+            "metadata: {name: default, namespace: ../victim}\nspec: {}\n",
+            "metadata.namespace '../victim': a namespace is a DNS label",
+        ),
+        "name.yaml": (GATEWAY + "metadata: {name: ../x}\nspec: {}\n", "metadata.name '../x'"),
+        "no-name.yaml": (
+            GATEWAY + "metadata: {namespace: a}\nspec: {}\n",
+            "metadata.name is required",
+        ),
+        "version.yaml": (
+            "apiVersion: spine.iiot.dev/v1\nkind: Gateway\nmetadata: {name: g}\n",
+            "apiVersion spine.iiot.dev/v1 is not served; use spine.iiot.dev/v1alpha1",
+        ),
+        "twice.yaml": (
+            "apiVersion: spine.iiot.dev/v1alpha1\nkind: Spine\nmetadata: {name: a}\n"
+            "spec: {}\nspec: {broker: {}}\n",
+            "key 'spec' appears twice in one mapping",
+        ),
+        "not-an-object.yaml": ("- just\n- a list\n", "not a Kubernetes object"),
+    }
+    for file_name, (text, expected) in cases.items():
+        path = tmp_path / file_name
+        path.write_text(text)
+        for command in (["render"], ["up", "--state-dir", str(tmp_path / "state")]):
+            result = spine(*command, "-f", str(path))
+            assert result.returncode == 1, (file_name, command, result.stdout)
+            assert expected in result.stderr, (file_name, command, result.stderr)
+            assert "Traceback" not in result.stderr, (file_name, command)
+    assert not (tmp_path / "victim").exists() and not (tmp_path / "state").exists()
+
+
+def test_an_alias_bomb_is_refused_without_exhausting_memory(tmp_path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        refs = ", ".join([f"*a{level - 1}"] * 10)
+        levels.append(f"a{level}: &a{level} [{refs}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "apiVersion: spine.iiot.dev/v1alpha1\nkind: Spine\nmetadata: {name: b}\nspec:\n"
+        + "".join(f"  {line}\n" for line in levels)
+    )
+    result = spine("render", "-f", str(bomb))
+    assert result.returncode == 1 and "expands to more than" in result.stderr
 
 
 def test_render_crds_check_detects_drift(tmp_path) -> None:
@@ -131,3 +191,24 @@ def test_up_says_what_to_install_when_mosquitto_is_missing(tmp_path, monkeypatch
     assert message.startswith("spine up: mosquitto is not installed")
     assert "sudo apt-get install mosquitto" in message
     assert not (tmp_path / "state").exists()
+
+
+def test_up_never_writes_into_nor_removes_a_folder_of_the_users(tmp_path) -> None:
+    """The namespace's folder under --state-dir exists and is the user's: refused, kept."""
+    keep = tmp_path / "plant-a" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    result = spine(
+        "up",
+        "-f",
+        str(ROOT / "examples" / "press-line"),
+        "--state-dir",
+        str(tmp_path),
+        "--ports",
+        "auto",
+    )
+    assert result.returncode == 1
+    assert "was not made by spine up; choose another --state-dir" in result.stderr
+    assert keep.read_text() == "mine" and sorted(p.name for p in keep.parent.iterdir()) == [
+        "keep.txt"
+    ]

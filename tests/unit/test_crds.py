@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from spine_operator.api.registry import KINDS
+from spine_operator.api.kinds import KINDS
 from spine_operator.crdgen import build_crd, render_crd_files
 from tests.support.crd_schema import validate_against_crd
 

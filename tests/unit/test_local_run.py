@@ -273,3 +273,11 @@ def test_each_thing_gets_one_simulator_serving_the_protocols_that_feed_it(tmp_pa
     local = localize(run, "press-line-1", spec, Ports(auto=True), plcs, simulators, used)  # type: ignore[arg-type]
     assert local.connections[0].modbus_tcp.port == 5020 and used == {"press-line-1/plc-modbus"}
     assert set(simulators["press-1"].ports) == {"opcua", "s7"}
+
+
+def test_a_broker_started_through_stdbuf_is_still_recognised_as_a_leftover() -> None:
+    from spine_operator.local.statefile import exec_argv
+
+    argv = ["/usr/bin/stdbuf", "-oL", "-eL", "/usr/sbin/mosquitto", "-c", "/s/mosquitto.conf"]
+    assert exec_argv(argv) == ["/usr/sbin/mosquitto", "-c", "/s/mosquitto.conf"]
+    assert exec_argv(["/usr/sbin/mosquitto", "-c", "x"]) == ["/usr/sbin/mosquitto", "-c", "x"]

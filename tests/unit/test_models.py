@@ -7,13 +7,13 @@ from pydantic import ValidationError
 
 from spine_operator.api.common import parse_quantity
 from spine_operator.api.spine import SpineSpec
-from spine_operator.handlers.spine import invalid_spec_message
+from spine_operator.errors import InvalidSpec
 
 
 def message_for(spec: dict) -> str:
     with pytest.raises(ValidationError) as caught:
         SpineSpec.model_validate(spec)
-    return invalid_spec_message(caught.value)
+    return InvalidSpec.of(caught.value).message
 
 
 def test_empty_spec_is_a_complete_default() -> None:

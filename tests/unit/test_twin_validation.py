@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from spine_operator.api.spine import SpineSpec
-from spine_operator.build import twin as twin_build
+from spine_operator.desired import twin as twin_build
 from spine_operator.environment import Environment
 from spine_runtime.common.configsource import ConfigError, parse_config
 from spine_runtime.config.twin import (

@@ -4,6 +4,6 @@
 and `spine render` all read it, so a new kind only adds a model module and one entry.
 """
 
-from spine_operator.api.registry import GROUP, KINDS, VERSION, KindInfo, kind_by_name
+from spine_operator.api.kinds import GROUP, KINDS, VERSION, KindInfo, kind_by_name
 
 __all__ = ["GROUP", "KINDS", "VERSION", "KindInfo", "kind_by_name"]

@@ -7,9 +7,10 @@ sections here as they arrive.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
 from spine_operator.api.common import (
     PATTERN_HINTS,
@@ -99,6 +100,19 @@ class BrokerLimits(CamelModel):
     )
 
 
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an address block: write it as CIDR with the host bits zero, "
+            "e.g. 10.20.0.0/24 or 192.168.1.10/32"
+        ) from None
+
+
+Cidr = Annotated[str, StringConstraints(max_length=43), AfterValidator(_cidr)]
+
+
 class BrokerSpec(CamelModel):
     """The namespace's Eclipse Mosquitto broker."""
 
@@ -119,6 +133,13 @@ class BrokerSpec(CamelModel):
     )
     persistence: Persistence = Field(default_factory=Persistence)
     tls: BrokerTls | None = Field(default=None, description="Enable the TLS listener on 8883.")
+    external_clients: list[Cidr] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Address blocks (CIDR) outside the namespace that may reach the broker, "
+        "e.g. the node network of hostNetwork gateways or a SCADA system on site. The "
+        "namespace's own pods and the operator always may; nothing else may (NetworkPolicy).",
+    )
     limits: BrokerLimits = Field(default_factory=BrokerLimits)
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(

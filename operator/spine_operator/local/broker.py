@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spine_operator.api.spine import BrokerSpec
-from spine_operator.build.broker import ADMIN_USERNAME, render_mosquitto_conf
+from spine_operator.desired.broker import ADMIN_USERNAME, render_mosquitto_conf
 from spine_operator.environment import Environment
 from spine_runtime.broker.seed import seed_file
 
@@ -39,6 +39,13 @@ class LocalBrokerFiles:
 
 # Debian installs mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
 MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
+
+
+def line_buffered() -> list[str]:
+    """mosquitto logs to stdout through C stdio, block-buffered into a file: the last lines
+    before a crash (SIGKILL) would be lost. coreutils' stdbuf makes it flush every line."""
+    stdbuf = shutil.which("stdbuf")
+    return [stdbuf, "-oL", "-eL"] if stdbuf else []
 
 
 def mosquitto_binary() -> str:
@@ -102,7 +109,7 @@ def prepare_local_broker(
     return LocalBrokerFiles(
         config_path=config_path,
         dynsec_path=dynsec_path,
-        argv=[mosquitto_binary(), "-c", str(config_path)],
+        argv=[*line_buffered(), mosquitto_binary(), "-c", str(config_path)],
         admin_username=ADMIN_USERNAME,
         admin_password=admin_password,
     )

@@ -19,16 +19,16 @@ import yaml
 from pydantic import ValidationError
 
 from spine_operator.api.gateway import GatewayConnection, GatewaySpec
-from spine_operator.build import gateway as gateway_build
-from spine_operator.build.common import secret_data_digest
-from spine_operator.build.logins import gateway_login
+from spine_operator.desired import gateway as gateway_build
+from spine_operator.desired.plan import SecretInput
+from spine_operator.environment import Environment
 from spine_operator.local.materialize import write_config_map, write_secret
 from spine_operator.local.ports import Ports
 from spine_operator.local.stack import (
     HOST,
     NamespaceRun,
     http_probe,
-    login_secret,
+    planned,
     read_or_make,
     runtime_argv,
     runtime_env,
@@ -164,20 +164,17 @@ def prepare_gateways(
 ) -> set[str]:
     """Add the simulators and gateways of one namespace to `run`; returns the `--plc` keys used.
 
-    RenderError lists every gateway that the operator would refuse."""
+    Each gateway is planned by the operator's own plan (name, spec, tags against the TwinModels,
+    one source per property); RenderError lists every gateway that the operator would refuse."""
     problems: list[str] = []
     simulators: dict[str, SimulatedPlc] = {}
     used_plcs: set[str] = set()
-    models = gateway_build.models_by_thing(run.plan.models)
     gateways: list[Workload] = []
-    for resource in resources:
-        name = str(resource.body["metadata"]["name"])
-        problem = gateway_build.gateway_name_problem(name)
-        if problem:
-            problems.append(f"{resource.label}: {problem}")
-            continue
+    bodies = [_as_stored(resource, run.namespace) for resource in resources]
+    for resource, body in zip(resources, bodies, strict=True):
+        name = str(body["metadata"]["name"])
         try:
-            spec = GatewaySpec.model_validate(resource.body.get("spec") or {})
+            spec = GatewaySpec.model_validate(body.get("spec") or {})
             spec = localize(run, name, spec, ports, plcs, simulators, used_plcs)
         except ValidationError as error:
             problems.append(f"{resource.label}: {describe_validation_error(error, 'spec')}")
@@ -185,17 +182,15 @@ def prepare_gateways(
         except ValueError as error:
             problems.append(f"{resource.label}: --plc {error}")
             continue
+        local_body = {**body, "spec": spec.to_wire()}
+        others = [other for other in bodies if other is not body]
         env = run.env.replace(gateway_port=ports.take("gateway"))
-        config = gateway_build.gateway_config(
-            spec, env, run.namespace, name, run.plan.twin_namespace
-        )
-        mapping = gateway_build.check_tags_against_models(config, models)
-        size = gateway_build.config_size_problem(config)
-        if mapping or size:
-            problems += [f"{resource.label}: {p.reason}: {p.message}" for p in mapping]
-            problems += [f"{resource.label}: {size}"] if size else []
-            continue
-        gateways.append(write_gateway(run, name, spec, env, config, log_dir, name_prefix))
+        try:
+            gateways.append(
+                write_gateway(run, local_body, others, env, log_dir, name_prefix, resource.label)
+            )
+        except RenderError as error:
+            problems.append(str(error))
     if problems:
         raise RenderError("\n".join(problems))
     for simulator in simulators.values():
@@ -204,47 +199,53 @@ def prepare_gateways(
     return used_plcs
 
 
+def _as_stored(resource: Resource, namespace: str) -> dict[str, Any]:
+    metadata = {"creationTimestamp": "", **(resource.body.get("metadata") or {})}
+    metadata["namespace"] = namespace
+    return {**resource.body, "metadata": metadata}
+
+
 def write_gateway(
     run: NamespaceRun,
-    name: str,
-    spec: GatewaySpec,
-    env: Any,
-    config: Any,
+    body: dict[str, Any],
+    others: list[dict[str, Any]],
+    env: Environment,
     log_dir: Path,
     name_prefix: str,
+    label: str,
 ) -> Workload:
     """The gateway's Secrets and ConfigMap as files, its login, and its pod's command."""
+    name = body["metadata"]["name"]
+    spec = GatewaySpec.model_validate(body["spec"])
     directories = env.gateway_directories(name)
     mounts = {mount.volume: mount for mount in gateway_build.secret_mounts(spec, env, name)}
     mqtt_dir, admin_dir = Path(mounts["mqtt"].directory), Path(mounts["admin"].directory)
     password = read_or_make(mqtt_dir / "password", gateway_build.generate_token)
     token = read_or_make(admin_dir / "token", gateway_build.generate_token)
-    login = gateway_login(name, config.things(), config.writable_things())
-    mqtt_secret = login_secret(login.username, password, env, run.namespace)
     admin_secret = gateway_build.build_admin_token_secret(run.namespace, name, token)
+    secrets = {
+        mounts["mqtt"].secret_name: SecretInput(mounts["mqtt"].secret_name, {"password": password}),
+        mounts["admin"].secret_name: SecretInput.of(mounts["admin"].secret_name, admin_secret),
+    }
+    plan = planned(
+        gateway_build.plan_gateway(
+            gateway_build.GatewayInputs(
+                body, env, run.plan.spine_body, run.plan.model_bodies, others, secrets
+            )
+        ),
+        label,
+    )
     write_secret({"stringData": {"password": password}}, mqtt_dir)
     write_secret(admin_secret, admin_dir)
-    run.logins.append((login, password))
-    objects = gateway_build.build_gateway(
-        spec,
-        env,
-        run.namespace,
-        name,
-        config,
-        (
-            secret_data_digest(mqtt_secret["stringData"]),
-            secret_data_digest(admin_secret["stringData"]),
-        ),
-    )
-    write_config_map(objects.config_map, Path(directories.config_dir))
+    run.logins += [(login, password) for login in plan.logins]
+    write_config_map(plan.object_of("ConfigMap"), Path(directories.config_dir))
     Path(directories.data_dir).mkdir(parents=True, exist_ok=True)
-    container = objects.statefulset["spec"]["template"]["spec"]["containers"][0]
     url = env.gateway_url(run.namespace, name)
     run.details.setdefault("gateways", {})[name] = {"url": url}
     return Workload(
         name=f"{name_prefix}gateway {name}",
         role="gateway",
-        argv=runtime_argv(container["command"]),
+        argv=runtime_argv(plan.container_command()),
         log_path=log_dir / f"{run.namespace}-gateway-{name}.log",
         probe=http_probe(f"{url}/healthz"),
         address=url,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from spine_operator.build.common import secret_values
+from spine_operator.desired.common import secret_values
 
 
 def write_config_map(config_map: dict[str, Any], directory: Path) -> list[Path]:

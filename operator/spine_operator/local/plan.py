@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from spine_operator.api.registry import kind_by_name
+from spine_operator.api.kinds import kind_by_name
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build.twin import select_twin_models
+from spine_operator.desired.twin import select_twin_models
 from spine_operator.render import RenderError, Resource
 from spine_runtime.common.configsource import describe_validation_error
 
@@ -30,7 +30,9 @@ class NamespacePlan:
     spine_name: str
     spine: SpineSpec
     source: str
-    models: list[tuple[str, TwinModelSpec]] = field(default_factory=list)
+    spine_body: dict[str, Any] = field(default_factory=dict)  # as the API server stores it
+    models: list[tuple[str, TwinModelSpec]] = field(default_factory=list)  # accepted ones
+    model_bodies: list[dict[str, Any]] = field(default_factory=list)
     gateways: list[Resource] = field(default_factory=list)
 
     @property
@@ -98,9 +100,12 @@ def plan_local_run(resources: list[Resource]) -> LocalPlan:
         except ValidationError as error:
             problems.append(f"{spines[0].label}: {describe_validation_error(error, 'spec')}")
             continue
-        plan = NamespacePlan(namespace, _name(spines[0]), spec, spines[0].source)
+        plan = NamespacePlan(
+            namespace, _name(spines[0]), spec, spines[0].source, _as_item(spines[0])
+        )
         models = kinds.get("TwinModel", [])
-        selection = select_twin_models([_as_item(resource) for resource in models])
+        plan.model_bodies = [_as_item(resource) for resource in models]
+        selection = select_twin_models(plan.model_bodies)
         labels = {_name(resource): resource.label for resource in models}
         for model_name, (reason, message) in sorted(selection.rejected.items()):
             problems.append(f"{labels[model_name]}: {reason}: {message}")
@@ -119,4 +124,5 @@ def _as_item(resource: Resource) -> dict[str, Any]:
     name order, as the operator orders models created in the same second."""
     metadata = dict(resource.body.get("metadata") or {})
     metadata.setdefault("creationTimestamp", "")
+    metadata["namespace"] = _namespace(resource)
     return {**resource.body, "metadata": metadata}

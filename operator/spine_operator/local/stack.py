@@ -23,17 +23,18 @@ import httpx
 
 import spine_runtime
 from spine_operator import labels
-from spine_operator.brokeraccess import Login
-from spine_operator.build import broker as broker_build
-from spine_operator.build import twin as twin_build
-from spine_operator.build.common import secret_data_digest
-from spine_operator.build.logins import TWIN_USERNAME, twin_login
+from spine_operator.desired import broker as broker_build
+from spine_operator.desired import twin as twin_build
+from spine_operator.desired.logins import TWIN_USERNAME, Login, build_login_secret, twin_login
+from spine_operator.desired.plan import Plan, Refusal, SecretInput
 from spine_operator.environment import Environment
+from spine_operator.errors import ReconcileError
 from spine_operator.local.broker import prepare_local_broker
 from spine_operator.local.materialize import write_config_map, write_secret
 from spine_operator.local.plan import NamespacePlan
 from spine_operator.local.ports import Ports
 from spine_operator.local.supervisor import Probe, Workload
+from spine_operator.render import RenderError
 
 HOST = "127.0.0.1"
 DEMO_USERNAME = "spine-demo"
@@ -43,7 +44,12 @@ RUNTIME_ROOT = Path(spine_runtime.__file__).resolve().parents[1]
 
 def demo_login() -> Login:
     """For the person trying Spine: read everything under spine/, publish nothing."""
-    return Login(DEMO_USERNAME, subscribe=("spine/#",), description="spine up: demo, read-only")
+    return Login(
+        DEMO_USERNAME,
+        subscribe=("spine/#",),
+        description="spine up: demo, read-only",
+        client_id=DEMO_USERNAME,
+    )
 
 
 def runtime_argv(container_command: list[str]) -> list[str]:
@@ -87,18 +93,6 @@ def read_or_make(path: Path, make: Callable[[], str]) -> str:
     except OSError:
         value = ""
     return value or make()
-
-
-def login_secret(username: str, password: str, env: Environment, namespace: str) -> dict:
-    """The shape of the login Secret `brokeraccess.BrokerAccess` creates in a cluster."""
-    return {
-        "stringData": {
-            "username": username,
-            "password": password,
-            "host": env.broker_host(namespace),
-            "port": str(env.broker_port),
-        }
-    }
 
 
 @dataclass
@@ -151,7 +145,9 @@ def prepare_namespace(
     )
     demo_dir = state_dir / "demo-login"
     demo_password = read_or_make(demo_dir / "password", lambda: secrets.token_urlsafe(12))
-    write_secret(login_secret(DEMO_USERNAME, demo_password, env, namespace), demo_dir)
+    write_secret(
+        build_login_secret(namespace, demo_login(), plan.spine_name, env, demo_password), demo_dir
+    )
     run = NamespaceRun(
         plan,
         env,
@@ -180,8 +176,16 @@ def prepare_namespace(
     return run
 
 
+def planned(result: Plan | Refusal, label: str) -> Plan:
+    """The plan, or RenderError with the operator's own words for the refusal."""
+    if isinstance(result, ReconcileError):
+        raise RenderError(f"{label}: {result.reason}: {result.message}")
+    return result
+
+
 def prepare_twin(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workload:
-    """The twin's Secrets and ConfigMap as files, and the command of its StatefulSet's pod."""
+    """The twin's Secrets and ConfigMap as files, and the command of its StatefulSet's pod,
+    from the operator's own plan."""
     plan, env, namespace = run.plan, run.env, run.namespace
     secrets_dir = Path(env.twin_secrets_dir)
     tokens_dir = secrets_dir / "tokens"
@@ -193,30 +197,28 @@ def prepare_twin(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workloa
     )
     write_secret(tokens, tokens_dir)
     password = read_or_make(secrets_dir / "mqtt" / "password", broker_build.generate_password)
-    login = login_secret(TWIN_USERNAME, password, env, namespace)
+    login = build_login_secret(namespace, twin_login(), plan.spine_name, env, password)
     write_secret(login, secrets_dir / "mqtt")
-    run.logins.append((twin_login(), password))
-    config = twin_build.twin_config(plan.spine, env, namespace, plan.models)
-    objects = twin_build.build_twin(
-        plan.spine,
-        env,
-        namespace,
-        plan.spine_name,
-        config,
-        (
-            secret_data_digest(tokens["stringData"]),
-            secret_data_digest(login["stringData"]),
+    twin_plan = planned(
+        twin_build.plan_twin(
+            twin_build.TwinInputs(
+                plan.spine_body,
+                plan.model_bodies,
+                env,
+                SecretInput.of(labels.TWIN_TOKENS_SECRET, tokens),
+                SecretInput.of(labels.login_secret_name(TWIN_USERNAME), login),
+            )
         ),
-        labels.login_secret_name(TWIN_USERNAME),
+        plan.source,
     )
-    write_config_map(objects.config_map, Path(env.twin_config_dir))
+    run.logins += [(twin_login_, password) for twin_login_ in twin_plan.logins]
+    write_config_map(twin_plan.object_of("ConfigMap"), Path(env.twin_config_dir))
     Path(env.twin_data_dir).mkdir(parents=True, exist_ok=True)
-    container = objects.statefulset["spec"]["template"]["spec"]["containers"][0]
     url = env.twin_url(namespace)
     return Workload(
         name=f"{name_prefix}twin",
         role="twin",
-        argv=runtime_argv(container["command"]),
+        argv=runtime_argv(twin_plan.container_command()),
         log_path=log_path,
         probe=http_probe(f"{url}/healthz"),
         address=url,

@@ -48,9 +48,19 @@ def command_line(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
 
 
+def exec_argv(argv: list[str]) -> list[str]:
+    """The argv a process shows once a launcher that execs (stdbuf OPTIONS COMMAND) has run."""
+    if argv and Path(argv[0]).name == "stdbuf":
+        rest = argv[1:]
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]
+        return rest
+    return argv
+
+
 def _same_command(pid: int, argv: list[str]) -> bool:
     running = command_line(pid)
-    return running is not None and running == argv
+    return running is not None and running in (argv, exec_argv(argv))
 
 
 def stop_leftovers(path: Path, timeout: float = 10.0) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from spine_operator.brokeraccess import BrokerAccessError, BrokerAdmin
+from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
 from spine_operator.environment import find_dynsec_plugin
 from spine_operator.local.broker import MissingProgram, mosquitto_binary
 from spine_operator.local.gateways import prepare_gateways
@@ -93,7 +93,7 @@ def up(options: UpOptions) -> int:
     created_state_dir = not state_dir.exists()
     try:
         runs = prepare(plan, options)
-    except (PortInUse, MissingProgram) as error:
+    except (PortInUse, MissingProgram, StateDirInUse) as error:
         print(f"spine up: {error}", file=sys.stderr)
         return 1
     except RenderError as error:
@@ -103,11 +103,30 @@ def up(options: UpOptions) -> int:
     return asyncio.run(local.serve())
 
 
+# In every directory spine up makes: only a directory holding it is ever written or removed.
+OWN_MARKER = ".made-by-spine-up"
+
+
+def claim(directory: Path) -> Path:
+    """A directory spine up may write into and later remove: a new one, or one an earlier
+    spine up made. A directory of the user's is refused, never written into nor deleted."""
+    if directory.exists() and not (directory / OWN_MARKER).is_file():
+        raise StateDirInUse(
+            f"{directory} exists and was not made by spine up; choose another --state-dir "
+            "(spine up writes and later removes a folder per namespace and logs/ in it)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / OWN_MARKER).touch()
+    return directory
+
+
 def prepare(plan: LocalPlan, options: UpOptions) -> list[NamespaceRun]:
     """Write every workload's files; RenderError if the operator would refuse a resource."""
     ports = Ports(auto=options.auto_ports)
     several = len(plan.namespaces) > 1
-    log_dir = options.state_dir / "logs"
+    log_dir = claim(options.state_dir / "logs")
+    for namespace_plan in plan.namespaces:
+        claim(options.state_dir / namespace_plan.namespace)
     runs, used_plcs = [], set()
     for namespace_plan in plan.namespaces:
         prefix = f"{namespace_plan.namespace}/" if several else ""
@@ -275,9 +294,9 @@ class LocalRun:
 
     def remove_state(self) -> None:
         """Remove only what this run wrote, then the state directory if it is empty now."""
-        for run in self.runs:
-            shutil.rmtree(run.state_dir, ignore_errors=True)
-        shutil.rmtree(self.options.state_dir / "logs", ignore_errors=True)
+        for directory in [run.state_dir for run in self.runs] + [self.options.state_dir / "logs"]:
+            if (directory / OWN_MARKER).is_file():
+                shutil.rmtree(directory, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         if self.created_state_dir:
             with contextlib.suppress(OSError):
@@ -407,7 +426,7 @@ def try_lines(run: NamespaceRun, thing: str) -> list[str]:
             f"    {url}/features/{prop}/desiredProperties/value",
         ]
     lines.append(
-        f"  mosquitto_sub -h {HOST} -p {run.env.broker_port} -u {DEMO_USERNAME} "
+        f"  mosquitto_sub -h {HOST} -p {run.env.broker_port} -i {DEMO_USERNAME} -u {DEMO_USERNAME} "
         f"-P {run.demo_password} -t 'spine/#' -v"
     )
     return lines

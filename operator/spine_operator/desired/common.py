@@ -64,3 +64,16 @@ def controller_of(obj: dict[str, Any] | None, kind: str) -> tuple[str, str] | No
         if ref.get("controller") and ref.get("kind") == kind:
             return ref.get("uid", ""), ref.get("name", "")
     return None
+
+
+def oldest(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The oldest object (by creation time, then name): the namespace's Spine when a second one
+    was applied by mistake, the first model to define a thing."""
+    ordered = sorted(
+        items,
+        key=lambda item: (
+            item["metadata"].get("creationTimestamp") or "",
+            item["metadata"]["name"],
+        ),
+    )
+    return ordered[0] if ordered else None

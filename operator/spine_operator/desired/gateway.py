@@ -13,13 +13,14 @@ buffer, broker and HTTP settings) and the Secrets the pod mounts, so those roll 
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
+
+from pydantic import ValidationError
 
 from spine_operator import conditions as cond
 from spine_operator import labels
@@ -30,12 +31,31 @@ from spine_operator.api.gateway import (
     GatewayConnection,
     GatewaySpec,
 )
+from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.build.broker import keep_claim_templates
-from spine_operator.build.common import checksum, metadata, resources, restricted_container_security
-from spine_operator.build.logins import gateway_username
-from spine_operator.build.twin import RUNTIME_UID
+from spine_operator.desired import workload
+from spine_operator.desired.broker import keep_claim_templates
+from spine_operator.desired.common import resources
+from spine_operator.desired.logins import build_login_secret, gateway_login, gateway_username
+from spine_operator.desired.plan import (
+    ConfigPush,
+    Plan,
+    Refusal,
+    SecretInput,
+    VolumeResize,
+    volume_condition,
+)
+from spine_operator.desired.twin import RUNTIME_UID, select_twin_models
+from spine_operator.desired.workload import build_generated_secret, pod_checksum
 from spine_operator.environment import Environment
+from spine_operator.errors import (
+    DependencyNotFound,
+    DependencyNotReady,
+    InvalidReference,
+    InvalidSpec,
+    ReconcileError,
+    SpineNotFound,
+)
 from spine_runtime.config.base import DNS_LABEL_PATTERN
 from spine_runtime.config.gateway import GatewayConfig
 
@@ -147,16 +167,10 @@ def user_secret_mounts(spec: GatewaySpec, env: Environment, name: str) -> list[S
 
 
 def build_admin_token_secret(namespace: str, name: str, token: str) -> dict[str, Any]:
-    """The bearer token of the gateway's /admin/config. Created once, never rewritten."""
-    meta = metadata(labels.gateway_admin_secret_name(name), namespace, COMPONENT, name)
-    meta["annotations"] = {labels.GENERATED: "true"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "type": "Opaque",
-        "stringData": {"token": token},
-    }
+    """The bearer token of the gateway's admin endpoint (config push), generated once."""
+    return build_generated_secret(
+        labels.gateway_admin_secret_name(name), namespace, COMPONENT, name, {"token": token}
+    )
 
 
 def _runtime_connection(
@@ -226,8 +240,7 @@ def gateway_config(
 
 
 def config_document(config: GatewayConfig) -> str:
-    """The file the gateway reads (JSON: every user-written value is escaped, never a line)."""
-    return json.dumps(config.to_wire(), indent=1, sort_keys=True)
+    return workload.config_document(config)
 
 
 def config_size_problem(config: GatewayConfig) -> str | None:
@@ -243,35 +256,14 @@ def config_size_problem(config: GatewayConfig) -> str | None:
 def restart_checksum(config: GatewayConfig, *secret_digests: str) -> str:
     """What a running gateway does not take by push: everything but tags and publish settings,
     and the Secrets it mounts."""
-    wire = {key: value for key, value in config.to_wire().items() if key not in LIVE_FIELDS}
-    return checksum(wire, *secret_digests)
+    return workload.restart_checksum(config, LIVE_FIELDS, *secret_digests)
 
 
-def pod_checksum(statefulset: dict[str, Any] | None) -> str | None:
-    """The restart checksum a StatefulSet's pod template carries."""
-    template = (statefulset or {}).get("spec", {}).get("template", {})
-    return (template.get("metadata") or {}).get("annotations", {}).get(labels.CONFIG_CHECKSUM)
-
-
-@dataclass(frozen=True)
-class GatewayObjects:
-    config_map: dict[str, Any]
-    service: dict[str, Any]
-    statefulset: dict[str, Any]
-
-    def all(self) -> list[dict[str, Any]]:
-        return [self.config_map, self.service, self.statefulset]
+GatewayObjects = workload.RuntimeObjects
 
 
 def _secret_volume(mount: SecretMount) -> dict[str, Any]:
-    return {
-        "name": mount.volume,
-        "secret": {
-            "secretName": mount.secret_name,
-            "items": [{"key": key, "path": key} for key in mount.keys],
-            "defaultMode": 0o440,
-        },
-    }
+    return workload.secret_volume(mount.volume, mount.secret_name, mount.keys)
 
 
 def _buffer_volume(spec: GatewaySpec, pod_labels: dict[str, str]) -> tuple[list, list]:
@@ -279,18 +271,9 @@ def _buffer_volume(spec: GatewaySpec, pod_labels: dict[str, str]) -> tuple[list,
     storage = spec.buffer.storage
     if storage.type == "emptyDir":
         return [{"name": labels.GATEWAY_BUFFER_VOLUME, "emptyDir": {"sizeLimit": storage.size}}], []
-    claim = {
-        "metadata": {"name": labels.GATEWAY_BUFFER_VOLUME, "labels": pod_labels},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": storage.size}},
-            **(
-                {"storageClassName": storage.storage_class_name}
-                if storage.storage_class_name
-                else {}
-            ),
-        },
-    }
+    claim = workload.claim_template(
+        labels.GATEWAY_BUFFER_VOLUME, storage.size, storage.storage_class_name, pod_labels
+    )
     return [], [claim]
 
 
@@ -303,115 +286,90 @@ def build_gateway(
     secret_digests: tuple[str, ...],
 ) -> GatewayObjects:
     """ConfigMap, headless Service and StatefulSet of one gateway."""
-    workload = labels.gateway_name(name)
-    select = labels.selector(COMPONENT, name)
+    workload_name = labels.gateway_name(name)
     pod_labels = labels.labels(COMPONENT, name)
     directories = env.gateway_directories(name)
     mounts = secret_mounts(spec, env, name)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(labels.gateway_config_name(name), namespace, COMPONENT, name),
-        "data": {labels.GATEWAY_CONFIG_FILE: config_document(config)},
-    }
+    config_map = workload.build_config_map(
+        labels.gateway_config_name(name),
+        namespace,
+        COMPONENT,
+        name,
+        {labels.GATEWAY_CONFIG_FILE: config_document(config)},
+    )
     # Headless: the StatefulSet's governing Service, and the name the operator pushes config
     # to and reads /status from (the pod's own address, also with hostNetwork).
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(workload, namespace, COMPONENT, name),
-        "spec": {
-            "clusterIP": "None",
-            "selector": select,
-            "ports": [
-                {"name": "http", "port": env.gateway_port, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
-    probe = {
-        "httpGet": {"path": "/healthz", "port": "http"},
-        "periodSeconds": 10,
-        "timeoutSeconds": 3,
-    }
+    http_port = {"name": "http", "port": env.gateway_port, "targetPort": "http", "protocol": "TCP"}
+    service = workload.build_service(
+        workload_name, namespace, COMPONENT, name, [http_port], headless=True
+    )
     buffer_volumes, claims = _buffer_volume(spec, pod_labels)
-    container = {
-        "name": CONTAINER,
-        "image": spec.image or env.runtime_image,
-        "command": [
+    container = workload.container(
+        CONTAINER,
+        spec.image or env.runtime_image,
+        [
             "spine-runtime",
             "gateway",
             "--config",
             str(PurePosixPath(directories.config_dir) / labels.GATEWAY_CONFIG_FILE),
         ],
-        "ports": [{"name": "http", "containerPort": env.gateway_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [
+        [{"name": "http", "containerPort": env.gateway_port, "protocol": "TCP"}],
+        [
             {"name": "config", "mountPath": directories.config_dir, "readOnly": True},
             *(
                 {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
                 for mount in mounts
             ),
             {"name": labels.GATEWAY_BUFFER_VOLUME, "mountPath": directories.data_dir},
-            {"name": "tmp", "mountPath": "/tmp"},
+            workload.TMP_MOUNT,
         ],
-        "resources": resources(spec.resources),
-        "securityContext": restricted_container_security(),
-    }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_UID,
-            "runAsGroup": RUNTIME_UID,
-            "fsGroup": RUNTIME_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [
-            {"name": "config", "configMap": {"name": labels.gateway_config_name(name)}},
-            *(_secret_volume(mount) for mount in mounts),
-            *buffer_volumes,
-            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-        ],
-    }
+        resources(spec.resources),
+        workload.http_probes(),
+    )
+    extra: dict[str, Any] = {}
     if spec.host_network:
         # Without ClusterFirstWithHostNet a host-network pod resolves with the node's DNS and
         # cannot find the broker's Service name.
-        pod_spec["hostNetwork"] = True
-        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+        extra["hostNetwork"] = True
+        extra["dnsPolicy"] = "ClusterFirstWithHostNet"
     if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
+        extra["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
-        pod_spec["tolerations"] = [toleration.to_wire() for toleration in spec.tolerations]
-    statefulset_spec: dict[str, Any] = {
-        "replicas": 1,
-        "serviceName": workload,
-        "podManagementPolicy": "OrderedReady",
-        "updateStrategy": {"type": "RollingUpdate"},
-        "selector": {"matchLabels": select},
-        "persistentVolumeClaimRetentionPolicy": {
-            "whenDeleted": "Retain" if spec.buffer.storage.retain_on_delete else "Delete",
-            "whenScaled": "Retain",
-        },
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {labels.CONFIG_CHECKSUM: restart_checksum(config, *secret_digests)},
-            },
-            "spec": pod_spec,
-        },
-    }
-    if claims:
-        statefulset_spec["volumeClaimTemplates"] = claims
-    statefulset = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(workload, namespace, COMPONENT, name),
-        "spec": statefulset_spec,
-    }
-    return GatewayObjects(config_map, service, statefulset)
+        extra["tolerations"] = [toleration.to_wire() for toleration in spec.tolerations]
+    template = workload.PodTemplate(
+        component=COMPONENT,
+        instance=name,
+        uid=RUNTIME_UID,
+        containers=[container],
+        volumes=[
+            {"name": "config", "configMap": {"name": labels.gateway_config_name(name)}},
+            *(_secret_volume(mount) for mount in mounts),
+            *buffer_volumes,
+            workload.TMP_VOLUME,
+        ],
+        checksum=restart_checksum(config, *secret_digests),
+        extra=extra,
+    )
+    statefulset = workload.build_statefulset(
+        workload_name,
+        namespace,
+        template,
+        workload_name,
+        claims,
+        spec.buffer.storage.retain_on_delete,
+    )
+    # Only the operator (config push, /status) may reach the gateway's HTTP port. A pod on the
+    # host network is not isolated by a NetworkPolicy: the README says so.
+    network_policy = workload.build_ingress_policy(
+        workload_name,
+        namespace,
+        COMPONENT,
+        name,
+        [env.gateway_port],
+        env.operator_namespace,
+        same_namespace=False,
+    )
+    return GatewayObjects(config_map, service, statefulset, network_policy)
 
 
 def keep_buffer_storage(
@@ -601,3 +559,158 @@ def feeding_conflicts(
 def _age(body: dict[str, Any]) -> tuple[str, str]:
     metadata = body.get("metadata") or {}
     return str(metadata.get("creationTimestamp") or ""), str(metadata.get("name") or "")
+
+
+SHOWN_PROBLEMS = 5
+
+
+def _listed(problems: list[str]) -> str:
+    shown = problems[:SHOWN_PROBLEMS]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown.append(f"and {len(problems) - SHOWN_PROBLEMS} more")
+    return "; ".join(shown)
+
+
+def mapping_refusal(problems: list[MappingProblem]) -> Refusal:
+    """One refusal for all tags that do not fit: what cannot heal by waiting comes first."""
+    invalid = [p.message for p in problems if p.reason == cond.INVALID_REFERENCE]
+    if invalid:
+        return InvalidReference("Tags do not fit their TwinModels: " + _listed(invalid))
+    return DependencyNotFound(
+        "Waiting for TwinModels: "
+        + _listed([p.message for p in problems])
+        + ". The gateway is applied as soon as they exist"
+    )
+
+
+@dataclass(frozen=True)
+class GatewayInputs:
+    """What the plan of a Gateway reads. Offline (`spine render`, `spine up`) the lists hold what
+    is rendered together, and Secrets are placeholders."""
+
+    body: dict[str, Any]
+    env: Environment
+    spine: dict[str, Any] | None  # the namespace's Spine (its twin namespace is in the config)
+    models: list[dict[str, Any]]  # the namespace's TwinModels, to check every tag against
+    others: list[dict[str, Any]]  # the namespace's other Gateways, for one source per property
+    secrets: dict[str, SecretInput]  # every Secret the pod mounts, by name
+    existing: dict[str, Any] | None = None  # the live StatefulSet
+    existing_ready: bool = False
+    pvc: dict[str, Any] | None = None
+    storage_class: dict[str, Any] | None = None
+    check_models: bool = True  # offline, only what is rendered together can be checked
+
+
+def plan_gateway(inputs: GatewayInputs) -> Plan | Refusal:
+    """ConfigMap, Service and StatefulSet of a gateway, its broker login, its buffer volume, and
+    the config push when the running pod keeps its restart checksum."""
+    metadata_ = inputs.body["metadata"]
+    namespace, name = metadata_["namespace"], metadata_["name"]
+    generation = int(metadata_.get("generation") or 0)
+    name_problem = gateway_name_problem(name)
+    if name_problem is not None:
+        return InvalidSpec(f"Invalid name: {name_problem}")
+    try:
+        spec = GatewaySpec.model_validate(inputs.body.get("spec") or {})
+    except ValidationError as error:
+        return InvalidSpec.of(error)
+    if inputs.spine is None:
+        return SpineNotFound.in_namespace(namespace, "this gateway is applied")
+    try:
+        twin_namespace = SpineSpec.model_validate(inputs.spine.get("spec") or {}).twin_namespace(
+            namespace
+        )
+    except ValidationError:
+        return DependencyNotReady(
+            f"Spine {inputs.spine['metadata']['name']} has an invalid spec (its status says what "
+            "to fix); this gateway is applied once it is valid"
+        )
+    env = inputs.env
+    config = gateway_config(spec, env, namespace, name, twin_namespace)
+    size_problem = config_size_problem(config)
+    if size_problem is not None:
+        return InvalidSpec(f"Invalid spec: {size_problem}")
+    if inputs.check_models:
+        selection = select_twin_models(inputs.models)
+        problems = check_tags_against_models(config, models_by_thing(selection.accepted))
+        if problems:
+            return mapping_refusal(problems)
+    conflicts = feeding_conflicts(inputs.body, config, inputs.others)
+    if conflicts:
+        return InvalidReference(_listed([problem.message for problem in conflicts]))
+    digests: dict[str, str] = {}
+    try:
+        for mount in secret_mounts(spec, env, name):
+            secret = inputs.secrets.get(mount.secret_name) or SecretInput(
+                mount.secret_name, None, mount.field
+            )
+            digests[mount.secret_name] = secret.require(mount.keys, mount.field or "the gateway")
+    except ReconcileError as error:
+        return error
+    objects = build_gateway(
+        spec, env, namespace, name, config, tuple(digests[key] for key in sorted(digests))
+    )
+    statefulset, storage_problem = keep_buffer_storage(objects.statefulset, inputs.existing)
+    storage = spec.buffer.storage
+    resize: VolumeResize | None = None
+    if storage_problem is not None:
+        persistence = cond.condition(
+            cond.PERSISTENCE_SYNCED, False, cond.VOLUME_CLAIM_IMMUTABLE, storage_problem, generation
+        )
+    elif storage.type == "emptyDir":
+        persistence = cond.condition(
+            cond.PERSISTENCE_SYNCED,
+            True,
+            cond.VOLUME_SIZE_MATCHES,
+            f"The buffer is on an emptyDir of {storage.size}",
+            generation,
+        )
+    else:
+        persistence, resize = volume_condition(
+            labels.gateway_pvc_name(name),
+            storage.size,
+            "spec.buffer.storage.size",
+            inputs.pvc,
+            inputs.storage_class,
+            generation,
+        )
+    # A running pod whose restart checksum stays gets the change by push (tags, publish
+    # settings); one that rolls reads the new ConfigMap when it starts.
+    push = None
+    if inputs.existing_ready and pod_checksum(inputs.existing) == pod_checksum(statefulset):
+        token = inputs.secrets.get(labels.gateway_admin_secret_name(name))
+        push = ConfigPush(
+            env.gateway_url(namespace, name),
+            ((token.values if token else None) or {}).get("token", ""),
+            config_document(config),
+        )
+    login = gateway_login(name, config.things(), config.writable_things())
+    return Plan(
+        objects=[objects.config_map, objects.service, statefulset, objects.network_policy],
+        generated=[
+            build_login_secret(namespace, login, name, env, ""),
+            build_admin_token_secret(namespace, name, ""),
+        ],
+        logins=[login],
+        resizes=[resize] if resize else [],
+        push=push,
+        conditions=[persistence],
+        secret_digests=digests,
+        facts={"connections": len(config.connections), "tags": len(config.tags)},
+    )
+
+
+def gateway_secret_names(name: str, spec: dict[str, Any]) -> set[str]:
+    """The Secrets a Gateway's pod mounts, from the raw spec (for the operator's Secret index)."""
+    names = {login_secret_name(name), labels.gateway_admin_secret_name(name)}
+    for connection in spec.get("connections") or []:
+        opcua = connection.get("opcua") if isinstance(connection, dict) else None
+        if isinstance(opcua, dict):
+            for field_name in (
+                "credentialsSecretName",
+                "certificateSecretName",
+                "serverCertificateSecretName",
+            ):
+                if isinstance(opcua.get(field_name), str):
+                    names.add(opcua[field_name])
+    return names

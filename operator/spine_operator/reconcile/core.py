@@ -1,0 +1,167 @@
+"""One reconcile, written once for every kind: read under lock -> gather -> plan -> apply ->
+status -> kopf's error.
+
+A `Reconciler` is a kind's entry in the table (`reconcile/kinds.py`): how to read the resource,
+what to gather (I/O, reads only, plus Secrets generated once), the pure plan, and how to write
+status. Level-based: create, update, resume and every dependency's event run the same function.
+The resource is read again under its lock, so a reconcile started by an event never applies a
+spec older than one an update handler just applied. Errors follow `errors.py`, one policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from spine_operator.brokeraccess import BrokerAccessError
+from spine_operator.context import CONTEXT
+from spine_operator.desired.plan import Plan
+from spine_operator.errors import (
+    ApplyConflict,
+    ApplyRefused,
+    DependencyNotReady,
+    InvalidSpec,
+    ReconcileError,
+)
+from spine_operator.external import PushResult, push_config
+from spine_operator.k8s import ApiError, Kubernetes
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+Inputs = TypeVar("Inputs")
+
+
+@dataclass
+class Outcome:
+    """What the last reconcile of one resource found, for its status writer."""
+
+    generation: int
+    plan: Plan | None = None
+    error: ReconcileError | None = None
+    push: PushResult | None = None
+    logins_applied: bool = True
+
+    @property
+    def failure(self) -> tuple[str, str] | None:
+        return (self.error.reason, self.error.message) if self.error is not None else None
+
+    def fact(self, name: str, default: Any = None) -> Any:
+        return self.plan.facts.get(name, default) if self.plan is not None else default
+
+
+def translate(error: Exception) -> ReconcileError:
+    """Any failure of a reconcile as a node of the error tree."""
+    if isinstance(error, ReconcileError):
+        return error
+    if isinstance(error, ValidationError):
+        return InvalidSpec.of(error)
+    if isinstance(error, ApiError):
+        if error.retryable:
+            return ApplyConflict(str(error))
+        return ApplyRefused(f"The API server refused a child object: {error.message}")
+    if isinstance(error, BrokerAccessError):
+        return DependencyNotReady(f"The namespace's broker: {error}")
+    raise error
+
+
+def kopf_error(error: ReconcileError, retry_delay: float) -> Exception:
+    if not error.retried:
+        return kopf.PermanentError(error.message)
+    delay = error.delay if error.delay is not None else retry_delay
+    return kopf.TemporaryError(error.message, delay=delay)
+
+
+async def apply_plan(
+    k8s: Kubernetes, owner: dict[str, Any], plan: Plan, generation: int
+) -> Outcome:
+    """Logins first (so no config reaches a pod before its login), then the children, the
+    volume resizes, and the config push, which waits while a login is only declared."""
+    namespace = owner["metadata"]["namespace"]
+    applied = True
+    for login in plan.logins:
+        applied &= await CONTEXT.broker_access.ensure_login(namespace, login, owner, wait=False)
+    for child in plan.objects:
+        await k8s.apply(child, owner=owner)
+    for resize in plan.resizes:
+        await k8s.patch_merge(
+            "v1",
+            "PersistentVolumeClaim",
+            namespace,
+            resize.pvc_name,
+            {"spec": {"resources": {"requests": {"storage": resize.size}}}},
+        )
+    push = None
+    if plan.push is not None:
+        if applied:
+            push = await push_config(plan.push.url, plan.push.token, plan.push.document)
+        else:
+            push = PushResult(
+                False,
+                "held back until the broker holds the workload's login; the broker is not "
+                "reachable yet",
+            )
+    return Outcome(generation, plan=plan, push=push, logins_applied=applied)
+
+
+@dataclass
+class Reconciler(Generic[Inputs]):
+    """A kind's reconcile: the table entry every handler calls."""
+
+    kind: str
+    read: Callable[[Kubernetes, str, str], Awaitable[dict[str, Any] | None]]
+    gather: Callable[[Kubernetes, dict[str, Any]], Awaitable[Inputs]]
+    plan: Callable[[Inputs], Plan | ReconcileError]
+    report: Callable[[Kubernetes, str, str], Awaitable[None]]  # the only status writer
+    outcomes: dict[Key, Outcome] = field(default_factory=dict)
+    locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    def reset(self) -> None:
+        """Forget an earlier operator run (its locks belong to another event loop)."""
+        self.outcomes.clear()
+        self.locks.clear()
+
+    async def reconcile(self, namespace: str, name: str, logger: Any = log) -> None:
+        """One reconcile; raises kopf's error as the error tree says."""
+        k8s = CONTEXT.k8s
+        key = (namespace, name)
+        error: ReconcileError | None = None
+        with CONTEXT.metrics.reconciling(self.kind) as result:
+            async with self.locks[key]:
+                body = await self.read(k8s, namespace, name)
+                if body is None:  # deleted, or an aggregate without its owner: say so
+                    await self.report(k8s, namespace, name)
+                    return
+                generation = int(body["metadata"].get("generation") or 0)
+                try:
+                    planned = self.plan(await self.gather(k8s, body))
+                    if isinstance(planned, ReconcileError):
+                        raise planned
+                    self.outcomes[key] = await apply_plan(k8s, body, planned, generation)
+                    logger.info("Applied the children of %s %s/%s", self.kind, *key)
+                except Exception as failure:
+                    error = translate(failure)
+                    if error.reported:
+                        self.outcomes[key] = Outcome(generation, error=error)
+            await self.report(k8s, namespace, name)
+            if error is not None:
+                result["result"] = "retry" if error.retried else "invalid"
+                raise kopf_error(error, CONTEXT.retry_delay) from None
+
+    async def reconcile_quietly(self, namespace: str, name: str, logger: Any = log) -> None:
+        """A reconcile started by a dependency's event: its failure is in the status."""
+        try:
+            await self.reconcile(namespace, name, logger)
+        except (kopf.TemporaryError, kopf.PermanentError) as error:
+            logger.info("%s %s/%s not applied: %s", self.kind, namespace, name, error)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.outcomes.pop((namespace, name), None)
+        CONTEXT.metrics.forget(self.kind, namespace, name)

@@ -1,0 +1,162 @@
+"""What each kind's plan reads from the cluster: the I/O half of a reconcile, reads only.
+
+The one exception is Secrets the operator generates: they are created here, once (never
+rewritten), because their values are inputs of the plan (digests in pod checksums, the token a
+config push carries). Each function returns the kind's `...Inputs` for its pure plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from pydantic import ValidationError
+
+from spine_operator import labels
+from spine_operator.api.gateway import GatewaySpec
+from spine_operator.api.kinds import API_VERSION, GATEWAY, SPINE, TWINMODEL
+from spine_operator.api.spine import SpineSpec
+from spine_operator.context import CONTEXT
+from spine_operator.desired import broker, gateway, twin
+from spine_operator.desired.common import controller_of, oldest
+from spine_operator.desired.logins import (
+    Login,
+    build_login_secret,
+    gateway_login,
+    gateway_username,
+    generate_password,
+    twin_login,
+)
+from spine_operator.desired.plan import SecretInput
+from spine_operator.errors import ReconcileError
+from spine_operator.k8s import Kubernetes
+from spine_operator.readiness import statefulset_ready
+
+
+async def read_resource(kind: str, k8s: Kubernetes, namespace: str, name: str) -> dict | None:
+    return await k8s.get(API_VERSION, kind, namespace, name)
+
+
+async def namespace_spine(k8s: Kubernetes, namespace: str) -> dict[str, Any] | None:
+    """The namespace's Spine (the oldest, if a second one was applied by mistake)."""
+    return oldest(await k8s.list(API_VERSION, SPINE.kind, namespace))
+
+
+async def storage_of(
+    k8s: Kubernetes, namespace: str, pvc_name: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A PVC and its storage class, for the plan's volume-size decision."""
+    pvc = await k8s.get("v1", "PersistentVolumeClaim", namespace, pvc_name)
+    class_name = ((pvc or {}).get("spec") or {}).get("storageClassName")
+    storage_class = (
+        await k8s.get("storage.k8s.io/v1", "StorageClass", None, class_name) if class_name else None
+    )
+    return pvc, storage_class
+
+
+async def login_secret(k8s: Kubernetes, namespace: str, login: Login, owner: dict) -> SecretInput:
+    obj = build_login_secret(
+        namespace, login, owner["metadata"]["name"], CONTEXT.environment, generate_password()
+    )
+    secret = await k8s.get_or_create(obj, owner=owner)
+    return SecretInput.of(labels.login_secret_name(login.username), secret)
+
+
+async def generated_secret(k8s: Kubernetes, obj: dict[str, Any], owner: dict) -> SecretInput:
+    return SecretInput.of(obj["metadata"]["name"], await k8s.get_or_create(obj, owner=owner))
+
+
+async def gather_spine(k8s: Kubernetes, body: dict[str, Any]) -> broker.SpineInputs:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    spec = SpineSpec.model_validate(body.get("spec") or {}).broker  # invalid: InvalidSpec
+    existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.BROKER_NAME)
+    owner = controller_of(existing, SPINE.kind)
+    if owner is not None and owner[0] != body["metadata"].get("uid"):
+        # Another Spine runs the broker: generate nothing; the plan refuses this one.
+        admin = SecretInput(broker.admin_secret_name(spec), None)
+        return broker.SpineInputs(body, CONTEXT.environment, admin, None, existing)
+    if spec.admin_secret_name:
+        admin_secret = await k8s.get("v1", "Secret", namespace, spec.admin_secret_name)
+        admin = SecretInput.of(spec.admin_secret_name, admin_secret, "spec.broker.adminSecretName")
+    else:
+        admin = await generated_secret(
+            k8s,
+            broker.build_admin_secret(namespace, name, broker.generate_password()),
+            body,
+        )
+    tls = None
+    if spec.tls is not None:
+        tls_secret = await k8s.get("v1", "Secret", namespace, spec.tls.secret_name)
+        tls = SecretInput.of(spec.tls.secret_name, tls_secret, "spec.broker.tls.secretName")
+    pvc, storage_class = await storage_of(k8s, namespace, labels.broker_pvc_name())
+    return broker.SpineInputs(body, CONTEXT.environment, admin, tls, existing, pvc, storage_class)
+
+
+async def read_twin_owner(k8s: Kubernetes, namespace: str, _: str) -> dict[str, Any] | None:
+    """The twin aggregate is keyed by namespace; its owner is the namespace's Spine."""
+    return await namespace_spine(k8s, namespace)
+
+
+async def gather_twin(k8s: Kubernetes, spine: dict[str, Any]) -> twin.TwinInputs:
+    namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
+    models = await k8s.list(API_VERSION, TWINMODEL.kind, namespace)
+    tokens = await generated_secret(
+        k8s,
+        twin.build_tokens_secret(namespace, name, twin.generate_token(), twin.generate_token()),
+        spine,
+    )
+    login = await login_secret(k8s, namespace, twin_login(), spine)
+    existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.TWIN_NAME)
+    return twin.TwinInputs(spine, models, CONTEXT.environment, tokens, login, existing)
+
+
+async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.GatewayInputs:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    env = CONTEXT.environment
+    spine = await namespace_spine(k8s, namespace)
+    models = await k8s.list(API_VERSION, TWINMODEL.kind, namespace)
+    others = [
+        item
+        for item in await k8s.list(API_VERSION, GATEWAY.kind, namespace)
+        if item["metadata"]["name"] != name
+    ]
+    # What the operator generates is stood in for until every check passed.
+    pending = {
+        labels.login_secret_name(gateway_username(name)): ("password",),
+        labels.gateway_admin_secret_name(name): ("token",),
+    }
+    secrets = {
+        name_: SecretInput(name_, dict.fromkeys(keys, "-")) for name_, keys in pending.items()
+    }
+    spec = None
+    with contextlib.suppress(ValidationError):
+        spec = GatewaySpec.model_validate(body.get("spec") or {})
+    for mount in gateway.user_secret_mounts(spec, env, name) if spec is not None else []:
+        found = await k8s.get("v1", "Secret", namespace, mount.secret_name)
+        secrets[mount.secret_name] = SecretInput.of(mount.secret_name, found, mount.field)
+    inputs = gateway.GatewayInputs(body, env, spine, models, others, secrets)
+    if isinstance(gateway.plan_gateway(inputs), ReconcileError):
+        return inputs  # refused before anything is generated for it; the plan says why
+    assert spec is not None and spine is not None, "the plan refuses these"
+    twin_namespace = SpineSpec.model_validate(spine.get("spec") or {}).twin_namespace(namespace)
+    config = gateway.gateway_config(spec, env, namespace, name, twin_namespace)
+    login = gateway_login(name, config.things(), config.writable_things())
+    secrets[gateway.login_secret_name(name)] = await login_secret(k8s, namespace, login, body)
+    token = await generated_secret(
+        k8s, gateway.build_admin_token_secret(namespace, name, gateway.generate_token()), body
+    )
+    secrets[token.name] = token
+    existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.gateway_name(name))
+    pvc, storage_class = await storage_of(k8s, namespace, labels.gateway_pvc_name(name))
+    return gateway.GatewayInputs(
+        body,
+        env,
+        spine,
+        models,
+        others,
+        secrets,
+        existing,
+        statefulset_ready(existing)[0],
+        pvc,
+        storage_class,
+    )

@@ -1,0 +1,184 @@
+"""The table of reconciled kinds: each a `Reconciler` of read, gather, plan and status writer.
+
+Adding a kind means a model (`api/`), a plan (`desired/`), a status function (`statuses.py`),
+and an entry here; its handler module only wires kopf's events to `RECONCILERS[...]`.
+The twin is an aggregate: one per namespace, keyed by (namespace, TWIN_KEY), owned by the Spine
+and fed by every TwinModel; it writes each TwinModel's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from functools import partial
+from typing import Any
+
+from spine_operator import conditions as cond
+from spine_operator import labels
+from spine_operator import poller as status_poller
+from spine_operator.api.kinds import API_VERSION, GATEWAY, SPINE, TWINMODEL
+from spine_operator.context import CONTEXT
+from spine_operator.desired.broker import plan_spine
+from spine_operator.desired.common import controller_of
+from spine_operator.desired.gateway import plan_gateway
+from spine_operator.desired.twin import plan_twin
+from spine_operator.errors import SpineNotFound
+from spine_operator.k8s import ApiError, Kubernetes
+from spine_operator.readiness import statefulset_ready
+from spine_operator.reconcile import gather
+from spine_operator.reconcile.core import Key, Reconciler
+from spine_operator.statuses import gateway_status, spine_status, twinmodel_status
+
+TWIN_KEY = "twin"  # the twin aggregate's name in its (namespace, name) key
+TWIN = "Twin"  # its kind in metrics and logs
+
+_status_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+async def owned_statefulset(
+    k8s: Kubernetes, namespace: str, name: str, owner_kind: str, owner: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The StatefulSet, if `owner` controls it: another resource's says nothing about this one."""
+    statefulset = await k8s.get("apps/v1", "StatefulSet", namespace, name)
+    controller = controller_of(statefulset, owner_kind)
+    if controller is None or controller[0] != owner["metadata"].get("uid"):
+        return None
+    return statefulset
+
+
+def not_reconciled_yet(reconciler: Reconciler[Any], body: dict[str, Any]) -> bool:
+    """Whether this process has not reconciled the resource yet although it has a status: right
+    after an operator restart, events of its children (kopf lists them at start) would otherwise
+    write Ready=False "Reconciling the latest change" before the resumed reconcile writes
+    Ready=True again, a false Progressing for kubectl wait and Argo CD. The last report stands."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    return key not in reconciler.outcomes and bool((body.get("status") or {}).get("conditions"))
+
+
+async def write_status(
+    k8s: Kubernetes, kind: str, body: dict[str, Any], new_status: dict[str, Any]
+) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    current = body.get("status") or {}
+    if "conditions" in new_status:
+        new_status = {
+            **new_status,
+            "conditions": cond.merge_conditions(
+                current.get("conditions"), new_status["conditions"]
+            ),
+        }
+    CONTEXT.metrics.set_ready(
+        kind, namespace, name, cond.is_true(new_status.get("conditions"), cond.READY)
+    )
+    await k8s.patch_status(kind, namespace, name, current, new_status)
+
+
+async def report_spine(k8s: Kubernetes, namespace: str, name: str) -> None:
+    """The only writer of a Spine's status: the broker's and the twin's outcomes, live state."""
+    async with _status_locks[(SPINE.kind, namespace, name)]:
+        body = await k8s.get(API_VERSION, SPINE.kind, namespace, name)
+        if body is None or not_reconciled_yet(SPINES, body):
+            return
+        broker_sts = await owned_statefulset(k8s, namespace, labels.BROKER_NAME, SPINE.kind, body)
+        twin_sts = await owned_statefulset(k8s, namespace, labels.TWIN_NAME, SPINE.kind, body)
+        new_status = spine_status(
+            body,
+            SPINES.outcomes.get((namespace, name)),
+            TWINS.outcomes.get((namespace, TWIN_KEY)),
+            broker_sts,
+            twin_sts,
+        )
+        await write_status(k8s, SPINE.kind, body, new_status)
+
+
+async def report_twin(k8s: Kubernetes, namespace: str, _: str) -> None:
+    """Each TwinModel's status from the twin's outcome; then the owning Spine's TwinReady."""
+    spine = await gather.namespace_spine(k8s, namespace)
+    problem = None
+    if spine is None:
+        error = SpineNotFound.in_namespace(namespace, "this model is delivered")
+        problem = (error.reason, error.message)
+    outcome = TWINS.outcomes.get((namespace, TWIN_KEY))
+    for item in await k8s.list(API_VERSION, TWINMODEL.kind, namespace):
+        async with _status_locks[(TWINMODEL.kind, namespace, item["metadata"]["name"])]:
+            new_status = twinmodel_status(item, outcome if spine else None, problem)
+            if new_status is not None:
+                await write_status(k8s, TWINMODEL.kind, item, new_status)
+    if spine is not None:
+        await report_spine(k8s, namespace, spine["metadata"]["name"])
+
+
+# Gateways: the status poller's last report of each ready gateway is part of its status.
+reports: dict[Key, status_poller.RuntimeReport] = {}
+ready_gateways: set[Key] = set()  # the poller's targets
+# (kind, namespace, name) -> generation of the dependencies last seen, to tell news from noise
+dependency_generations: dict[tuple[str, str, str], int] = {}
+
+
+async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
+    """The only writer of a Gateway's status: outcome, live StatefulSet, poller's report."""
+    key = (namespace, name)
+    async with _status_locks[(GATEWAY.kind, namespace, name)]:
+        body = await k8s.get(API_VERSION, GATEWAY.kind, namespace, name)
+        if body is None or not_reconciled_yet(GATEWAYS, body):
+            return
+        statefulset = await owned_statefulset(
+            k8s, namespace, labels.gateway_name(name), GATEWAY.kind, body
+        )
+        if statefulset_ready(statefulset)[0]:
+            ready_gateways.add(key)
+        else:
+            ready_gateways.discard(key)
+            reports.pop(key, None)
+        url = CONTEXT.environment.gateway_url(namespace, name)
+        new_status = gateway_status(
+            body, GATEWAYS.outcomes.get(key), statefulset, reports.get(key), url
+        )
+        await write_status(k8s, GATEWAY.kind, body, new_status)
+
+
+SPINES: Reconciler[Any] = Reconciler(
+    SPINE.kind,
+    read=partial(gather.read_resource, SPINE.kind),
+    gather=gather.gather_spine,
+    plan=plan_spine,
+    report=report_spine,
+)
+TWINS: Reconciler[Any] = Reconciler(
+    TWIN,
+    read=gather.read_twin_owner,
+    gather=gather.gather_twin,
+    plan=plan_twin,
+    report=report_twin,
+)
+GATEWAYS: Reconciler[Any] = Reconciler(
+    GATEWAY.kind,
+    read=partial(gather.read_resource, GATEWAY.kind),
+    gather=gather.gather_gateway,
+    plan=plan_gateway,
+    report=report_gateway,
+)
+RECONCILERS: tuple[Reconciler[Any], ...] = (SPINES, TWINS, GATEWAYS)
+
+
+def reset() -> None:
+    """Forget an earlier operator run in this process (tests start several)."""
+    for reconciler in RECONCILERS:
+        reconciler.reset()
+    _status_locks.clear()
+    reports.clear()
+    ready_gateways.clear()
+    dependency_generations.clear()
+
+
+async def deliver_gateway_report(key: Key, report: status_poller.RuntimeReport) -> None:
+    """The poller's report of one gateway into its status; an unreachable gateway keeps its
+    last known figures, marked as unconfirmed."""
+    previous = reports.get(key)
+    if not report.reachable and previous is not None and report.error:
+        report = previous.unreachable(report.error)
+    reports[key] = report
+    try:
+        await report_gateway(CONTEXT.k8s, *key)
+    except ApiError as error:
+        status_poller.log.warning("Status of Gateway %s/%s not written: %s", *key, error)

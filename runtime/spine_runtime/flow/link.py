@@ -1,0 +1,261 @@
+"""One flow's MQTT connection: gmqtt, with the manual acknowledgements a flow needs.
+
+gmqtt was the fastest client measured here (benchmarks/reports/flow.md) but has neither a
+manual ack for received QoS 1 messages nor a callback when a published one is acknowledged,
+and raises OverflowError instead of waiting when the broker's receive window is full. This
+module adds the three on top of its package handler:
+  * a received QoS 1 message carries its packet id and the connection it came on; `ack()` sends
+    its PUBACK later (in order, as MQTT requires), and skips it when that connection is gone
+    (the broker re-sends the message on the persistent session: at least once);
+  * `publish()` takes a callback called with True when the broker acknowledged the message
+    (PUBACK below 0x80; at once for QoS 0), False when it refused it; our own copy of each
+    unacknowledged message is re-published if the broker lost our session;
+  * `room()` says how many more QoS 1 messages fit the broker's window; the caller waits on
+    `window_open` instead of overflowing it.
+`pause()`/`resume()` stop reading the socket: TCP backpressure for a QoS 0 source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gmqtt import Client, Message
+from gmqtt.mqtt.constants import MQTTv50
+
+log = logging.getLogger(__name__)
+
+# Packet ids the broker's window leaves free for our own bookkeeping (gmqtt refuses the last).
+WINDOW_MARGIN = 2
+
+
+@dataclass(slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int | None
+    generation: int
+
+
+@dataclass(slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    done: Callable[[bool], None]
+
+
+class FlowLink:
+    """A v5 client logged in as one flow; callbacks run in the event loop's thread."""
+
+    def __init__(
+        self,
+        client_id: str,
+        username: str,
+        password: str,
+        host: str,
+        port: int,
+        on_message: Callable[[Received], None],
+        *,
+        subscriptions: list[tuple[str, int]] = (),  # type: ignore[assignment]
+        persistent: bool = False,
+        session_expiry: int = 3600,
+        receive_maximum: int = 100,
+        keepalive: int = 30,
+        tls_ca_file: str | None = None,
+    ) -> None:
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        properties: dict[str, Any] = {"receive_maximum": max(1, min(receive_maximum, 65535))}
+        if persistent:
+            properties["session_expiry_interval"] = session_expiry
+        self.client = Client(
+            client_id,
+            clean_session=not persistent,
+            optimistic_acknowledgement=False,
+            **properties,
+        )
+        self.client.set_auth_credentials(username, password)
+        self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_qos0
+        handler = self.client._package_handler
+        handler._handle_qos_1_publish_packet = self._on_qos1
+        handler._handle_puback_packet = self._on_puback
+        self._handler = handler
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=tls_ca_file) if tls_ca_file else False
+        )
+        self.generation = 0
+        self.connected = asyncio.Event()
+        self.window_open = asyncio.Event()
+        self.window_open.set()
+        self.pending: dict[int, Outgoing] = {}  # by packet id, sent, not yet acknowledged
+        self.waiting: collections.deque[Outgoing] = collections.deque()  # not sent yet
+        self.last_error: str | None = None
+        self._paused = False
+        self._closing = False
+
+    # Connection --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, retrying until it works (the broker may start after the engine)."""
+        delay = 0.5
+        while not self._closing:
+            try:
+                await self.client.connect(
+                    self.host, self.port, ssl=self._ssl, keepalive=self.keepalive, version=MQTTv50
+                )
+                return
+            except Exception as error:  # refused login, DNS, connection refused...
+                self.last_error = f"cannot connect to the broker: {error}"
+                log.warning("Flow login %s: %s", self.client._client_id, self.last_error)
+                # gmqtt leaves a refused client half-open; a fresh connect() starts over.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def stop(self) -> None:
+        self._closing = True
+        try:
+            await asyncio.wait_for(self.client.disconnect(), 2)
+        except Exception as error:
+            log.debug("Disconnect of %s: %s", self.client._client_id, error)
+
+    def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
+        self.generation += 1
+        self.last_error = None
+        session_present = bool(flags)
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos=qos)
+        if not session_present and self.pending:
+            # gmqtt drops its copies when the broker lost the session: publish ours again.
+            self.waiting.extendleft(reversed(list(self.pending.values())))
+            self.pending = {}
+            self._handler.id_generator._used_ids.clear()
+        self._paused = False
+        self.connected.set()
+        self._flush_waiting()
+        self._update_window()
+
+    def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
+        self.connected.clear()
+        if not self._closing:
+            self.last_error = "disconnected from the broker"
+            log.warning("Flow login %s lost its broker connection", client._client_id)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        if not self._paused:
+            transport = self._transport()
+            if transport is not None:
+                transport.pause_reading()
+                self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            transport = self._transport()
+            if transport is not None:
+                with contextlib.suppress(RuntimeError):
+                    transport.resume_reading()
+
+    def _transport(self) -> asyncio.Transport | None:
+        connection = self.client._connection
+        return getattr(connection, "_transport", None) if connection is not None else None
+
+    # Receiving ---------------------------------------------------------------------------
+
+    def _on_qos0(
+        self, client: Client, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> None:
+        self.on_message(Received(topic, payload, qos, None, self.generation))
+
+    def _on_qos1(self, mid: int, packet: bytes, topic: str, properties: Any) -> None:
+        self.on_message(Received(topic, packet, 1, mid, self.generation))
+
+    def ack(self, message: Received) -> None:
+        """PUBACK a QoS 1 message, unless it came on a connection that is gone."""
+        if message.mid is None or message.generation != self.generation:
+            return
+        if self.connected.is_set():
+            self._handler._send_puback(message.mid)
+
+    # Publishing --------------------------------------------------------------------------
+
+    def room(self) -> int:
+        limit = self._handler.id_generator._max - WINDOW_MARGIN
+        return limit - len(self.pending) - len(self.waiting)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, done: Callable[[bool], None]
+    ) -> None:
+        """Send now (the caller checked `room()` for QoS 1); `done` reports the outcome."""
+        self._send(Outgoing(topic, payload, qos, retain, done))
+
+    def _send(self, item: Outgoing) -> None:
+        if not self.connected.is_set() and item.qos == 0:
+            item.done(False)
+            return
+        if not self.connected.is_set():
+            # Kept until the connection is back; _on_connect sends what waits here.
+            self.waiting.append(item)
+            self._update_window()
+            return
+        connection = self.client._connection
+        try:
+            mid, package = connection.publish(
+                Message(item.topic, item.payload, item.qos, item.retain)
+            )
+        except OverflowError:  # the broker's window is full: send when a PUBACK frees it
+            self.waiting.append(item)
+            self._update_window()
+            return
+        if item.qos == 0:
+            item.done(True)
+            return
+        self.client._persistent_storage.push_message(mid, package)
+        self.pending[mid] = item
+        self._update_window()
+
+    def _on_puback(self, cmd: int, packet: bytes) -> None:
+        (mid,) = struct.unpack("!H", packet[:2])
+        reason = packet[2] if len(packet) > 2 else 0
+        self._handler.id_generator.free_id(mid)
+        self.client._persistent_storage.remove_message_by_mid(mid)
+        item = self.pending.pop(mid, None)
+        self._update_window()
+        if item is not None:
+            if reason >= 0x80:
+                self.last_error = f"the broker refused a publish to {item.topic} (reason {reason})"
+            item.done(reason < 0x80)
+        self._flush_waiting()
+
+    def _flush_waiting(self) -> None:
+        limit = self._handler.id_generator._max - WINDOW_MARGIN
+        while self.waiting and self.connected.is_set() and len(self.pending) < limit:
+            item = self.waiting.popleft()
+            before = len(self.waiting)
+            self._send(item)
+            if len(self.waiting) > before:  # went back to waiting: the window is full
+                self.waiting.appendleft(self.waiting.pop())
+                break
+
+    def _update_window(self) -> None:
+        if self.room() > 0:
+            self.window_open.set()
+        else:
+            self.window_open.clear()

@@ -1,0 +1,343 @@
+"""Start the flow engine (`spine-runtime flow`) for a test or a benchmark, on a real mosquitto.
+
+`await start_flow_engine(tmp_path, broker, [flow, ...])` gives each flow its own broker login
+with exactly the topics its spec declares (`flow_login()`: what the operator half will create
+through the broker-access module), writes the engine's config file and runs
+`python -m spine_runtime.cli flow --config FILE` on a free port. `FlowEngineHandle` reads
+/status and /metrics, pushes a new config, SIGKILLs and restarts the engine.
+`Collector` is an MQTT v5 subscriber (admin login) that keeps what arrives, for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import secrets
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from spine_operator.brokeraccess import BrokerAdmin, Login
+from spine_runtime.config.flow import FlowSpec, shared_group
+from spine_runtime.flow.twin import twin_acl_topics
+from tests.support.metrics import scrape_metric
+from tests.support.mosquitto import LocalBroker
+from tests.support.processes import ManagedProcess, free_port, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TWIN_NAMESPACE = "plant_a"
+# The devices of the tests: may publish anywhere (the broker's admin may only observe).
+DEVICE_LOGIN = Login("test-device", publish=("#",), description="test devices")
+
+
+def flow_login(name: str, spec: dict[str, Any]) -> Login:
+    """The broker login a flow needs: its source and sink topics, its dead letters, and the
+    twin's topics when it writes the twin."""
+    parsed = FlowSpec.model_validate(spec)
+    twin_publish, twin_subscribe = twin_acl_topics(name)
+    return Login(
+        f"flow-{name}",
+        publish=tuple(parsed.publish_topics(name, twin_publish)),
+        subscribe=tuple(parsed.subscribe_topics(twin_subscribe, shared_group(name))),
+        description=f"Spine flow {name}",
+    )
+
+
+async def ensure_logins(broker: LocalBroker, logins: list[Login]) -> dict[str, str]:
+    """Create the logins the way the operator does; returns username -> password."""
+    admin = BrokerAdmin(broker.host, broker.port, broker.admin_username, broker.admin_password)
+    await admin.start()
+    passwords = {}
+    try:
+        await admin.wait_connected(10)
+        for login in logins:
+            password = secrets.token_urlsafe(16)
+            await admin.ensure_login(login, password)
+            passwords[login.username] = password
+    finally:
+        await admin.close()
+    return passwords
+
+
+@dataclass
+class FlowEngineHandle:
+    state_dir: Path
+    config: dict[str, Any]
+    port: int
+    process: ManagedProcess | None = None
+    starts: int = 0
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    broker: LocalBroker | None = None
+    device_password: str = ""
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "flows.json"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Replace the mounted file atomically, as kubelet does."""
+        self.config = copy.deepcopy(config)
+        temporary = self.config_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(config, indent=1))
+        temporary.replace(self.config_path)
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> FlowEngineHandle:
+        self.starts += 1
+        python_path = os.pathsep.join(
+            filter(None, [str(REPO_ROOT / "runtime"), os.environ.get("PYTHONPATH")])
+        )
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "spine_runtime.cli", "flow", "--config", str(self.config_path)],
+            self.state_dir / f"flow-engine-{self.starts}.log",
+            env={"PYTHONPATH": python_path},
+        ).start()
+        if wait:
+            self.wait_connected(timeout)
+        return self
+
+    def wait_connected(self, timeout: float = 20.0) -> None:
+        """Every configured flow runs and its broker login is connected."""
+
+        def ready() -> bool:
+            assert self.process is not None
+            if not self.process.running():
+                raise AssertionError(f"the flow engine exited:\n{self.log()[-3000:]}")
+            flows = self.status()["flows"]
+            names = {flow["name"] for flow in self.config["flows"]}
+            return names <= set(flows) and all(flows[name]["connected"] for name in names)
+
+        wait_until(ready, timeout, f"the flow engine on {self.url} to connect every flow")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        return self.process.stop(timeout) if self.process is not None else None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def process_rss_kib(self) -> int:
+        """The engine's resident memory now (0 if it is not running)."""
+        if self.process is None or not self.process.running():
+            return 0
+        try:
+            text = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0
+        return next(
+            (int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")), 0
+        )
+
+    def log(self) -> str:
+        return "".join(
+            path.read_text(errors="replace")
+            for path in sorted(self.state_dir.glob("flow-engine-*.log"))
+        )
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/status", timeout=5).json())
+
+    def flow_status(self, name: str) -> dict[str, Any]:
+        return dict(self.status()["flows"][name])
+
+    def metric(self, name: str, **labels: str) -> float:
+        return scrape_metric(self.url, name, **labels)
+
+    def push(self, config: dict[str, Any], token: str | None = None) -> httpx.Response:
+        return httpx.put(
+            f"{self.url}/admin/config",
+            content=json.dumps(config),
+            headers={"Authorization": f"Bearer {token or self.token}"},
+            timeout=30,
+        )
+
+
+def engine_config(
+    broker: LocalBroker,
+    state_dir: Path,
+    http_port: int,
+    flows: list[dict[str, Any]],
+    passwords: dict[str, str],
+    token_file: Path,
+    **overrides: Any,
+) -> dict[str, Any]:
+    rendered = []
+    for flow in flows:
+        username = f"flow-{flow['name']}"
+        password_file = state_dir / f"{username}.password"
+        password_file.write_text(passwords[username])
+        rendered.append(
+            {**flow, "login": {"username": username, "passwordFile": str(password_file)}}
+        )
+    return {
+        "broker": {"host": broker.host, "port": broker.port},
+        "http": {"host": "127.0.0.1", "port": http_port, "adminTokenFile": str(token_file)},
+        "twinNamespace": TWIN_NAMESPACE,
+        "instance": "test",
+        "flows": rendered,
+        **overrides,
+    }
+
+
+async def start_flow_engine(
+    state_dir: Path,
+    broker: LocalBroker,
+    flows: list[dict[str, Any]],
+    wait: bool = True,
+    **overrides: Any,
+) -> FlowEngineHandle:
+    """Create each flow's login, write the engine's config, start it and wait until every flow
+    is connected. Each flow dict is a spec plus `name`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logins = [
+        flow_login(flow["name"], {k: v for k, v in flow.items() if k != "name"}) for flow in flows
+    ]
+    passwords = await ensure_logins(broker, [*logins, DEVICE_LOGIN])
+    handle = FlowEngineHandle(
+        state_dir,
+        {},
+        free_port(),
+        broker=broker,
+        device_password=passwords[DEVICE_LOGIN.username],
+    )
+    token_file = state_dir / "admin-token"
+    token_file.write_text(handle.token)
+    handle.write_config(
+        engine_config(broker, state_dir, handle.port, flows, passwords, token_file, **overrides)
+    )
+    return handle.start(wait=wait)
+
+
+class Collector:
+    """Subscribes as admin (MQTT v5) and keeps every message per topic, in arrival order."""
+
+    def __init__(self, broker: LocalBroker, topics: list[str], qos: int = 1) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"collector-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(broker.admin_username, broker.admin_password)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        wait_until(self.client.is_connected, 5, "the collector to connect")
+        self.client.subscribe([(topic, qos) for topic in topics])
+        wait_until(self.subscribed.is_set, 5, "the collector's subscription")
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload))
+
+    def on(self, topic: str) -> list[Any]:
+        with self.lock:
+            return [json.loads(payload) for name, payload in self.messages if name == topic]
+
+    def all(self) -> list[tuple[str, Any]]:
+        with self.lock:
+            return [(name, json.loads(payload)) for name, payload in self.messages]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def wait_for(self, count: int, timeout: float = 10.0, topic: str | None = None) -> None:
+        def enough() -> bool:
+            with self.lock:
+                return (
+                    len([1 for name, _ in self.messages if topic is None or name == topic]) >= count
+                )
+
+        wait_until(enough, timeout, f"{count} messages" + (f" on {topic}" if topic else ""))
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def publish_all(
+    engine: FlowEngineHandle,
+    topic: str,
+    payloads: list[bytes],
+    qos: int = 1,
+    timeout: float = 120.0,
+) -> None:
+    """Publish as the test device and return once the broker acknowledged every QoS 1 message.
+
+    Runs the engine's own gmqtt link in a thread with its own event loop, keeping the broker's
+    receive window full. (`mosquitto_pub -l` was tried first: it exits at the end of its input
+    with messages still unsent, and published about 34,500 of 100,000 lines here.)"""
+    assert engine.broker is not None
+    broker, password = engine.broker, engine.device_password
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(_publish(broker, password, topic, payloads, qos), timeout))
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="publish-all")
+    thread.start()
+    thread.join(timeout + 5)
+    if errors:
+        raise AssertionError(f"publishing failed: {errors[0]!r}")
+
+
+async def _publish(
+    broker: LocalBroker, password: str, topic: str, payloads: list[bytes], qos: int
+) -> None:
+    from spine_runtime.flow.link import FlowLink
+
+    link = FlowLink(
+        f"device-{uuid.uuid4().hex[:8]}",
+        DEVICE_LOGIN.username,
+        password,
+        broker.host,
+        broker.port,
+        lambda message: None,
+    )
+    await link.start()
+    refused: list[int] = []
+    outstanding = 0
+    finished = asyncio.Event()
+
+    def done(accepted: bool) -> None:
+        nonlocal outstanding
+        outstanding -= 1
+        if not accepted:
+            refused.append(1)
+        if outstanding == 0:
+            finished.set()
+
+    try:
+        for payload in payloads:
+            while qos == 1 and link.room() <= 0:
+                await link.window_open.wait()
+            outstanding += 1
+            finished.clear()
+            link.publish(topic, payload, qos, False, done)
+            if qos == 0 and outstanding % 256 == 0:
+                await asyncio.sleep(0)  # let the transport write
+        if outstanding:
+            await finished.wait()
+        if refused:
+            raise AssertionError(f"the broker refused {len(refused)} messages")
+    finally:
+        await link.stop()
