@@ -1,11 +1,11 @@
-"""Twin service performance: persisted updates/s, GET latency, SSE fan-out, memory, flood.
+"""Twin service performance: persisted updates/s, GET latency, SSE fan-out, memory, floods.
 
 Starts its own mosquitto (the operator's rendered config, `LocalBroker`) and the real twin
 process (`tests.support.twin.start_twin`, production broker login) for each scenario, drives it
 with MQTT publishers in separate processes and HTTP/SSE clients here, prints the figures and
 writes benchmarks/reports/twin.md. Run from the repository root:
 
-    python -m benchmarks.twin_throughput [--scenario all|throughput|latency|sse|memory|flood]
+    python -m benchmarks.twin_throughput [--scenario all|throughput|latency|sse|memory|flood|forged]
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.support.mosquitto import LocalBroker
-from tests.support.twin import TwinHandle, ensure_gateway_login, start_twin
+from tests.support.twin import TwinHandle, ensure_gateway_login, ensure_login, start_twin
+
+from spine_operator.desired.logins import Login
 
 REPORT = Path(__file__).parent / "reports" / "twin.md"
 MODEL: dict[str, Any] = {
@@ -130,6 +132,25 @@ def _publisher(
                     },
                 }
             ).encode()
+        elif kind == "forged":
+            # Forged identities: a new gateway name on a gateway topic (only a login whose ACL
+            # is too wide can publish there), or gateway headers on the plain thing topic.
+            forged = f"forged-{first_seq + index // 2}"
+            payload = json.dumps(
+                {
+                    "topic": f"plant_a/{name}/things/twin/commands/modify",
+                    "path": "/features/count/properties/value",
+                    "value": index,
+                    "headers": {"spine-gateway": forged, "spine-epoch": epoch, "spine-seq": 1},
+                }
+            ).encode()
+            topic = (
+                f"spine/gateways/{forged}/things/{name}/twin"
+                if index % 2 == 0
+                else f"spine/things/{name}/twin"
+            )
+            infos.append(client.publish(topic, payload, qos=1))
+            continue
         else:
             variant = index % 4
             path = "/features/temperature/properties/value"
@@ -148,7 +169,7 @@ def _publisher(
                     }
                 ).encode()
             )
-        infos.append(client.publish(f"spine/things/{name}/twin", payload, qos=1))
+        infos.append(client.publish(f"spine/gateways/{gateway}/things/{name}/twin", payload, qos=1))
     for info in infos:
         info.wait_for_publish(120)
     results.put((gateway, kind, started, time.time(), count))
@@ -552,6 +573,63 @@ def flood(seconds: float, valid_rate: float) -> dict[str, Any]:
     }
 
 
+def forged(names: int, valid_rate: float, listed: bool) -> dict[str, Any]:
+    """`names` forged gateway names on gateway topics plus as many forged headers on the plain
+    topic, from a login whose ACL is too wide, while a real gateway sends valid updates: the
+    twin's memory, its /healthz latency and how far the real gateway's updates fall behind."""
+    overrides: dict[str, Any] = {"gateways": ["gw-0"]} if listed else {}
+    with environment(THINGS_PER_GATEWAY, **overrides) as (broker, twin, logins):
+        password = "wide-" + os.urandom(8).hex()
+        asyncio.run(ensure_login(broker, Login("wide", publish=("spine/#",)), password))
+        pid = twin.process.pid
+        rss_before = rss_mib(pid)
+        count = int(valid_rate * names / 5000) + 1  # the valid stream lasts about the flood
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def probe() -> None:
+            with httpx.Client(timeout=60) as client:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    client.get(f"{twin.url}/healthz")
+                    latencies.append(time.monotonic() - started)
+                    stop.wait(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        publishers = Publishers()
+        started = time.monotonic()
+        publishers.start(broker, logins[0], "valid", gateway_names(0), "gw-0", count, valid_rate)
+        publishers.start(broker, ("wide", password), "forged", gateway_names(0), "x", 2 * names)
+        results = publishers.wait()
+        sent = max(result[3] for result in results)
+        with httpx.Client() as client:
+            while processed(twin, client) < count + 2 * names:
+                time.sleep(0.02)
+            while client.get(f"{twin.url}/status").json()["updates"]["accepted"] < count:
+                time.sleep(0.02)
+            lag = time.time() - sent
+            elapsed = time.monotonic() - started
+            status = client.get(f"{twin.url}/status").json()
+        stop.set()
+        prober.join(60)
+        return {
+            "names": names,
+            "listed": listed,
+            "valid": count,
+            "elapsed": elapsed,
+            "lag_after_publishing": max(0.0, lag),
+            "rss_before_mib": rss_before,
+            "rss_after_mib": rss_mib(pid),
+            "healthz_p50_ms": 1000 * percentile(latencies, 0.5),
+            "healthz_p99_ms": 1000 * percentile(latencies, 0.99),
+            "healthz_max_ms": 1000 * max(latencies),
+            "tracked": status["gatewaysTracked"],
+            "updates": status["updates"],
+            "load": load(),
+        }
+
+
 # report ------------------------------------------------------------------------------------------
 
 
@@ -641,6 +719,17 @@ def write_report(results: dict[str, Any], command: str) -> str:
             f"with {noisy['flood_sent']:,} invalid messages at {10 * run['valid_rate']:.0f}/s "
             f"(wrong type, out of range, unknown property, not JSON); load {noisy['load']} |"
         )
+    for run in results.get("forged", []):
+        mode = "gateways listed in the config" if run["listed"] else "no gateway list"
+        lines.append(
+            f"| {run['names']:,} forged gateway names + {run['names']:,} forged headers, "
+            f"{mode} | RSS {run['rss_before_mib']:.0f} -> {run['rss_after_mib']:.0f} MiB; "
+            f"/healthz p50 {run['healthz_p50_ms']:.0f} ms, p99 {run['healthz_p99_ms']:.0f} ms, "
+            f"max {run['healthz_max_ms']:.0f} ms | {run['tracked']} gateways tracked; "
+            f"{run['valid']:,} valid updates of a real gateway meanwhile, all stored "
+            f"{run['lag_after_publishing']:.1f} s after the last was published; "
+            f"load {run['load']} |"
+        )
     lines += [
         "",
         "Method: publishers are separate processes (paho, QoS 1, unbounded in-flight window). "
@@ -663,14 +752,14 @@ def main() -> int:
     parser.add_argument(
         "--scenario",
         default="all",
-        choices=["all", "throughput", "latency", "sse", "memory", "flood"],
+        choices=["all", "throughput", "latency", "sse", "memory", "flood", "forged"],
     )
     parser.add_argument("--updates", type=int, default=60_000)
     parser.add_argument("--things", type=int, default=1_000)
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
-    everything = {"throughput", "latency", "sse", "memory", "flood"}
+    everything = {"throughput", "latency", "sse", "memory", "flood", "forged"}
     wanted = everything if args.scenario == "all" else {args.scenario}
     results: dict[str, Any] = {}
     if "throughput" in wanted:
@@ -719,6 +808,18 @@ def main() -> int:
             f"under flood: {100 * run['ratio']:.0f}%",
             flush=True,
         )
+    if "forged" in wanted:
+        names = int(50_000 * scale)
+        results["forged"] = [forged(names, 200, listed) for listed in (True, False)]
+        for run in results["forged"]:
+            print(
+                f"forged ({'listed' if run['listed'] else 'unlisted'}): RSS "
+                f"{run['rss_before_mib']:.0f} -> {run['rss_after_mib']:.0f} MiB, /healthz p99 "
+                f"{run['healthz_p99_ms']:.0f} ms max {run['healthz_max_ms']:.0f} ms, "
+                f"{run['tracked']} tracked, real updates stored {run['lag_after_publishing']:.1f} "
+                "s after publishing",
+                flush=True,
+            )
     command = "python -m benchmarks.twin_throughput " + " ".join(sys.argv[1:])
     print(write_report(results, command.strip()))
     return 0

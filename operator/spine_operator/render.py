@@ -194,6 +194,9 @@ def plan_twin_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -
                 env,
                 placeholder(labels.TWIN_TOKENS_SECRET, ("write", "admin")),
                 login_placeholder(twin_login()),
+                publishers=twin.numbered_publishers(
+                    inputs.get("Gateway", namespace), inputs.get("Flow", namespace)
+                ),
             )
         )
     )

@@ -9,20 +9,17 @@ import asyncio
 import json
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
-from tests.support.twin import TwinHandle, ensure_gateway_login, start_twin
+from tests.support.twin import Gateway, Observer, TwinHandle, ensure_gateway_login, start_twin
 
 pytestmark = pytest.mark.integration
 
@@ -43,115 +40,6 @@ THINGS: list[dict[str, Any]] = [
     {"name": "press-1", "model": "press", "attributes": {"line": "A", "serial": "X1"}},
     {"name": "press-2", "model": "press", "attributes": {"line": "B", "serial": "X2"}},
 ]
-
-
-class Observer:
-    """An admin client subscribed to `spine/#`, recording what the twin publishes."""
-
-    def __init__(self, broker: LocalBroker) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.client = broker.client()
-        self.client.on_message = self._record
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.subscribe("spine/#", qos=1)
-        assert subscribed.wait(5)
-
-    def _record(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((message.topic, message.payload))
-
-    def on(self, topic: str) -> list[Any]:
-        with self.lock:
-            return [json.loads(payload) for seen, payload in self.messages if seen == topic]
-
-    def wait_for(
-        self, topic: str, predicate: Any = lambda message: True, timeout: float = 10
-    ) -> dict[str, Any]:
-        return wait_until(
-            lambda: next((m for m in self.on(topic) if predicate(m)), None),
-            timeout,
-            f"a message on {topic}",
-        )
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class Gateway:
-    """Publishes as the gateway `press-line-1` would: Ditto commands, numbered, QoS 1."""
-
-    def __init__(self, broker: LocalBroker, username: str, password: str) -> None:
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=username,  # a gateway login is bound to its own client id
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.username_pw_set(username, password)
-        # an unbounded window: a bounded one makes paho slow at thousands of messages
-        self.client.max_inflight_messages_set(0)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        wait_until(self.client.is_connected, 5, "the gateway to connect")
-        self.epoch = uuid.uuid4().hex[:6]
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.client.on_message = lambda c, u, m: self.received.append(
-            (m.topic, json.loads(m.payload))
-        )
-
-    @staticmethod
-    def command(
-        thing: str,
-        path: str,
-        value: Any,
-        merge: bool = False,
-        headers: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        action = "merge" if merge else "modify"
-        return {
-            "topic": f"plant_a/{thing}/things/twin/commands/{action}",
-            "path": path,
-            "value": value,
-            "headers": headers or {},
-        }
-
-    def numbered(self, seq: int, source_time: str | None = None) -> dict[str, Any]:
-        headers: dict[str, Any] = {
-            "correlation-id": f"{GATEWAY}:{self.epoch}:{seq}",
-            "spine-gateway": GATEWAY,
-            "spine-epoch": self.epoch,
-            "spine-seq": seq,
-        }
-        if source_time:
-            headers["spine-source-time"] = source_time
-        return headers
-
-    def publish(self, thing: str, payload: dict[str, Any] | bytes, wait: bool = True) -> Any:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        info = self.client.publish(f"spine/things/{thing}/twin", body, qos=1)
-        if wait:
-            info.wait_for_publish(10)
-        return info
-
-    def report(
-        self,
-        thing: str,
-        feature: str,
-        value: Any,
-        seq: int | None = None,
-        source_time: str | None = None,
-    ) -> None:
-        headers = self.numbered(seq, source_time) if seq is not None else {}
-        self.publish(
-            thing,
-            self.command(thing, f"/features/{feature}/properties/value", value, headers=headers),
-        )
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -219,9 +107,9 @@ async def test_a_valid_update_changes_state_and_reaches_sse_and_events(
     ):
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         assert await asyncio.wait_for(stream.content.readline(), 5) == b": connected\n"
-        gateway.report("press-2", "temperature", 50.0)  # filtered out by ids=
+        gateway.report("press-2", "temperature", 50.0, seq=1)  # filtered out by ids=
         gateway.report(
-            "press-1", "temperature", 71.5, seq=1, source_time="2026-11-22T19:45:01.123Z"
+            "press-1", "temperature", 71.5, seq=2, source_time="2026-11-22T19:45:01.123Z"
         )
         event = await read_event(stream)
     assert event["thingId"] == "plant_a:press-1"
@@ -238,10 +126,10 @@ async def test_a_valid_update_changes_state_and_reaches_sse_and_events(
     assert published["topic"] == "plant_a/press-1/things/twin/events/modified"
     assert published["path"] == "/features/temperature/properties/value"
     assert published["value"] == 71.5 and published["revision"] == 2
-    assert observer.wait_for(f"spine/gateways/{GATEWAY}/acks") == {
+    assert observer.wait_for(f"spine/gateways/{GATEWAY}/acks", lambda ack: ack["seq"] == 2) == {
         "gateway": GATEWAY,
         "epoch": gateway.epoch,
-        "seq": 1,
+        "seq": 2,
     }
     assert metric(twin, "spine_twin_updates_total", {"result": "accepted"}) == 2
     assert metric(twin, "spine_twin_update_latency_seconds_count") == 2
@@ -296,7 +184,7 @@ async def test_invalid_updates_are_rejected_with_a_reason_and_change_nothing(
         (b"not json {", "the payload is not JSON", None),
         (
             gateway.command("press-1", "/features/temperature/desiredProperties/value", 20),
-            "is readOnly",
+            "desired values are set over HTTP",
             "/features/temperature/desiredProperties/value",
         ),
         # one bad value spoils the whole update: the good one is not applied either
@@ -335,7 +223,7 @@ async def test_invalid_updates_are_rejected_with_a_reason_and_change_nothing(
     assert [event["revision"] for event in observer.on("spine/things/press-1/events")] == [2]
     # an update for a thing no TwinModel defines is refused on that thing's errors topic
     username, password = await ensure_gateway_login(broker, "stray", ["press-9"])
-    stray = Gateway(broker, username, password)
+    stray = Gateway(broker, username, password, name="stray")
     try:
         stray.report("press-9", "count", 1)
     finally:
@@ -420,7 +308,13 @@ async def test_acks_cover_what_was_stored_and_a_duplicate_is_ignored(
     gateway.report("press-1", "count", 6, seq=6, source_time="2026-11-22T10:00:04Z")
     acked(6)
     assert get_thing(twin, "press-1")["features"]["count"]["properties"]["value"] == 5
-    assert twin.status()["updates"] == {"accepted": 4, "rejected": 1, "duplicate": 1, "stale": 1}
+    assert twin.status()["updates"] == {
+        "accepted": 4,
+        "rejected": 1,
+        "duplicate": 1,
+        "stale": 1,
+        "unknown_gateway": 0,
+    }
 
 
 async def test_a_model_change_applies_within_a_second_without_losing_state(

@@ -346,13 +346,13 @@ class StandInAcker:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None
     ) -> None:
         if not reason.is_failure:
-            client.subscribe("spine/things/+/twin", qos=1)
+            client.subscribe("spine/gateways/+/things/+/twin", qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         payload = json.loads(message.payload)
         headers = payload.get("headers", {})
         gateway, epoch, seq = headers["spine-gateway"], headers["spine-epoch"], headers["spine-seq"]
-        thing = message.topic.split("/")[2]
+        thing = message.topic.split("/")[-2]  # spine/gateways/<gateway>/things/<thing>/twin
         with self.lock:
             self.updates.append(
                 ReceivedUpdate(

@@ -5,6 +5,8 @@ operator's BrokerAdmin (exactly `twin_login()`'s ACLs), writes a config file and
 runs `python -m spine_runtime.cli twin --config FILE` on free ports and waits until it serves
 and is connected. The returned `TwinHandle` stops, kills (SIGKILL), restarts and reconfigures it.
 Used by the twin's tests, the gateway tests and the benchmarks (`spine up` renders its own).
+`Gateway` publishes as a gateway does (on its own topic, numbered) and `Observer` records what
+the twin publishes, for the twin's tests.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import copy
 import json
 import secrets
 import sys
+import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.broker_admin import BrokerAdmin
 from spine_operator.desired.logins import TWIN_USERNAME, gateway_login, twin_login
@@ -26,6 +32,7 @@ from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
 
 DEFAULT_NAMESPACE = "plant_a"
+GATEWAY = "press-line-1"
 
 
 async def ensure_login(broker: LocalBroker, login: Any, password: str) -> None:
@@ -113,7 +120,7 @@ class TwinHandle:
             env=self.extra_env or None,
         ).start()
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
         self.process.wait_for_port(self.port, timeout)
 
         def connected() -> bool:
@@ -243,5 +250,143 @@ async def start_twin(
     handle.write_config(config)
     handle._launch()
     if wait:
-        handle.wait_ready()
+        try:
+            handle.wait_ready()
+        except BaseException:
+            handle.process.stop()  # the caller gets no handle to stop it with
+            raise
     return handle
+
+
+class Observer:
+    """An admin client subscribed to `spine/#`, recording what the twin publishes."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.client = broker.client()
+        self.client.on_message = self._record
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.subscribe("spine/#", qos=1)
+        assert subscribed.wait(5)
+
+    def _record(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload))
+
+    def on(self, topic: str) -> list[Any]:
+        with self.lock:
+            return [json.loads(payload) for seen, payload in self.messages if seen == topic]
+
+    def wait_for(
+        self, topic: str, predicate: Any = lambda message: True, timeout: float = 10
+    ) -> dict[str, Any]:
+        return wait_until(
+            lambda: next((m for m in self.on(topic) if predicate(m)), None),
+            timeout,
+            f"a message on {topic}",
+        )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Gateway:
+    """Publishes as a gateway would: Ditto commands on its own topic, numbered, QoS 1."""
+
+    def __init__(
+        self, broker: LocalBroker, username: str, password: str, name: str = GATEWAY
+    ) -> None:
+        self.name = name
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=username,  # a gateway login is bound to its own client id
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(username, password)
+        # an unbounded window: a bounded one makes paho slow at thousands of messages
+        self.client.max_inflight_messages_set(0)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        wait_until(self.client.is_connected, 5, "the gateway to connect")
+        self.epoch = uuid.uuid4().hex[:6]
+        self.last_seq = 0
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.client.on_message = lambda c, u, m: self.received.append(
+            (m.topic, json.loads(m.payload))
+        )
+
+    @staticmethod
+    def command(
+        thing: str,
+        path: str,
+        value: Any,
+        merge: bool = False,
+        headers: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        action = "merge" if merge else "modify"
+        return {
+            "topic": f"plant_a/{thing}/things/twin/commands/{action}",
+            "path": path,
+            "value": value,
+            "headers": headers or {},
+        }
+
+    def numbered(self, seq: int | None = None, source_time: str | None = None) -> dict[str, Any]:
+        """A gateway's headers; without `seq`, the next number after the last one used."""
+        seq = self.last_seq + 1 if seq is None else seq
+        self.last_seq = max(self.last_seq, seq)
+        headers: dict[str, Any] = {
+            "correlation-id": f"{self.name}:{self.epoch}:{seq}",
+            "spine-gateway": self.name,
+            "spine-epoch": self.epoch,
+            "spine-seq": seq,
+        }
+        if source_time:
+            headers["spine-source-time"] = source_time
+        return headers
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe (at QoS 1) and wait for the broker's SUBACK; messages go to `received`."""
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.subscribe(topic, qos=1)
+        assert subscribed.wait(5), f"no SUBACK for {topic}"
+
+    def topic(self, thing: str) -> str:
+        return f"spine/gateways/{self.name}/things/{thing}/twin"
+
+    def publish(self, thing: str, payload: dict[str, Any] | bytes, wait: bool = True) -> Any:
+        """Publish on the gateway's topic; a command without a sequence number gets the next
+        one (added to it in place, so a test can compare what the twin echoes)."""
+        if isinstance(payload, dict) and "spine-seq" not in payload.get("headers", {}):
+            payload.setdefault("headers", {}).update(self.numbered())
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        info = self.client.publish(self.topic(thing), body, qos=1)
+        if wait:
+            info.wait_for_publish(10)
+        return info
+
+    def report(
+        self,
+        thing: str,
+        feature: str,
+        value: Any,
+        seq: int | None = None,
+        source_time: str | None = None,
+    ) -> None:
+        self.publish(
+            thing,
+            self.command(
+                thing,
+                f"/features/{feature}/properties/value",
+                value,
+                headers=self.numbered(seq, source_time),
+            ),
+        )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

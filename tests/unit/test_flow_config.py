@@ -236,7 +236,7 @@ def test_topics_the_flow_login_needs():
     )
     publish, subscribe = twin_acl_topics("x")
     assert spec.publish_topics("x", publish) == sorted(
-        ["spine/flows/x/out/+/+", "spine/things/+/twin", dead_letter_topic("x")]
+        ["spine/flows/x/out/+/+", "spine/gateways/flow.x/things/+/twin", dead_letter_topic("x")]
     )
     assert spec.subscribe_topics(subscribe, shared_group("x")) == [
         "plant/+/temperature",

@@ -189,7 +189,8 @@ def test_twin_writer_numbers_updates_and_accepts_them_on_the_twins_ack():
     for n in (1, 2, 3):
         writer.write("press-1", "temperature", 80 + n, lambda ok, n=n: accepted.append(n))
     topic, update = broker.sent[0]
-    assert topic == twin_update_topic("flow.legacy", "press-1") == "spine/things/press-1/twin"
+    assert topic == twin_update_topic("flow.legacy", "press-1")
+    assert topic == "spine/gateways/flow.legacy/things/press-1/twin"
     assert update["topic"] == "plant_a/press-1/things/twin/commands/merge"
     assert update["value"] == {"temperature": {"properties": {"value": 81}}}
     headers = update["headers"]

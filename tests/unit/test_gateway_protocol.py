@@ -47,7 +47,9 @@ def test_an_update_is_a_ditto_merge_with_the_gateway_headers() -> None:
             "spine-source-time": "2026-11-22T19:45:01.123Z",
         },
     }
-    assert twin_topic("press-1") == "spine/things/press-1/twin"
+    assert (
+        twin_topic("press-line-1", "press-1") == "spine/gateways/press-line-1/things/press-1/twin"
+    )
     assert desired_topic("press-1") == "spine/things/press-1/desired"
     assert ack_topic("press-line-1") == "spine/gateways/press-line-1/acks"
 

@@ -151,6 +151,36 @@ def test_old_epochs_are_forgotten(store: TwinStore) -> None:
     store.write(batch)
 
 
+def test_epochs_are_kept_per_gateway_and_survive_reopening(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    for gateway in ("gw1", "gw2"):
+        for index in range(EPOCHS_KEPT + 1):
+            store.record_processed(Origin(gateway=gateway, epoch=f"e{index}", seq=1), NOW + index)
+    assert store.tracked_gateways() == 2 and store.tracks("gw1") and not store.tracks("gw3")
+    assert store.epochs_of["gw2"] == {f"e{index}" for index in range(1, EPOCHS_KEPT + 1)}
+    assert len(store.sequences) == 2 * EPOCHS_KEPT  # the index and the trackers agree
+    commit(store)
+    store.close()
+    reopened = open_store(tmp_path)
+    assert reopened.epochs_of == store.epochs_of
+    reopened.close()
+
+
+def test_a_held_source_time_beyond_the_limit_does_not_hold_values_back(store: TwinStore) -> None:
+    """A source time stored before the clock-skew bound existed (or with a wrong limit) would
+    make every later value stale until that time; past the limit it no longer counts."""
+    thing = store.things["plant_a:press-1"]
+    future = Origin(source_time="2027-11-22T19:45:00Z", source_epoch=NOW + 365 * 86400)
+    assert store.apply(thing, [Change("temperature", 99)], future, NOW) is not None
+    real = Origin(source_time="2026-11-22T19:45:01Z", source_epoch=NOW + 1)
+    assert store.apply(thing, [Change("temperature", 20)], real, NOW + 1) is None  # no limit
+    applied = store.apply(thing, [Change("temperature", 21)], real, NOW + 1, NOW + 31)
+    assert applied is not None
+    assert thing.features["temperature"]["properties"]["sourceTime"] == "2026-11-22T19:45:01Z"
+    older = Origin(source_time="2026-11-22T19:45:00Z", source_epoch=NOW)
+    assert store.apply(thing, [Change("temperature", 22)], older, NOW + 2, NOW + 32) is None
+
+
 def test_desired_values_go_pending_reached_and_failed(store: TwinStore) -> None:
     thing = store.things["plant_a:press-1"]
     key = ("plant_a:press-1", "targetSpeed")

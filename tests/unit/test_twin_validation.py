@@ -8,6 +8,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from spine_operator.api.spine import SpineSpec
+from spine_operator.desired import twin as twin_build
+from spine_operator.environment import Environment
 from spine_runtime.common.configsource import ConfigError, parse_config
 from spine_runtime.config.twin import (
     PropertySchema,
@@ -17,7 +20,7 @@ from spine_runtime.config.twin import (
     property_json_schema,
     thing_description,
 )
-from spine_runtime.twin.protocol import changes_at, read_changes, read_origin
+from spine_runtime.twin.protocol import changes_at, read_changes, read_origin, twin_route
 from spine_runtime.twin.state import Change
 from spine_runtime.twin.validation import ModelValidator, Rejection
 
@@ -155,6 +158,12 @@ def test_a_complete_config_parses_with_defaults() -> None:
             "attribute name 'a b' must be letters",
         ),
         ({"desiredTimeoutSeconds": 0}, "desiredTimeoutSeconds: Input should be greater than 0"),
+        ({"gateways": ["line-1", "line-1"]}, "gateway 'line-1' is defined twice"),
+        ({"gateways": ["line/1"]}, "gateways[0]: 'line/1' is invalid: it must be a gateway name"),
+        (
+            {"ingest": {"maxSourceTimeAheadSeconds": -1}},
+            "maxSourceTimeAheadSeconds: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_config_errors_name_the_field_and_the_fix(change: dict[str, Any], message: str) -> None:
@@ -441,22 +450,63 @@ def test_read_origin_reads_gateway_headers() -> None:
         "spine-seq": 42,
         "spine-source-time": "2026-11-22T19:45:01.123Z",
     }
-    origin = read_origin({"headers": headers})
+    origin = read_origin({"headers": headers}, "press-line-1")
     assert (origin.gateway, origin.epoch, origin.seq) == ("press-line-1", "7f3a9c", 42)
     assert origin.source_time == "2026-11-22T19:45:01.123Z"
     assert origin.source_epoch == pytest.approx(1795376701.123)
-    assert read_origin({"headers": {**headers, "spine-seq": "43"}}).seq == 43
+    assert read_origin({"headers": {**headers, "spine-seq": "43"}}, "press-line-1").seq == 43
+    # the gateway comes from the topic; the header may be left out
+    unnamed = {key: value for key, value in headers.items() if key != "spine-gateway"}
+    assert read_origin({"headers": unnamed}, "press-line-1").gateway == "press-line-1"
     assert read_origin({}).gateway is None
     for bad, reason in [
         ({"spine-seq": 0}, "spine-seq must be a positive integer"),
         ({"spine-seq": True}, "spine-seq must be a positive integer"),
         ({"spine-seq": 1.5}, "spine-seq must be a positive integer"),
         ({"spine-epoch": None}, "spine-epoch must be a string"),
-        ({"spine-gateway": "a/b"}, "spine-gateway must be a gateway name"),
+        ({"spine-gateway": "press-line-2"}, "is not the gateway 'press-line-1' whose topic"),
         ({"spine-source-time": "yesterday"}, "is not an RFC 3339 time"),
         ({"spine-source-time": "2026-11-22T19:45:01"}, "a time zone is required"),
     ]:
         with pytest.raises(Rejection, match=reason):
-            read_origin({"headers": {**headers, **bad}})
+            read_origin({"headers": {**headers, **bad}}, "press-line-1")
     with pytest.raises(Rejection, match="headers must be a JSON object"):
         read_origin({"headers": [1]})
+
+
+@pytest.mark.parametrize("header", ["spine-gateway", "spine-epoch", "spine-seq"])
+def test_sequence_headers_on_the_plain_topic_are_refused(header: str) -> None:
+    """Anyone allowed to publish a thing's values could write them: only a topic the broker
+    ties to one gateway login carries a gateway's identity."""
+    with pytest.raises(Rejection, match="honoured only on a gateway's own topic") as caught:
+        read_origin({"headers": {header: "x"}})
+    assert caught.value.field == f"/headers/{header}"
+    plain = read_origin(
+        {"headers": {"correlation-id": "c", "spine-source-time": "2026-01-01T00:00:00Z"}}
+    )
+    assert plain.gateway is None and plain.source_time == "2026-01-01T00:00:00Z"
+
+
+def test_the_update_topic_names_the_thing_and_perhaps_the_gateway() -> None:
+    assert twin_route("spine/things/press-1/twin") == (None, "press-1")
+    assert twin_route("spine/gateways/line-1/things/press-1/twin") == ("line-1", "press-1")
+    for topic in [
+        "spine/things//twin",
+        "spine/things/press-1/events",
+        "spine/gateways/line-1/things//twin",
+        "spine/gateways/line 1/things/press-1/twin",
+        "spine/gateways//things/press-1/twin",
+        "spine/gateways/line-1/acks",
+        "spine/gateways/line-1/things/press-1/twin/x",
+    ]:
+        assert twin_route(topic) is None, topic
+
+
+def test_the_operator_lists_gateways_in_the_twin_config_and_they_apply_live() -> None:
+    spec, env = SpineSpec.model_validate({}), Environment()
+    unlisted = twin_build.twin_config(spec, env, "plant-a", [])
+    assert unlisted.gateways is None and "gateways" not in unlisted.to_wire()
+    listed = twin_build.twin_config(spec, env, "plant-a", [], gateways=["line-2", "line-1"])
+    assert listed.to_wire()["gateways"] == ["line-1", "line-2"]
+    # a new Gateway reaches the running twin by config push: no restart of its pod
+    assert twin_build.restart_checksum(listed) == twin_build.restart_checksum(unlisted)

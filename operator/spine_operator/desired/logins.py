@@ -85,6 +85,12 @@ def gateway_ack_topic(gateway: str) -> str:
     return f"spine/gateways/{gateway}/acks"
 
 
+def gateway_twin_topic(gateway: str, thing: str) -> str:
+    """Where a gateway publishes a thing's updates: the topic names the gateway, and only that
+    gateway's login may publish there, so the twin takes its identity from the topic."""
+    return f"spine/gateways/{gateway}/things/{thing}/twin"
+
+
 def twin_login() -> Login:
     return Login(
         TWIN_USERNAME,
@@ -95,7 +101,7 @@ def twin_login() -> Login:
             thing_topic("+", "errors"),
             gateway_ack_topic("+"),
         ),
-        subscribe=(thing_topic("+", "twin"),),
+        subscribe=(thing_topic("+", "twin"), gateway_twin_topic("+", "+")),
         description="Spine twin service",
     )
 
@@ -109,7 +115,7 @@ def gateway_login(gateway: str, things: Iterable[str], writable_things: Iterable
     return Login(
         gateway_username(gateway),
         client_id=gateway_username(gateway),
-        publish=tuple(sorted({thing_topic(thing, "twin") for thing in things})),
+        publish=tuple(sorted({gateway_twin_topic(gateway, thing) for thing in things})),
         subscribe=(
             gateway_ack_topic(gateway),
             *sorted({thing_topic(thing, "desired") for thing in writable_things}),

@@ -29,11 +29,13 @@ from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, ReconcileError
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.twin import TwinConfig
+from spine_runtime.flow.twin import twin_identity
 
 COMPONENT = "twin"
 DATA_VOLUME = "data"
 RUNTIME_UID = 10001  # the image's non-root user
-LIVE_FIELDS = frozenset({"models", "things", "desiredTimeoutSeconds"})  # applied without a restart
+# applied without a restart
+LIVE_FIELDS = frozenset({"models", "things", "gateways", "desiredTimeoutSeconds"})
 
 
 def generate_token() -> str:
@@ -52,9 +54,18 @@ def build_tokens_secret(namespace: str, spine_name: str, write: str, admin: str)
 
 
 def twin_config(
-    spec: SpineSpec, env: Environment, namespace: str, models: list[tuple[str, TwinModelSpec]]
+    spec: SpineSpec,
+    env: Environment,
+    namespace: str,
+    models: list[tuple[str, TwinModelSpec]],
+    gateways: list[str] | None = None,
 ) -> TwinConfig:
-    """The twin's config document from the Spine and the namespace's valid TwinModels."""
+    """The twin's config document from the Spine and the namespace's valid TwinModels.
+
+    `gateways`, the names of the namespace's Gateways (and `flow.<flow>` of each Flow with a
+    twin sink), are the only ones whose sequence numbers the twin tracks; None leaves them
+    unlisted (the twin then tracks a bounded number).
+    """
     secrets_dir = PurePosixPath(env.twin_secrets_dir)
     return TwinConfig.model_validate(
         {
@@ -78,6 +89,7 @@ def twin_config(
             "things": [
                 thing.to_wire() for name, model in models for thing in model.thing_instances(name)
             ],
+            **({} if gateways is None else {"gateways": sorted(set(gateways))}),
         }
     )
 
@@ -234,6 +246,9 @@ class TwinInputs:
     tokens: SecretInput
     login: SecretInput
     existing: dict[str, Any] | None = None
+    # Who may send numbered updates: the namespace's Gateways, and `flow.<name>` of each Flow
+    # with a twin sink. The twin keeps sequence numbers (and acks) for these alone.
+    publishers: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -266,7 +281,7 @@ def plan_twin(inputs: TwinInputs) -> Plan | Refusal:
         login_digest = inputs.login.require(("username", "password"), "the twin's broker login")
     except ReconcileError as error:
         return error
-    config = twin_config(spec, env, namespace, selection.accepted)
+    config = twin_config(spec, env, namespace, selection.accepted, inputs.publishers)
     objects = build_twin(
         spec, env, namespace, spine_name, config, (token_digest, login_digest), inputs.login.name
     )
@@ -300,3 +315,13 @@ def plan_twin(inputs: TwinInputs) -> Plan | Refusal:
             "models": statuses,
         },
     )
+
+
+def numbered_publishers(gateways: list[dict[str, Any]], flows: list[dict[str, Any]]) -> list[str]:
+    """The names under which Gateways and Flows with a twin sink send numbered updates."""
+    names = [item["metadata"]["name"] for item in gateways]
+    for item in flows:
+        sinks = (item.get("spec") or {}).get("sinks") or []
+        if any(isinstance(sink, dict) and sink.get("twin") for sink in sinks):
+            names.append(twin_identity(item["metadata"]["name"]))
+    return sorted(set(names))

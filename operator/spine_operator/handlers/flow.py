@@ -16,7 +16,7 @@ from spine_operator.api.kinds import FLOW, GROUP, TWINMODEL, VERSION
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.flow import flow_username
-from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY
+from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY, TWIN_KEY, TWINS
 
 
 @kopf.on.resume(GROUP, VERSION, FLOW.plural)
@@ -24,7 +24,10 @@ from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY
 @kopf.on.update(GROUP, VERSION, FLOW.plural)
 async def flow_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
     assert namespace, "Flow is a namespaced kind"
-    await FLOWS.reconcile(namespace, FLOWS_KEY, logger)
+    try:
+        await FLOWS.reconcile(namespace, FLOWS_KEY, logger)
+    finally:  # a flow with a twin sink sends numbered updates: the twin must know it
+        await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
 
 
 @kopf.on.event(GROUP, VERSION, FLOW.plural)
@@ -36,6 +39,7 @@ async def flow_deleted(
         return
     CONTEXT.metrics.forget(FLOW.kind, namespace, name)
     await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
+    await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
     try:
         await CONTEXT.broker_access.remove_login(namespace, flow_username(name))
     except BrokerAccessError as error:

@@ -17,6 +17,8 @@ from spine_operator.desired.gateway import gateway_secret_names
 from spine_operator.desired.logins import gateway_username
 from spine_operator.reconcile.kinds import (
     GATEWAYS,
+    TWIN_KEY,
+    TWINS,
     dependency_generations,
     ready_gateways,
     reports,
@@ -51,6 +53,9 @@ async def gateway_deleted(
 ) -> None:
     """No finalizer: owner references remove the children; the broker login is removed here
     when the broker is reachable (its Secret, the only copy of its password, goes anyway)."""
+    if type in ("ADDED", "DELETED") and namespace:
+        # The twin keeps sequence numbers only for the namespace's gateways: tell it.
+        await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
     if type != "DELETED" or not namespace:
         return
     GATEWAYS.forget(namespace, name)

@@ -220,6 +220,9 @@ def prepare_twin(run: NamespaceRun, log_path: Path, name_prefix: str) -> Workloa
                 env,
                 SecretInput.of(labels.TWIN_TOKENS_SECRET, tokens),
                 SecretInput.of(labels.login_secret_name(TWIN_USERNAME), login),
+                publishers=twin_build.numbered_publishers(
+                    [resource.body for resource in plan.gateways], plan.flow_bodies
+                ),
             )
         ),
         plan.source,

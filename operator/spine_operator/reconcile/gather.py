@@ -107,7 +107,11 @@ async def gather_twin(k8s: Kubernetes, spine: dict[str, Any]) -> twin.TwinInputs
     )
     login = await login_secret(k8s, namespace, twin_login(), spine)
     existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.TWIN_NAME)
-    return twin.TwinInputs(spine, models, CONTEXT.environment, tokens, login, existing)
+    publishers = twin.numbered_publishers(
+        await k8s.list(API_VERSION, GATEWAY.kind, namespace),
+        await k8s.list(API_VERSION, FLOW.kind, namespace),
+    )
+    return twin.TwinInputs(spine, models, CONTEXT.environment, tokens, login, existing, publishers)
 
 
 async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.GatewayInputs:

@@ -3,17 +3,23 @@
 The operator renders `TwinConfig` from the namespace's TwinModels (whose spec reuses `ThingModel`
 and `ThingInstance`); `spine_runtime.twin` reads it. `property_json_schema` and
 `thing_description` are pure helpers both halves use: the JSON Schema an update is validated
-with, and the WoT Thing Description the HTTP API serves for a thing.
+with, and the WoT Thing Description the HTTP API serves for a thing. `ValueSchemaValidator`
+checks values against it with RE2 (linear time) for `pattern`; `pattern_problem` says why a
+pattern is refused, for the operator's TwinModel checks.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import jsonschema
+import jsonschema.validators
+import re2
 from pydantic import (
     Field,
     JsonValue,
@@ -39,6 +45,8 @@ KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 # The TwinModel resource name: a Kubernetes object name (RFC 1123 subdomain).
 MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$"
+# A gateway name is one level of its topics (`spine/gateways/<gateway>/...`).
+GATEWAY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
 
 PATTERN_HINTS.update(
     {
@@ -51,6 +59,7 @@ PATTERN_HINTS.update(
         MODEL_NAME_PATTERN: "must be a Kubernetes object name: lowercase letters, digits, '-' and "
         "'.', starting and ending with a letter or digit",
         VERSION_PATTERN: "must be a version such as 1.2.0: letters, digits, '.', '+', '_', '-'",
+        GATEWAY_NAME_PATTERN: "must be a gateway name: letters, digits, '.', '_' and '-'",
     }
 )
 
@@ -58,6 +67,7 @@ TwinNamespace = Annotated[str, StringConstraints(pattern=TWIN_NAMESPACE_PATTERN,
 ThingName = Annotated[str, StringConstraints(pattern=THING_NAME_PATTERN, max_length=180)]
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN, max_length=253)]
 Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN, max_length=64)]
+GatewayName = Annotated[str, StringConstraints(pattern=GATEWAY_NAME_PATTERN, max_length=253)]
 Text = Annotated[str, StringConstraints(max_length=4096)]
 
 # The JSON schema pydantic emits for these fields is what the operator's CRD generator turns into
@@ -168,12 +178,9 @@ class PropertySchema(CamelModel):
             if low_value is not None and high_value is not None and low_value > high_value:
                 raise ValueError(f"{_camel(low_name)} is greater than {_camel(high_name)}")
         if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as problem:
-                raise ValueError(
-                    f"pattern {self.pattern!r} is not a regular expression: {problem}"
-                ) from None
+            problem = pattern_problem(self.pattern)
+            if problem is not None:
+                raise ValueError(f"pattern {self.pattern[:200]!r} {problem}")
         if self.required:
             missing = sorted(set(self.required) - set(self.properties or {}))
             if missing:
@@ -181,7 +188,7 @@ class PropertySchema(CamelModel):
         if schema_depth(self) > MAX_SCHEMA_DEPTH:
             raise ValueError(f"nested more than {MAX_SCHEMA_DEPTH} levels deep")
         if self.enum is not None:
-            checker = jsonschema.Draft202012Validator(property_json_schema(self, with_enum=False))
+            checker = ValueSchemaValidator(property_json_schema(self, with_enum=False))
             for value in self.enum:
                 error = jsonschema.exceptions.best_match(checker.iter_errors(value))
                 if error is not None:
@@ -189,6 +196,157 @@ class PropertySchema(CamelModel):
                         f"enum value {value!r} does not fit the schema: {error.message}"
                     )
         return self
+
+
+# Patterns -----------------------------------------------------------------------------------------
+#
+# A JSON Schema `pattern` is evaluated on every update, and Python's `re` backtracks: `^(a+)+$`
+# took 30 s on a 30-character value and blocked the twin. The twin evaluates patterns with RE2,
+# whose time is linear in the value, and refuses the patterns RE2 cannot run (lookaround,
+# backreferences). It also refuses nested unbounded quantifiers (star height above one), the
+# shape behind catastrophic backtracking, because a pattern reaches other engines too: the
+# Thing Description the twin serves carries it to clients that validate with backtracking ones.
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is reported to the user, not logged to stderr
+    return options
+
+
+RE2_OPTIONS = _re2_options()
+
+
+@functools.lru_cache(maxsize=1024)
+def compiled_pattern(pattern: str) -> Any:
+    """The RE2 program of a pattern (cached: models hold few); raises re2.error."""
+    return re2.compile(pattern, RE2_OPTIONS)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why the twin refuses a JSON Schema `pattern`, worded to follow the pattern; None if not.
+
+    Refused: what RE2 cannot compile (lookahead, lookbehind, backreferences, possessive
+    quantifiers, over 1000 repetitions), and a quantifier without upper bound (`*`, `+`, `{n,}`)
+    applied to a group that itself holds one, as in `^(a+)+$` or `(x*y)*`. The operator calls it
+    through `PropertySchema`, so a TwinModel with such a pattern is refused when applied.
+    """
+    nested = nested_unbounded_quantifier(pattern)
+    if nested is not None:
+        return (
+            f"repeats a group that holds an unbounded quantifier ({nested!r}): such nesting "
+            "makes backtracking engines take exponential time; use one quantifier, e.g. "
+            "^a+$ rather than ^(a+)+$"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        return f"is not a regular expression: {error}"
+    try:
+        compiled_pattern(pattern)
+    except re2.error as error:
+        detail = error.args[0] if error.args else ""
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        return (
+            "uses syntax the twin's linear-time engine (RE2) does not have, such as lookaround "
+            f"or backreferences{': ' + str(detail) if detail else ''}"
+        )
+    return None
+
+
+def nested_unbounded_quantifier(pattern: str) -> str | None:
+    """The first group with an unbounded quantifier inside that is itself repeated without
+    bound, as written in the pattern; None if there is none. A linear scan of the text, so it
+    reads Python, RE2 and ECMA-262 syntax alike."""
+    # Per open group: where it started, and whether it holds an unbounded quantifier.
+    groups: list[tuple[int, bool]] = [(0, False)]
+    # The atom a quantifier would apply to: None, or (start, holds an unbounded quantifier).
+    atom: tuple[int, bool] | None = None
+    index, length = 0, len(pattern)
+    while index < length:
+        char = pattern[index]
+        if char == "\\":
+            end = index + 2
+            if pattern[index + 1 : index + 2] in ("p", "P") and pattern[end : end + 1] == "{":
+                close = pattern.find("}", end)
+                end = length if close < 0 else close + 1
+            atom, index = (index, False), end
+            continue
+        if char == "[":
+            end = index + 1
+            if pattern[end : end + 1] == "^":
+                end += 1
+            if pattern[end : end + 1] == "]":
+                end += 1  # a leading ']' is a literal
+            while end < length and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            atom, index = (index, False), end + 1
+            continue
+        if char == "(":
+            groups.append((index, False))
+            atom, index = None, index + 1
+            if pattern[index : index + 1] == "?":
+                index += 1  # (?:, (?P<name>, (?i): not a quantifier
+            continue
+        if char == ")":
+            start, inner = groups.pop() if len(groups) > 1 else (0, False)
+            outer_start, outer = groups[-1]
+            groups[-1] = (outer_start, outer or inner)
+            atom, index = (start, inner), index + 1
+            continue
+        unbounded, end = _quantifier_at(pattern, index)
+        if end > index:
+            if atom is not None and unbounded:
+                if atom[1]:
+                    return pattern[atom[0] : end]
+                outer_start, _ = groups[-1]
+                groups[-1] = (outer_start, True)
+            atom, index = None, end
+            if pattern[index : index + 1] in ("?", "+"):
+                index += 1  # lazy or possessive form of the same quantifier
+            continue
+        atom = None if char == "|" else (index, False)
+        index += 1
+    return None
+
+
+_BRACES = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+def _quantifier_at(pattern: str, index: int) -> tuple[bool, int]:
+    """(unbounded, end) of the quantifier at `index`; end == index if there is none."""
+    char = pattern[index]
+    if char in "*+":
+        return True, index + 1
+    if char == "?":
+        return False, index + 1
+    if char == "{":
+        braces = _BRACES.match(pattern, index)
+        if braces is not None and (braces.group(1) or braces.group(3)):
+            return bool(braces.group(2)) and not braces.group(3), braces.end()
+    return False, index
+
+
+def _pattern_keyword(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    """JSON Schema's `pattern` (an unanchored search), evaluated with RE2."""
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        found = compiled_pattern(pattern).search(instance)
+    except re2.error:
+        yield jsonschema.ValidationError(f"pattern {pattern[:200]!r} cannot be evaluated")
+        return
+    if found is None:
+        yield jsonschema.ValidationError(f"{instance[:200]!r} does not match {pattern[:200]!r}")
+
+
+# Draft 2020-12 with `pattern` in linear time: what every value check of the twin uses.
+ValueSchemaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
+)
 
 
 def _camel(name: str) -> str:
@@ -319,6 +477,20 @@ class IngestSettings(CamelModel):
         description="Rejections published on a thing's errors topic per second at most (bursts "
         "of as many); the rest are only counted, so a flood of bad input cannot flood the broker.",
     )
+    errors_per_second: float = Field(
+        default=200.0,
+        gt=0,
+        description="Rejections published on the errors topics per second at most, all things "
+        "together (bursts of as many); the rest are only counted.",
+    )
+    max_source_time_ahead_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="How far a spine-source-time may be ahead of the twin's clock (clock skew "
+        "allowed). A later one is replaced by the time the twin received the update and counted "
+        "(spine_twin_source_time_ahead_total), so a wrong clock cannot make later values stale.",
+    )
 
 
 class TwinConfig(CamelModel):
@@ -344,6 +516,20 @@ class TwinConfig(CamelModel):
     )
     models: list[ThingModel] = Field(default_factory=list)
     things: list[ThingInstance] = Field(default_factory=list)
+    gateways: list[GatewayName] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="The namespace's gateways. The twin keeps sequence numbers and sends acks "
+        "only for these; an update on the topic of another gateway is neither applied nor "
+        "acknowledged (the gateway sends it again later). Unset: the first "
+        "MAX_UNLISTED_GATEWAYS names seen are tracked.",
+    )
+
+    @field_validator("gateways")
+    @classmethod
+    def gateway_names_are_unique(cls, gateways: list[str] | None) -> list[str] | None:
+        _no_duplicates(gateways or [], "gateway")
+        return gateways
 
     @field_validator("models")
     @classmethod

@@ -30,10 +30,9 @@ def twin_identity(flow: str) -> str:
 
 
 def twin_update_topic(identity: str, thing: str) -> str:
-    """Where a flow publishes updates of `thing` (the identity is for the gateway-in-topic
-    layout another change may introduce)."""
-    del identity
-    return f"spine/things/{thing}/twin"
+    """Where a flow publishes updates of `thing`: the topic names its identity, as a gateway's
+    does, so the twin takes the identity from the topic (docs/protocol.md)."""
+    return f"spine/gateways/{identity}/things/{thing}/twin"
 
 
 def twin_ack_topic(identity: str) -> str:

@@ -14,8 +14,10 @@ from typing import Any
 from spine_runtime.gateway.values import JsonValue, UpdateDraft
 
 
-def twin_topic(thing: str) -> str:
-    return f"spine/things/{thing}/twin"
+def twin_topic(gateway: str, thing: str) -> str:
+    """The gateway's own update topic: the broker lets only this gateway publish there, so the
+    twin knows who sent an update (docs/protocol.md)."""
+    return f"spine/gateways/{gateway}/things/{thing}/twin"
 
 
 def desired_topic(thing: str) -> str:

@@ -171,7 +171,7 @@ class Sender:
             source_time=update.source_time,
             gap="refused by the broker; kept as a dead letter by the gateway" if gap else None,
         )
-        mid = self.link.publish(twin_topic(update.thing), payload, qos)
+        mid = self.link.publish(twin_topic(self.config.name, update.thing), payload, qos)
         if mid is None:
             return False
         if qos > 0:  # only QoS 1 and 2 are acknowledged, and so refused, by the broker

@@ -1,11 +1,16 @@
 """The twin service's Prometheus metrics, one registry per process (served on /metrics).
 
-- `spine_twin_updates_total{result}`: updates by result: accepted, rejected, duplicate, stale.
+- `spine_twin_updates_total{result}`: updates by result: accepted, rejected, duplicate, stale,
+  and unknown_gateway (on the topic of a gateway the twin does not track: not applied, not
+  acknowledged; the gateway sends it again).
+- `spine_twin_source_time_ahead_total`: updates whose spine-source-time was further ahead of the
+  twin's clock than allowed; their receive time was used instead.
 - `spine_twin_update_latency_seconds`: from an update's arrival to its commit (and ack).
 - `spine_twin_commits_total`, `spine_twin_commit_seconds`, `spine_twin_commit_updates`:
   transactions, their duration and how many updates each stored.
 - `spine_twin_things`, `spine_twin_desired_pending`, `spine_twin_desired_failed`: gauges.
-- `spine_twin_errors_suppressed_total`: rejections counted but not published (rate limit).
+- `spine_twin_errors_suppressed_total`: rejections counted but not published (rate limits per
+  thing and overall).
 - `spine_twin_mqtt_connected`, `spine_twin_sse_clients`: gauges.
 """
 
@@ -15,7 +20,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-RESULTS = ("accepted", "rejected", "duplicate", "stale")
+RESULTS = ("accepted", "rejected", "duplicate", "stale", "unknown_gateway")
 
 
 class TwinMetrics:
@@ -32,6 +37,12 @@ class TwinMetrics:
         self.rejected = self.updates.labels("rejected")
         self.duplicate = self.updates.labels("duplicate")
         self.stale = self.updates.labels("stale")
+        self.unknown_gateway = self.updates.labels("unknown_gateway")
+        self.source_time_ahead = Counter(
+            "spine_twin_source_time_ahead",
+            "Updates whose source time was too far ahead; the receive time was used instead.",
+            registry=self.registry,
+        )
         self.update_latency = Histogram(
             "spine_twin_update_latency_seconds",
             "Time from an update's arrival to its commit.",

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 
 from spine_runtime.config.base import MqttSettings
 from spine_runtime.config.twin import IngestSettings
-from spine_runtime.twin.protocol import TWIN_SUBSCRIPTION
+from spine_runtime.twin.protocol import TWIN_SUBSCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class MqttLink:
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
         client.on_message = self._received
+        client.on_subscribe = self._subscribed
         client.on_socket_open = self._socket_opened
         client.on_socket_close = self._socket_closed
         client.on_socket_register_write = self._want_write
@@ -188,7 +189,7 @@ class MqttLink:
         self.generation += 1
         self.connected = True
         self._lost.set()  # wakes `_connect`, which waits for the outcome
-        client.subscribe(TWIN_SUBSCRIPTION, qos=1)
+        client.subscribe([(topic, 1) for topic in TWIN_SUBSCRIPTIONS])
         log.info(
             "Connected to the broker %s:%s (session present: %s)",
             self.settings.host,
@@ -196,6 +197,13 @@ class MqttLink:
             flags.session_present,
         )
         self._on_connected()
+
+    def _subscribed(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any = None
+    ) -> None:
+        for topic, reason in zip(TWIN_SUBSCRIPTIONS, reasons, strict=False):
+            if reason.is_failure:
+                log.error("The broker refused the twin's subscription to %s: %s", topic, reason)
 
     def _disconnected(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None

@@ -1,6 +1,7 @@
 """The MQTT side of docs/protocol.md: read Ditto Protocol updates, write events, commands, acks.
 
-The service reads each message on `spine/things/<thing>/twin` with `read_origin` and
+The service reads each message on `spine/things/<thing>/twin` and on a gateway's
+`spine/gateways/<gateway>/things/<thing>/twin` (`twin_route`) with `read_origin` and
 `read_changes`; `changes_at` (a Ditto path and value into changes) is shared with the HTTP API,
 so both accept the same shapes. The builders produce the payloads the twin publishes.
 """
@@ -17,6 +18,12 @@ from spine_runtime.twin.validation import Rejection
 
 THINGS_PREFIX = "spine/things/"
 TWIN_SUBSCRIPTION = "spine/things/+/twin"
+# A gateway publishes on a topic that names it, and the broker's ACL lets each gateway login
+# publish only below its own name: so the name the twin reads from the topic is authenticated,
+# unlike a header, which any publisher can write.
+GATEWAY_TWIN_SUBSCRIPTION = "spine/gateways/+/things/+/twin"
+TWIN_SUBSCRIPTIONS = (TWIN_SUBSCRIPTION, GATEWAY_TWIN_SUBSCRIPTION)
+SEQUENCE_HEADERS = ("spine-gateway", "spine-epoch", "spine-seq")
 COMMANDS = ("modify", "merge")
 # Keys the twin writes beside `value`; a client may send them back (a PUT of what it read), and
 # they are ignored rather than refused.
@@ -38,16 +45,42 @@ def ack_topic(gateway: str) -> str:
     return f"spine/gateways/{gateway}/acks"
 
 
+def gateway_twin_topic(gateway: str, thing: str) -> str:
+    return f"spine/gateways/{gateway}/things/{thing}/twin"
+
+
 def thing_name_of(topic: str) -> str | None:
-    """`press-1` for `spine/things/press-1/twin`; None for anything else."""
+    """`press-1` for `spine/things/press-1/twin` and for
+    `spine/gateways/<gateway>/things/press-1/twin`; None for anything else."""
+    route = twin_route(topic)
+    return None if route is None else route[1]
+
+
+def twin_route(topic: str) -> tuple[str | None, str] | None:
+    """(gateway or None, thing) of an update's topic; None if it is not an update topic.
+
+    The gateway is taken from the topic only (the broker enforces who may publish there); a
+    name that is not a gateway name counts as no update topic.
+    """
     parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != "spine" or parts[1] != "things" or parts[3] != "twin":
-        return None
-    return parts[2] or None
+    if len(parts) == 4 and parts[0] == "spine" and parts[1] == "things" and parts[3] == "twin":
+        return (None, parts[2]) if parts[2] else None
+    if (
+        len(parts) == 6
+        and parts[0] == "spine"
+        and parts[1] == "gateways"
+        and parts[3] == "things"
+        and parts[5] == "twin"
+        and parts[4]
+        and GATEWAY_PATTERN.fullmatch(parts[2])
+    ):
+        return parts[2], parts[4]
+    return None
 
 
-def read_origin(document: dict[str, Any]) -> Origin:
-    """The `spine-*` and correlation headers of an update."""
+def read_origin(document: dict[str, Any], gateway: str | None = None) -> Origin:
+    """The `spine-*` and correlation headers of an update that came on the topic of `gateway`
+    (None: the plain thing topic, whose publishers get no sequence numbers)."""
     headers = document.get("headers", {})
     if headers is None:
         headers = {}
@@ -71,19 +104,29 @@ def read_origin(document: dict[str, Any]) -> Origin:
                 field="/headers/spine-source-time",
             ) from None
         origin.source_time = source_time
-    gateway = headers.get("spine-gateway")
     if gateway is None:
+        for name in SEQUENCE_HEADERS:
+            if name in headers:
+                raise Rejection(
+                    f"{name} is honoured only on a gateway's own topic, "
+                    "spine/gateways/<gateway>/things/<thing>/twin, where the broker vouches "
+                    "for the gateway; updates on spine/things/<thing>/twin get no sequence "
+                    "numbers or acks",
+                    field=f"/headers/{name}",
+                )
         return origin
-    if not isinstance(gateway, str) or not GATEWAY_PATTERN.fullmatch(gateway):
+    claimed = headers.get("spine-gateway")
+    if claimed is not None and claimed != gateway:
         raise Rejection(
-            "spine-gateway must be a gateway name (letters, digits, '.', '_', '-')",
+            f"spine-gateway {str(claimed)[:100]!r} is not the gateway {gateway!r} whose topic "
+            "the update came on",
             field="/headers/spine-gateway",
         )
     epoch = headers.get("spine-epoch")
     if not isinstance(epoch, str) or not EPOCH_PATTERN.fullmatch(epoch):
         raise Rejection(
             "spine-epoch must be a string of 1 to 128 printable characters on an "
-            "update with spine-gateway",
+            "update on a gateway's topic",
             field="/headers/spine-epoch",
         )
     seq = headers.get("spine-seq")
@@ -91,7 +134,7 @@ def read_origin(document: dict[str, Any]) -> Origin:
         seq = int(seq)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
         raise Rejection(
-            "spine-seq must be a positive integer on an update with spine-gateway",
+            "spine-seq must be a positive integer on an update on a gateway's topic",
             field="/headers/spine-seq",
         )
     origin.gateway, origin.epoch, origin.seq = gateway, epoch, seq

@@ -185,7 +185,11 @@ class Thing:
 
 
 def apply_changes(
-    thing: Thing, changes: list[Change], origin: Origin, now: float
+    thing: Thing,
+    changes: list[Change],
+    origin: Origin,
+    now: float,
+    source_time_limit: float | None = None,
 ) -> Outcome | None:
     """Apply validated changes; None if every one was stale (nothing changed).
 
@@ -193,8 +197,10 @@ def apply_changes(
     until it has been sent.
 
     A reported value whose source time is older than the one held is stale and skipped, so a
-    replayed or late message never turns a value back (docs/protocol.md). A reported value equal
-    to a pending or failed desired one marks that desired value reached.
+    replayed or late message never turns a value back (docs/protocol.md). A held source time
+    beyond `source_time_limit` (now plus the clock skew allowed; one stored before that bound
+    existed) does not count, so it cannot hold a value back. A reported value equal to a
+    pending or failed desired one marks that desired value reached.
     """
     stamp = format_time(now)
     applied: list[tuple[Change, bool]] = []  # (change, value existed before)
@@ -218,7 +224,12 @@ def apply_changes(
             applied.append((change, existed))
             continue
         held = thing.source_epochs.get(change.feature)
-        if origin.source_epoch is not None and held is not None and origin.source_epoch < held:
+        if (
+            origin.source_epoch is not None
+            and held is not None
+            and origin.source_epoch < held
+            and (source_time_limit is None or held <= source_time_limit)
+        ):
             continue
         properties = entry["properties"]
         existed = "value" in properties

@@ -63,9 +63,10 @@ UPSERT_SEQUENCE = (
     "updated = excluded.updated"
 )
 
-# A gateway never has more than this many updates in flight beyond its acknowledged one; a
-# sequence number further ahead is refused rather than remembered, which bounds memory.
-MAX_SEQUENCE_WINDOW = 1_000_000
+# A gateway never has more than its `publish.maxInFlight` (at most 100,000) updates in flight
+# beyond its acknowledged one; a sequence number further ahead is refused rather than
+# remembered, which bounds the numbers kept per epoch (and what each commit serialises).
+MAX_SEQUENCE_WINDOW = 200_000
 # Epochs remembered per gateway: a gateway starts a new one only when its disk queue is wiped.
 EPOCHS_KEPT = 4
 
@@ -141,6 +142,9 @@ class TwinStore:
         self.synchronous = synchronous
         self.things: dict[str, Thing] = {}
         self.sequences: dict[tuple[str, str], SequenceTracker] = {}
+        # The epochs kept per gateway, so a new epoch's bookkeeping costs O(EPOCHS_KEPT), not
+        # O(every gateway's epochs).
+        self.epochs_of: dict[str, set[str]] = {}
         # Desired values waiting for a matching report (epoch of `since`), and failed ones.
         self.pending_desired: dict[tuple[str, str], float] = {}
         self.failed_desired: set[tuple[str, str]] = set()
@@ -186,6 +190,7 @@ class TwinStore:
             self._stored[thing_id] = (revision, created, modified, orjson.loads(features))
         for gateway, epoch, acked, above, updated in sequence_rows:
             self.sequences[gateway, epoch] = SequenceTracker(acked, orjson.loads(above), updated)
+            self.epochs_of.setdefault(gateway, set()).add(epoch)
         log.info(
             "Opened %s: %d things, %d gateway epochs", self.path, len(rows), len(sequence_rows)
         )
@@ -292,27 +297,43 @@ class TwinStore:
         tracker = self.sequences.get(key)
         if tracker is None:
             tracker = self.sequences[key] = SequenceTracker(updated=now)
+            self.epochs_of.setdefault(origin.gateway, set()).add(origin.epoch)
             self._drop_old_epochs(origin.gateway)
         tracker.record(origin.seq)
         tracker.updated = now
         self._dirty_sequences.add(key)
         self._acks_due.add(key)
 
+    def tracks(self, gateway: str) -> bool:
+        """Whether sequence numbers of this gateway are kept (in memory now)."""
+        return gateway in self.epochs_of
+
+    def tracked_gateways(self) -> int:
+        return len(self.epochs_of)
+
     def _drop_old_epochs(self, gateway: str) -> None:
-        epochs = sorted(
-            (tracker.updated, key) for key, tracker in self.sequences.items() if key[0] == gateway
-        )
-        for _, key in epochs[:-EPOCHS_KEPT]:
+        kept = self.epochs_of[gateway]
+        if len(kept) <= EPOCHS_KEPT:
+            return
+        epochs = sorted((self.sequences[gateway, epoch].updated, epoch) for epoch in kept)
+        for _, epoch in epochs[:-EPOCHS_KEPT]:
+            key = (gateway, epoch)
+            kept.discard(epoch)
             del self.sequences[key]
             self._dirty_sequences.discard(key)
             self._acks_due.discard(key)
             self._dropped_sequences.append(key)
 
     def apply(
-        self, thing: Thing, changes: list[Change], origin: Origin, now: float
+        self,
+        thing: Thing,
+        changes: list[Change],
+        origin: Origin,
+        now: float,
+        source_time_limit: float | None = None,
     ) -> Outcome | None:
         """Apply validated changes to a thing and record the update as processed."""
-        outcome = apply_changes(thing, changes, origin, now)
+        outcome = apply_changes(thing, changes, origin, now, source_time_limit)
         self.record_processed(origin, now)
         if outcome is not None:
             self._changed(thing, outcome)
