@@ -23,6 +23,7 @@ import contextlib
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,7 @@ class FlowLink:
             log.debug("Disconnect of %s: %s", self.client._client_id, error)
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
+        self._cork(client._connection._protocol)
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
@@ -147,6 +149,32 @@ class FlowLink:
         self.connected.set()
         self._flush_waiting()
         self._update_window()
+
+    @staticmethod
+    def _cork(protocol: Any) -> None:
+        """Coalesce the packets written in one turn of the event loop into one write: gmqtt
+        writes each packet at once, a send() per PUBLISH and per PUBACK, which cost more than
+        everything else a simple flow does (benchmarks/reports/flow.md)."""
+        if getattr(protocol, "_spine_corked", False):
+            return
+        loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+
+        def flush() -> None:
+            transport = protocol._transport
+            data = b"".join(chunks)
+            chunks.clear()
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+                protocol._connection._last_data_out = time.monotonic()
+
+        def write_data(data: bytes) -> None:
+            if not chunks:
+                loop.call_soon(flush)
+            chunks.append(bytes(data))
+
+        protocol.write_data = write_data
+        protocol._spine_corked = True
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
