@@ -225,14 +225,23 @@ class FlowLink:
     # Publishing --------------------------------------------------------------------------
 
     def room(self) -> int:
-        limit = self._handler.id_generator._max - WINDOW_MARGIN
-        return limit - len(self.pending) - len(self.waiting)
+        return self._window() - len(self.pending) - len(self.waiting)
 
     def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, done: Callable[[bool], None]
     ) -> None:
-        """Send now (the caller checked `room()` for QoS 1); `done` reports the outcome."""
-        self._send(Outgoing(topic, payload, qos, retain, done))
+        """Send now, or when the broker's window has room (QoS 1, in order); `done` reports
+        the outcome."""
+        item = Outgoing(topic, payload, qos, retain, done)
+        if qos and (self.waiting or len(self.pending) >= self._window()):
+            # Checked before gmqtt builds the packet: an OverflowError would cost a build.
+            self.waiting.append(item)
+            self._update_window()
+            return
+        self._send(item)
+
+    def _window(self) -> int:
+        return int(self._handler.id_generator._max) - WINDOW_MARGIN
 
     def _send(self, item: Outgoing) -> None:
         if not self.connected.is_set() and item.qos == 0:
@@ -273,7 +282,7 @@ class FlowLink:
         self._flush_waiting()
 
     def _flush_waiting(self) -> None:
-        limit = self._handler.id_generator._max - WINDOW_MARGIN
+        limit = self._window()
         while self.waiting and self.connected.is_set() and len(self.pending) < limit:
             item = self.waiting.popleft()
             before = len(self.waiting)
