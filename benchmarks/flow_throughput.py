@@ -6,7 +6,8 @@ fixed rate from this process (gmqtt, the engine's own link, on uvloop); the C `m
 receives them with a nanosecond timestamp per message (`-F '%U %p'`), so lost messages are
 counted by sequence number at the receiver and latency is receive time - send time. Figures:
 
-  * per QoS and target rate: achieved rate, lost, engine CPU per message, p50/p99 latency;
+  * per QoS and target rate: published and delivered rates, lost, engine CPU per message,
+    p50/p99 latency;
     the highest rate with 0 lost is the "max";
   * the driver's own ceiling: the same publisher and receiver with no engine in between
     (publisher -> broker -> mosquitto_sub on the output topic);
@@ -403,11 +404,11 @@ def write_report(
         lines.append(
             f"| QoS {qos}: ≥ {target} msg/s with 0 lost | "
             + (
-                f"{top.achieved:.0f} msg/s at {top.cpu_us:.1f} µs CPU/msg"
+                f"{top.delivered_per_second:.0f} msg/s delivered at {top.cpu_us:.1f} µs CPU/msg"
                 if top and top.cpu_us
                 else "no rate without loss"
             )
-            + (f" (driver ceiling {ceiling.achieved:.0f})" if ceiling else "")
+            + (f" (driver ceiling {ceiling.delivered_per_second:.0f})" if ceiling else "")
             + " |"
         )
     for run in steady:
