@@ -25,7 +25,7 @@ from spine_runtime.flow.engine import FlowEngine
 log = logging.getLogger("spine_runtime.flow")
 
 CONFIG_POLL_SECONDS = 0.25
-QUIET_LOGGERS = {"gmqtt": logging.ERROR, "httpx": logging.WARNING}
+QUIET_LOGGERS = {"gmqtt": logging.ERROR}
 
 
 async def run(config_path: Path) -> int:
