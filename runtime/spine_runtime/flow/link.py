@@ -93,6 +93,8 @@ class FlowLink:
         self.client.on_message = self._on_qos0
         handler = self.client._package_handler
         handler._handle_qos_1_publish_packet = self._on_qos1
+        self._gmqtt_publish_packet = handler._handle_publish_packet
+        handler._handle_publish_packet = self._on_publish_packet
         handler._handle_puback_packet = self._on_puback
         self._handler = handler
         self._ssl: ssl.SSLContext | bool = (
@@ -206,6 +208,31 @@ class FlowLink:
         return getattr(connection, "_transport", None) if connection is not None else None
 
     # Receiving ---------------------------------------------------------------------------
+
+    def _on_publish_packet(self, cmd: int, raw: bytes) -> None:
+        """A PUBLISH, parsed here rather than by gmqtt's generic handler (its property
+        parsing and debug logging were the largest part of the engine's receive cost).
+        What this does not expect (QoS 2, a topic alias) goes to gmqtt's handler."""
+        qos = (cmd & 0x06) >> 1
+        topic_length = int.from_bytes(raw[0:2], "big")
+        if qos == 2 or topic_length == 0:
+            self._gmqtt_publish_packet(cmd, raw)
+            return
+        position = 2 + topic_length
+        mid = None
+        if qos:
+            mid = int.from_bytes(raw[position : position + 2], "big")
+            position += 2
+        length, shift = 0, 0  # MQTT v5: the properties' length, a variable byte integer
+        while True:
+            byte = raw[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        topic = raw[2 : 2 + topic_length].decode("utf-8", "replace")
+        self.on_message(Received(topic, raw[position + length :], qos, mid, self.generation))
 
     def _on_qos0(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: Any
