@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from spine_operator.api.twinmodel import TwinModelSpec
-from tests.support.flow import Collector, publish_all, start_flow_engine
+from tests.support.flow import Collector, FlowEngineHandle, publish_all, start_flow_engine
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import free_port, wait_until
 from tests.support.twin import start_twin
@@ -290,3 +290,31 @@ async def test_twin_sink_writes_a_property_the_twin_acknowledges(
     finally:
         engine.stop()
         twin.stop()
+
+
+async def test_two_replicas_split_a_flows_input(
+    tmp_path: Path, broker: LocalBroker, collector_factory: Any
+):
+    first = await start_flow_engine(tmp_path / "one", broker, [relay("split")])
+    config = json.loads(json.dumps(first.config))
+    config["instance"] = "replica-2"
+    second = FlowEngineHandle(
+        tmp_path / "two", {}, free_port(), broker=broker, device_password=first.device_password
+    )
+    second.state_dir.mkdir(parents=True)
+    config["http"]["port"] = second.port
+    second.write_config(config)
+    second.start()
+    out = collector_factory(["spine/flows/split/out"])
+    try:
+        publish_all(first, "in/split", numbered(2000))
+        wait_until(
+            lambda: seqs(out, "spine/flows/split/out") == set(range(2000)),
+            30,
+            "every message from one of the replicas",
+        )
+        shares = [engine.flow_status("split")["received"] for engine in (first, second)]
+        assert all(share > 0 for share in shares) and sum(shares) >= 2000, shares
+    finally:
+        first.stop()
+        second.stop()

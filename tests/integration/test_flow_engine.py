@@ -297,3 +297,39 @@ async def test_http_source(tmp_path: Path, broker: LocalBroker):
     finally:
         collector.stop()
         engine.stop()
+
+
+async def test_drop_counts_and_a_flow_that_cannot_start_leaves_the_others_running(
+    tmp_path: Path, broker: LocalBroker
+):
+    dropping = alarm_flow(
+        "quiet",
+        onError="drop",
+        steps=[
+            {"name": "ratio", "transform": {"expression": '{"thing": thing, "r": value / "x"}'}}
+        ],
+    )
+    broken = alarm_flow("broken")
+    engine = await start_flow_engine(tmp_path / "engine", broker, [dropping, broken], wait=False)
+    collector = Collector(broker, ["spine/flows/#"])
+    try:
+        # The broken flow's password file disappears (a Secret not mounted): the engine
+        # restarts with the same document and runs what it can.
+        Path(engine.config["flows"][1]["login"]["passwordFile"]).unlink()
+        engine.stop()
+        engine.start(wait=False)
+        wait_until(lambda: engine.status()["missing"] == ["broken"], 20, "broken reported missing")
+        wait_until(lambda: engine.flow_status("quiet")["connected"], 20, "quiet to connect")
+        publish_all(engine, "plant/press-1/temperature", [reading("press-1", 99)])
+        wait_until(lambda: engine.flow_status("quiet")["dropped"] == 1, 10, "the drop counted")
+        assert engine.flow_status("quiet")["lastError"]["step"] == "ratio"
+        wait_until(
+            lambda: engine.metric("spine_flow_dropped_total", flow="quiet", step="ratio") == 1,
+            5,
+            "the drop in /metrics",
+        )
+        assert collector.on("spine/flows/quiet/deadletter") == []
+        assert "Cannot start flow broken" in engine.log()
+    finally:
+        collector.stop()
+        engine.stop()

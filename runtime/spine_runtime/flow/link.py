@@ -23,6 +23,7 @@ import contextlib
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,8 @@ class FlowLink:
         self.client.on_message = self._on_qos0
         handler = self.client._package_handler
         handler._handle_qos_1_publish_packet = self._on_qos1
+        self._gmqtt_publish_packet = handler._handle_publish_packet
+        handler._handle_publish_packet = self._on_publish_packet
         handler._handle_puback_packet = self._on_puback
         self._handler = handler
         self._ssl: ssl.SSLContext | bool = (
@@ -133,6 +136,7 @@ class FlowLink:
             log.debug("Disconnect of %s: %s", self.client._client_id, error)
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
+        self._cork(client._connection._protocol)
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
@@ -147,6 +151,32 @@ class FlowLink:
         self.connected.set()
         self._flush_waiting()
         self._update_window()
+
+    @staticmethod
+    def _cork(protocol: Any) -> None:
+        """Coalesce the packets written in one turn of the event loop into one write: gmqtt
+        writes each packet at once, a send() per PUBLISH and per PUBACK, which cost more than
+        everything else a simple flow does (benchmarks/reports/flow.md)."""
+        if getattr(protocol, "_spine_corked", False):
+            return
+        loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+
+        def flush() -> None:
+            transport = protocol._transport
+            data = b"".join(chunks)
+            chunks.clear()
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+                protocol._connection._last_data_out = time.monotonic()
+
+        def write_data(data: bytes) -> None:
+            if not chunks:
+                loop.call_soon(flush)
+            chunks.append(bytes(data))
+
+        protocol.write_data = write_data
+        protocol._spine_corked = True
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
@@ -179,6 +209,31 @@ class FlowLink:
 
     # Receiving ---------------------------------------------------------------------------
 
+    def _on_publish_packet(self, cmd: int, raw: bytes) -> None:
+        """A PUBLISH, parsed here rather than by gmqtt's generic handler (its property
+        parsing and debug logging were the largest part of the engine's receive cost).
+        What this does not expect (QoS 2, a topic alias) goes to gmqtt's handler."""
+        qos = (cmd & 0x06) >> 1
+        topic_length = int.from_bytes(raw[0:2], "big")
+        if qos == 2 or topic_length == 0:
+            self._gmqtt_publish_packet(cmd, raw)
+            return
+        position = 2 + topic_length
+        mid = None
+        if qos:
+            mid = int.from_bytes(raw[position : position + 2], "big")
+            position += 2
+        length, shift = 0, 0  # MQTT v5: the properties' length, a variable byte integer
+        while True:
+            byte = raw[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        topic = raw[2 : 2 + topic_length].decode("utf-8", "replace")
+        self.on_message(Received(topic, raw[position + length :], qos, mid, self.generation))
+
     def _on_qos0(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: Any
     ) -> None:
@@ -197,14 +252,23 @@ class FlowLink:
     # Publishing --------------------------------------------------------------------------
 
     def room(self) -> int:
-        limit = self._handler.id_generator._max - WINDOW_MARGIN
-        return limit - len(self.pending) - len(self.waiting)
+        return self._window() - len(self.pending) - len(self.waiting)
 
     def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, done: Callable[[bool], None]
     ) -> None:
-        """Send now (the caller checked `room()` for QoS 1); `done` reports the outcome."""
-        self._send(Outgoing(topic, payload, qos, retain, done))
+        """Send now, or when the broker's window has room (QoS 1, in order); `done` reports
+        the outcome."""
+        item = Outgoing(topic, payload, qos, retain, done)
+        if qos and (self.waiting or len(self.pending) >= self._window()):
+            # Checked before gmqtt builds the packet: an OverflowError would cost a build.
+            self.waiting.append(item)
+            self._update_window()
+            return
+        self._send(item)
+
+    def _window(self) -> int:
+        return int(self._handler.id_generator._max) - WINDOW_MARGIN
 
     def _send(self, item: Outgoing) -> None:
         if not self.connected.is_set() and item.qos == 0:
@@ -245,7 +309,7 @@ class FlowLink:
         self._flush_waiting()
 
     def _flush_waiting(self) -> None:
-        limit = self._handler.id_generator._max - WINDOW_MARGIN
+        limit = self._window()
         while self.waiting and self.connected.is_set() and len(self.pending) < limit:
             item = self.waiting.popleft()
             before = len(self.waiting)

@@ -25,7 +25,7 @@ from spine_runtime.flow.engine import FlowEngine
 log = logging.getLogger("spine_runtime.flow")
 
 CONFIG_POLL_SECONDS = 0.25
-QUIET_LOGGERS = {"gmqtt": logging.ERROR, "httpx": logging.WARNING}
+QUIET_LOGGERS = {"gmqtt": logging.ERROR}
 
 
 async def run(config_path: Path) -> int:
@@ -58,12 +58,23 @@ async def run(config_path: Path) -> int:
 
 
 def run_on_fastest_loop(main: Coroutine[Any, Any, int]) -> int:
-    """uvloop where it is installed (a dependency; not on every platform), else asyncio's."""
+    """uvloop where it is installed (a dependency; not on every platform), else asyncio's.
+    With SPINE_FLOW_PROFILE=<file>, the run is profiled (cProfile) into that file: how the
+    benchmark report says where the time goes."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover
         return asyncio.run(main)
-    return int(uvloop.run(main))
+    profile_path = os.environ.get("SPINE_FLOW_PROFILE")
+    if not profile_path:
+        return int(uvloop.run(main))
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return int(profiler.runcall(uvloop.run, main))
+    finally:
+        profiler.dump_stats(profile_path)
 
 
 def main(argv: list[str]) -> int:

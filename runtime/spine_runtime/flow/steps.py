@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import jsonschema
 import orjson
 
 from spine_runtime.config.flow import Step
 from spine_runtime.flow.expressions import Expression, ExpressionError, truthy
+from spine_runtime.flow.http import HttpClient, HttpFailure
 from spine_runtime.flow.units import converter
 
 # (origin, message); the origin is None for a message a window emitted. A step does not
@@ -385,7 +385,7 @@ class CallRunner(StepRunner):
         self.result = self.expression(step, "result")
         self.retries = call.retries
         self.backoff = call.backoff_seconds
-        self.client = httpx.AsyncClient(timeout=call.timeout_seconds)
+        self.client = HttpClient(call.timeout_seconds)
         self.calls = 0
 
     async def run_async(self, pairs: list[Pair], fail: Fail) -> list[Pair]:
@@ -416,28 +416,20 @@ class CallRunner(StepRunner):
                 delay *= 2
             self.calls += 1
             try:
-                if self.method == "GET":
-                    response = await self.client.get(self.url)
-                else:
-                    response = await self.client.request(
-                        self.method,
-                        self.url,
-                        content=orjson.dumps(body),
-                        headers={"Content-Type": "application/json"},
-                    )
-            except httpx.TimeoutException:
-                reason = f"call to {self.url} timed out"
+                status, content = await self.client.request(
+                    self.method, self.url, None if self.method == "GET" else orjson.dumps(body)
+                )
+            except HttpFailure as error:
+                timed_out = "timed out" if error.timed_out else f"failed: {error}"
+                reason = f"call to {self.url} {timed_out}"
                 continue
-            except httpx.HTTPError as error:
-                reason = f"call to {self.url} failed: {error}"
+            if status >= 500 or status == 429:
+                reason = f"call to {self.url} answered {status}"
                 continue
-            if response.status_code >= 500 or response.status_code == 429:
-                reason = f"call to {self.url} answered {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                return False, f"call to {self.url} answered {response.status_code}"
+            if status >= 400:
+                return False, f"call to {self.url} answered {status}"
             try:
-                data = orjson.loads(response.content) if response.content else None
+                data = orjson.loads(content) if content else None
             except orjson.JSONDecodeError:
                 return False, f"call to {self.url} answered with a body that is not JSON"
             try:
@@ -447,7 +439,7 @@ class CallRunner(StepRunner):
         return False, f"{reason} ({self.retries + 1} attempts)"
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
 
 RUNNERS: dict[str, type[StepRunner]] = {
