@@ -132,9 +132,32 @@ async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
             ready_gateways.discard(key)
             reports.pop(key, None)
         url = CONTEXT.environment.gateway_url(namespace, name)
-        new_status = gateway_status(
-            body, GATEWAYS.outcomes.get(key), statefulset, reports.get(key), url
-        )
+        report = reports.get(key)
+        new_status = gateway_status(body, GATEWAYS.outcomes.get(key), statefulset, report, url)
+        last = cond.find((body.get("status") or {}).get("conditions"), cond.CONNECTED) or {}
+        if (
+            report is None
+            and key in ready_gateways
+            and last.get("reason")
+            not in (
+                None,
+                cond.AWAITING_STATUS,
+            )
+        ):
+            # A restarted operator has not polled yet: the last process's report (conditions
+            # and figures) stands until this one's first poll, not a flip to AwaitingStatus.
+            new_status = {
+                "conditions": [
+                    c
+                    for c in new_status["conditions"]
+                    if c["type"] not in (cond.CONNECTED, cond.DEGRADED)
+                ],
+                **(
+                    {"observedGeneration": new_status["observedGeneration"]}
+                    if "observedGeneration" in new_status
+                    else {}
+                ),
+            }
         await write_status(k8s, GATEWAY.kind, body, new_status)
 
 
