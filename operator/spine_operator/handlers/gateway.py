@@ -484,6 +484,10 @@ async def refresh_gateway_status(k8s: Kubernetes, namespace: str, name: str) -> 
         outcome = _outcomes.get(key)
         url = CONTEXT.environment.gateway_url(namespace, name)
         status = body.get("status") or {}
+        if outcome is None and status.get("conditions"):
+            # Not reconciled by this process yet (it just started): the last report stands
+            # until the resumed reconcile writes a new one, instead of a false Ready=False.
+            return
         merged = cond.merge_conditions(
             status.get("conditions"), gateway_conditions(body, outcome, statefulset, report, url)
         )

@@ -350,8 +350,12 @@ async def refresh_spine_status(k8s: Kubernetes, namespace: str, name: str) -> No
                 statefulset = None  # another Spine's workload says nothing about this one
             statefulsets.append(statefulset)
         outcome = _outcomes.get((namespace, name))
-        found, broker_status, twin_status = spine_conditions(body, outcome, *statefulsets)
         status = body.get("status") or {}
+        if outcome is None and status.get("conditions"):
+            # Not reconciled by this process yet (it just started): the last report stands
+            # until the resumed reconcile writes a new one, instead of a false Ready=False.
+            return
+        found, broker_status, twin_status = spine_conditions(body, outcome, *statefulsets)
         merged = cond.merge_conditions(status.get("conditions"), found)
         new_status: dict[str, Any] = {
             "conditions": merged,
