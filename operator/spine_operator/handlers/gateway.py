@@ -488,14 +488,21 @@ async def refresh_gateway_status(k8s: Kubernetes, namespace: str, name: str) -> 
             # Not reconciled by this process yet (it just started): the last report stands
             # until the resumed reconcile writes a new one, instead of a false Ready=False.
             return
-        merged = cond.merge_conditions(
-            status.get("conditions"), gateway_conditions(body, outcome, statefulset, report, url)
+        updates = gateway_conditions(body, outcome, statefulset, report, url)
+        last_connected = cond.find(status.get("conditions"), cond.CONNECTED) or {}
+        # A restarted operator has not polled yet: the last process's report (conditions and
+        # figures) stands until this one's first poll, rather than flipping to AwaitingStatus.
+        keep_last_report = (
+            report is None
+            and key in _ready
+            and last_connected.get("reason") not in (None, cond.AWAITING_STATUS)
         )
+        if keep_last_report:
+            updates = [c for c in updates if c["type"] not in (cond.CONNECTED, cond.DEGRADED)]
+        merged = cond.merge_conditions(status.get("conditions"), updates)
         empty = dict.fromkeys(("connections", "tags", "buffered", "oldestBufferedSeconds"))
-        new_status: dict[str, Any] = {
-            "conditions": merged,
-            **(report.status_fields() if report is not None else {**empty, "publishRate": None}),
-        }
+        figures = report.status_fields() if report is not None else {**empty, "publishRate": None}
+        new_status: dict[str, Any] = {"conditions": merged, **({} if keep_last_report else figures)}
         if outcome is not None:
             new_status["observedGeneration"] = outcome.generation
         CONTEXT.metrics.set_ready(KIND, namespace, name, cond.is_true(merged, cond.READY))
