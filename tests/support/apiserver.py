@@ -381,6 +381,12 @@ class ControlPlane:
         (its Deployment too; nothing runs it here), then wait until the CRDs are served."""
         self.kubectl("apply", "-k", "manifests/")  # the README's install command
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Established, yet a list may still answer 429 while the watch cache initialises.
+        for plural in ("spines", "gateways", "twinmodels"):
+            path = f"{GROUP_PATH}/{plural}"
+            wait_until(
+                lambda path=path: self.api.client.get(path).status_code == 200, 60, f"{path} served"
+            )
         if self.with_controller_manager and self.controller_manager is None:
             # After the CRDs: the garbage collector then watches the Spine kinds from its start.
             self.start_controller_manager()
