@@ -270,7 +270,7 @@ class ControlPlane:
                 f"--tls-private-key-file={certs.server_key}",
                 f"--client-ca-file={certs.ca}",
                 "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.96.0.0/16",  # room for thousands of Services
                 f"--service-account-issuer={self.url}",
                 f"--service-account-key-file={certs.sa_public}",
                 f"--service-account-signing-key-file={certs.sa_key}",
