@@ -20,10 +20,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -289,12 +291,26 @@ def run(spine_count: int, gateway_count: int, profile: Path | None) -> dict[str,
             gateways.start()
             extra = ["--verbose"] if os.environ.get("SPINE_BENCH_VERBOSE") else []
             operator = OperatorProcess(plane, folder / "operator", extra)
-            if profile is not None:
-                operator.process.argv = [
-                    sys.executable, "-m", "cProfile", "-o", str(profile / "operator.prof"),
-                    str(Path(sys.executable).parent / "spine"), *operator.process.argv[1:],
-                ]  # fmt: skip
             operator.start()
+            if profile is not None:  # py-spy samples from outside: little overhead
+                profile.mkdir(parents=True, exist_ok=True)
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(operator.pid),
+                        "--rate",
+                        "50",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(profile / "operator.folded"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip; it ends when the operator does
             results["operator_rss_idle_mib"] = rss_mib(operator.pid)
 
             singles = []
@@ -330,6 +346,7 @@ def run(spine_count: int, gateway_count: int, profile: Path | None) -> dict[str,
             results["gateways_all_ready_s"] = done - started
             results["gateways_operator_cpu_s"] = cpu_seconds(operator.pid) - cpu_before
             results["operator_rss_after_mib"] = rss_mib(operator.pid)
+            results["operator_threads"] = len(list(Path(f"/proc/{operator.pid}/task").iterdir()))
             results["operator_cpu_s"] = cpu_seconds(operator.pid)
             results["apiserver_cpu_s"] = cpu_seconds(plane.apiserver.pid)  # type: ignore[union-attr]
             results["etcd_cpu_s"] = cpu_seconds(plane.etcd.pid)  # type: ignore[union-attr]
@@ -337,8 +354,21 @@ def run(spine_count: int, gateway_count: int, profile: Path | None) -> dict[str,
             # Writes per reconcile of unchanged resources: a restarted operator reconciles
             # every resource again (kopf's resume); nothing changed, so nothing may be written.
             ours = {f"single-{i}" for i in range(5)} | set(names) | {namespace}
+            # Settle first: every Gateway's first runtime poll (a real state change) is written.
+            gateway_list = f"{GROUP}/namespaces/{namespace}/gateways"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and any(
+                (condition(item, "Connected") or {}).get("reason") == "AwaitingStatus"
+                for item in plane.api.get(gateway_list)["items"]  # type: ignore[index]
+            ):
+                time.sleep(0.5)
             operator.stop()
             before = snapshot(plane, ours)
+            statuses = {
+                (item["metadata"]["namespace"], item["metadata"]["name"]): item.get("status")
+                for plural in ("spines", "gateways")
+                for item in plane.api.get(f"{GROUP}/{plural}")["items"]  # type: ignore[index]
+            }
             operator = OperatorProcess(plane, folder / "operator-again", extra).start()
             expected = spine_count + 5 + 1 + gateway_count
             deadline = time.monotonic() + 600
@@ -353,7 +383,16 @@ def run(spine_count: int, gateway_count: int, profile: Path | None) -> dict[str,
             after = snapshot(plane, ours)
             written = sorted(key for key, version in after.items() if before.get(key) != version)
             results["writes_after_resume"] = len(written)
-            results["writes_after_resume_sample"] = written[:12]
+            results["writes_after_resume_by_kind"] = dict(Counter(key[0] for key in written))
+            for plural, ns, name in written[:3]:  # what changed, for the report
+                if plural in ("spines", "gateways"):
+                    now = plane.api.get(custom_path(ns, plural, name)) or {}
+                    was = {
+                        c["type"]: c for c in (statuses.get((ns, name)) or {}).get("conditions", [])
+                    }
+                    for found in (now.get("status") or {}).get("conditions", []):
+                        if was.get(found["type"]) != found:
+                            print("changed", plural, ns, name, was.get(found["type"]), "->", found)
             results["writes_per_unchanged_reconcile"] = len(written) / max(done_count, 1)
             results["marker_patches"] = controller.patches
         finally:
@@ -369,7 +408,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spines", type=int, default=200)
     parser.add_argument("--gateways", type=int, default=200)
-    parser.add_argument("--profile", type=Path, help="write the operator's cProfile here")
+    parser.add_argument("--profile", type=Path, help="py-spy samples of the operator go here")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -401,7 +440,9 @@ def main() -> int:
         "MiB | < 150 MB |",
         f"| writes per reconcile of an unchanged resource (operator restarted: "
         f"{results['resumed_reconciles']:.0f} reconciles, {results['writes_after_resume']} "
-        f"objects written) | {results['writes_per_unchanged_reconcile']:.2f} | 0 |",
+        f"objects written: {results['writes_after_resume_by_kind']}) | "
+        f"{results['writes_per_unchanged_reconcile']:.2f} | 0 |",
+        f"| operator threads after all of it | {results['operator_threads']} | |",
         f"| CPU seconds: operator (Spines / Gateways / all) | "
         f"{results['bulk_operator_cpu_s']:.1f} / {results['gateways_operator_cpu_s']:.1f} / "
         f"{results['operator_cpu_s']:.1f} s | |",
