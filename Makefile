@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 APT_PACKAGES := mosquitto mosquitto-clients haproxy prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && echo sudo -n))
 
-.PHONY: install system-packages test lint unit integration crds golden demo clean helm chart checkov promcheck
+.PHONY: install system-packages test lint unit integration cluster k8s-tools crds golden demo clean helm chart checkov promcheck
 
 system-packages:
 	@missing=""; for program in mosquitto haproxy promtool; do \
@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-test: install lint helm checkov promcheck
+test: install lint k8s-tools helm checkov promcheck
 	$(PYTHON) -m pytest -q
 
 unit: install
@@ -43,6 +43,15 @@ unit: install
 
 integration: install
 	$(PYTHON) -m pytest -q tests/integration
+
+# The real kube-apiserver, etcd and kube-controller-manager for tests/cluster/ (README, "Tests
+# against a real API server"): KUBEBUILDER_ASSETS if it holds them, else built once from
+# tests/k8s/go.mod into ~/.cache/spine-k8s/<version>-<hash>/ (needs Go; about 15 min the first time).
+k8s-tools: install
+	$(PYTHON) tests/k8s/build.py
+
+cluster: install k8s-tools
+	$(PYTHON) -m pytest -q tests/cluster
 
 crds: install
 	$(VENV)/bin/spine render-crds

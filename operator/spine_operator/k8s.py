@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
@@ -196,6 +197,11 @@ class Kubernetes:
             data = response.read()
         except ApiException as error:
             raise _api_error(error) from None
+        except urllib3.exceptions.HTTPError as error:
+            # Refused, reset or timed out: the API server is away (restarting, upgrading).
+            # A retryable ApiError, so handlers retry soon with one clear line, not a traceback.
+            message = f"the API server cannot be reached: {error}"
+            raise ApiError(503, "Unavailable", message) from None
         if response.status >= 400:
             raise _api_error_from(response.status, response.reason, data)
         return json.loads(data) if data else {}

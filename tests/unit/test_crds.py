@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from spine_operator.api.kinds import KINDS
+from spine_operator.api.kinds import KINDS, kind_by_name
 from spine_operator.crdgen import build_crd, render_crd_files
 from tests.support.crd_schema import validate_against_crd
 
@@ -110,3 +110,13 @@ def test_hostile_or_malformed_spines_are_rejected_by_the_schema(spec) -> None:
 
 def test_empty_spec_is_accepted() -> None:
     validate_against_crd("Spine", spine({}))
+
+
+def test_a_free_form_object_keeps_every_nested_field() -> None:
+    """An inline JSON Schema (a Flow's validate step) is preserved whole: a real API server
+    refused its nested fields while the node also said `additionalProperties: true`."""
+    schema = build_crd(kind_by_name("Flow"))["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    step = schema["properties"]["spec"]["properties"]["steps"]["items"]
+    free_form = step["properties"]["validate"]["properties"]["schema"]
+    assert free_form["x-kubernetes-preserve-unknown-fields"] is True
+    assert "additionalProperties" not in free_form and "properties" not in free_form

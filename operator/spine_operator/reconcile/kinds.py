@@ -78,7 +78,11 @@ async def report_spine(k8s: Kubernetes, namespace: str, name: str) -> None:
     """The only writer of a Spine's status: the broker's and the twin's outcomes, live state."""
     async with _status_locks[(SPINE.kind, namespace, name)]:
         body = await k8s.get(API_VERSION, SPINE.kind, namespace, name)
-        if body is None or not_reconciled_yet(SPINES, body):
+        twin_pending = (namespace, TWIN_KEY) not in TWINS.outcomes and bool(
+            (body or {}).get("status", {}).get("conditions")
+        )
+        # Its status has both halves: until this process reconciled both, the last one stands.
+        if body is None or not_reconciled_yet(SPINES, body) or twin_pending:
             return
         broker_sts = await owned_statefulset(k8s, namespace, labels.BROKER_NAME, SPINE.kind, body)
         twin_sts = await owned_statefulset(k8s, namespace, labels.TWIN_NAME, SPINE.kind, body)
