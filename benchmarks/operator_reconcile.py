@@ -452,7 +452,11 @@ def main() -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_report:
-        Path(__file__).parent.joinpath("reports", "operator.md").write_text(report)
+        path = Path(__file__).parent.joinpath("reports", "operator.md")
+        # The hand-written analysis under "## Notes" (profiles, causes) is kept across runs.
+        previous = path.read_text() if path.exists() else ""
+        notes = previous[previous.index("\n## Notes") :] if "\n## Notes" in previous else ""
+        path.write_text(report + notes)
     return 0
 
 
