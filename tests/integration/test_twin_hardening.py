@@ -436,3 +436,25 @@ async def test_a_backtracking_pattern_cannot_block_the_twin(
     )
     gateway.report("press-1", "code", "aa!")
     wait_until(lambda: twin.status()["updates"]["rejected"] == values + 1, 5, "the old model")
+
+
+async def test_a_like_search_cannot_block_the_twin(twin: TwinHandle) -> None:
+    """Reads are open: `like` with many `*` over a long value backtracked for minutes."""
+    value = httpx.put(
+        f"{twin.url}/api/2/things/plant_a:press-1/features/code/properties/value",
+        json="a" * 5000,
+        headers=twin.auth(),
+    )
+    assert value.status_code == 201, value.text
+    started = time.monotonic()
+    found = httpx.get(
+        f"{twin.url}/api/2/search/things",
+        params={"filter": 'like(features/code/properties/value,"' + "*a" * 30 + '*b")'},
+        timeout=30,
+    )
+    assert found.status_code == 200 and found.json() == {"items": []}
+    assert time.monotonic() - started < 2.0
+    assert httpx.get(
+        f"{twin.url}/api/2/search/things",
+        params={"filter": 'like(features/code/properties/value,"a*a")', "fields": "thingId"},
+    ).json() == {"items": [{"thingId": "plant_a:press-1"}]}
