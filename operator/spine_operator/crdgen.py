@@ -66,7 +66,10 @@ def _structural(node: Any) -> Any:
                 }
     if node.get("additionalProperties") is False:
         node.pop("additionalProperties")
-    if node.get("x-kubernetes-preserve-unknown-fields") and node.get("additionalProperties") is True:
+    if (
+        node.get("x-kubernetes-preserve-unknown-fields")
+        and node.get("additionalProperties") is True
+    ):
         # A free-form object (an inline JSON Schema): `additionalProperties: true` beside it made
         # the real API server treat the object's own fields as a map of empty schemas and refuse
         # every nested field (strict field validation), e.g. validate.schema.properties.id.

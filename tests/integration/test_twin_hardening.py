@@ -31,6 +31,7 @@ from tests.support.twin import (
     ensure_gateway_login,
     ensure_login,
     start_twin,
+    storage_path,
 )
 
 pytestmark = pytest.mark.integration
@@ -294,7 +295,8 @@ async def test_forged_trackers_in_an_old_database_leave_room_for_real_gateways(
 ) -> None:
     """A database written while identities came from headers may hold thousands of forged
     names; without a gateway list, they must not use up the room of the real gateways."""
-    old = TwinStore(tmp_path / "twin" / "twin.db")
+    old = TwinStore(storage_path(tmp_path))
+    old.path.parent.mkdir(parents=True, exist_ok=True)
     old.open()
     for index in range(1_000):
         old.record_processed(Origin(gateway=f"forged-{index}", epoch="e", seq=1), 0.0)

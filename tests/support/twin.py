@@ -25,8 +25,11 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from spine_operator.api.spine import SpineSpec
 from spine_operator.broker_admin import BrokerAdmin
-from spine_operator.desired.logins import TWIN_USERNAME, gateway_login, twin_login
+from spine_operator.desired.logins import gateway_login, twin_login
+from spine_operator.desired.twin import twin_config as build_twin_config
+from spine_operator.environment import Environment
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -171,37 +174,42 @@ class TwinHandle:
 def twin_config(
     state_dir: Path,
     broker: LocalBroker,
-    password_file: Path,
-    token_file: Path,
-    admin_token_file: Path,
     port: int,
     models: list[dict[str, Any]],
     things: list[dict[str, Any]],
     namespace: str = DEFAULT_NAMESPACE,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """The config document the operator would render for a local twin."""
-    config: dict[str, Any] = {
-        "namespace": namespace,
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "username": TWIN_USERNAME,
-            "passwordFile": str(password_file),
-            "clientId": "spine-twin",
-        },
-        "http": {"host": "127.0.0.1", "port": port, "adminTokenFile": str(admin_token_file)},
-        "writeTokenFile": str(token_file),
-        "storage": {"path": str(state_dir / "twin.db")},
-        "models": models,
-        "things": things,
-    }
+    """The config document the operator renders for a twin (its own builder, with the local
+    environment's addresses and paths), with the test's models, things and overrides."""
+    env = Environment.for_local(state_dir, broker_port=broker.port, twin_port=port)
+    spec = SpineSpec.model_validate({"twin": {"namespace": namespace}})
+    config: dict[str, Any] = build_twin_config(spec, env, "test", []).to_wire()
+    config["models"], config["things"] = models, things
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}
         else:
             config[key] = value
     return config
+
+
+def storage_path(tmp_path: Path) -> Path:
+    """Where `start_twin(tmp_path, ...)` keeps the twin's database (the builder's local path)."""
+    env = Environment.for_local(tmp_path / "twin", broker_port=0)
+    return Path(env.twin_data_dir) / "twin.db"
+
+
+def secret_files(config: dict[str, Any], password: str, token: str, admin: str) -> None:
+    """The Secrets the twin's pod mounts, as files where the rendered config says they are."""
+    for path, value in (
+        (config["mqtt"]["passwordFile"], password),
+        (config["writeTokenFile"], token),
+        (config["http"]["adminTokenFile"], admin),
+    ):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _secret_file(Path(path), value)
+    Path(config["storage"]["path"]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _secret_file(path: Path, value: str) -> Path:
@@ -227,17 +235,9 @@ async def start_twin(
     token, admin_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     port = free_port()
     config = twin_config(
-        state_dir,
-        broker,
-        password_file=_secret_file(state_dir / "mqtt-password", password),
-        token_file=_secret_file(state_dir / "write-token", token),
-        admin_token_file=_secret_file(state_dir / "admin-token", admin_token),
-        port=port,
-        models=models,
-        things=things,
-        namespace=namespace,
-        **overrides,
+        state_dir, broker, port=port, models=models, things=things, namespace=namespace, **overrides
     )
+    secret_files(config, password, token, admin_token)
     handle = TwinHandle(
         state_dir,
         config,
