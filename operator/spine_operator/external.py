@@ -19,6 +19,17 @@ PUSH_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 _TLS_CONTEXT = ssl.create_default_context()
 
 
+def unreachable_cause(error: httpx.HTTPError) -> str:
+    """Why a runtime could not be reached, in words that stay the same from one attempt to the
+    next: the status carries it, and a message that flips between ConnectError and
+    ConnectTimeout would rewrite the status on every poll with no news in it."""
+    if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
+        return "no answer in time"
+    if isinstance(error, httpx.TransportError):
+        return "no connection"
+    return "HTTP error"
+
+
 @dataclass(frozen=True)
 class PushResult:
     delivered: bool
@@ -35,7 +46,7 @@ async def push_config(base_url: str, token: str, document: str) -> PushResult:
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
     except httpx.HTTPError as error:
-        return PushResult(False, f"{base_url} is not reachable ({type(error).__name__})")
+        return PushResult(False, f"{base_url} is not reachable ({unreachable_cause(error)})")
     if response.status_code == 200:
         applied = response.json().get("applied")
         return PushResult(True, "applied" if applied else "already current")

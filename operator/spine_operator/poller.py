@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from spine_operator.external import unreachable_cause
 from spine_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ async def fetch_report(
         response = await client.get(f"{url}/status", timeout=STATUS_TIMEOUT)
     except httpx.HTTPError as error:
         return RuntimeReport(
-            False, f"{url} is not reachable ({type(error).__name__})"
+            False, f"{url} is not reachable ({unreachable_cause(error)})"
         ), "unreachable"
     if response.status_code != 200:
         return RuntimeReport(False, f"{url}/status answered {response.status_code}"), "invalid"

@@ -132,7 +132,7 @@ async def test_fetch_results_ok_invalid_and_unreachable() -> None:
 
     report, result = await fetch(refuse)
     assert result == "unreachable"
-    assert report.error == f"{URL} is not reachable (ConnectError)"
+    assert report.error == f"{URL} is not reachable (no connection)"
 
 
 async def test_one_poll_reads_every_target_counts_it_and_delivers_the_report() -> None:
@@ -238,3 +238,14 @@ def test_connected_follows_the_report() -> None:
     assert unreachable["Connected"]["status"] == "Unknown"
     assert "is not reachable (ConnectTimeout)" in unreachable["Degraded"]["message"]
     assert lost.status_fields()["buffered"] == 17  # the last known figures stay
+
+
+def test_the_cause_of_an_unreachable_runtime_does_not_flap() -> None:
+    """A refused and a timed-out connect say the same: the status is not rewritten per poll."""
+    from spine_operator.external import unreachable_cause
+
+    request = httpx.Request("GET", URL)
+    refused = unreachable_cause(httpx.ConnectError("refused", request=request))
+    timed_out = unreachable_cause(httpx.ConnectTimeout("slow", request=request))
+    assert refused == timed_out == "no connection"
+    assert unreachable_cause(httpx.ReadTimeout("slow", request=request)) == "no answer in time"
