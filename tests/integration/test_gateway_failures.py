@@ -286,16 +286,19 @@ def run_gateway_with(config: dict[str, Any], tmp_path: Path) -> subprocess.Compl
 def test_a_config_that_cannot_work_stops_the_gateway_with_the_field_named(
     tmp_path, broker, bad_tag, expected
 ) -> None:
+    good = {"name": "t", "connection": "plc", "thing": "press-1", "property": "p"}
     config = gateway_config(
         name="line-1",
         broker=broker,
-        username="u",
+        username="gateway-line-1",
         password_file=tmp_path / "pw",
         buffer_dir=tmp_path / "buffer",
         http_port=free_port(),
         connections=[modbus_connection("plc", free_port())],
-        tags=[{"name": "t", "connection": "plc", "thing": "press-1", "property": "p", **bad_tag}],
+        tags=[{**good, "address": "holding:10", "type": "int16"}],
     )
+    # The operator would refuse this tag; a hand-edited file reaches the gateway all the same.
+    config["tags"] = [{**good, **bad_tag}]
     result = run_gateway_with(config, tmp_path)
     assert result.returncode == 2
     assert expected in result.stderr

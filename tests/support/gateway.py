@@ -37,8 +37,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from spine_operator.api.gateway import GatewaySpec
 from spine_operator.broker_admin import BrokerAdmin
+from spine_operator.desired.gateway import gateway_config as build_gateway_config
 from spine_operator.desired.logins import TWIN_USERNAME, Login, gateway_login, twin_login
+from spine_operator.environment import Environment
 from spine_runtime.gateway.drivers.base import Driver, PollGroup, Reading
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
@@ -204,24 +207,23 @@ def gateway_config(
     namespace: str = NAMESPACE,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """The config document the operator would render for a local gateway."""
-    config: dict[str, Any] = {
-        "name": name,
-        "twinNamespace": namespace,
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "username": username,
-            "passwordFile": str(password_file),
-            "clientId": f"gateway-{name}",
-        },
-        "http": {"host": "127.0.0.1", "port": http_port},
-        "connections": connections,
-        "tags": tags,
-        "publish": {"qos": 1, "heartbeatSeconds": 0},
-        "buffer": {"path": str(buffer_dir)},
-        "resendTimeoutSeconds": 5,
-    }
+    """The config document the operator renders for a gateway with these connections and tags
+    (its own builder, in the local environment), with the test's login file, buffer folder,
+    publish settings (QoS 1, no heartbeat, a 5 s resend) and overrides."""
+    env = Environment.for_local(
+        Path(buffer_dir).parent, broker_port=broker.port, gateway_port=http_port
+    )
+    spec = GatewaySpec.model_validate({"connections": connections, "tags": tags})
+    config: dict[str, Any] = build_gateway_config(spec, env, "test", name, namespace).to_wire()
+    assert config["mqtt"]["username"] == username, "the login the operator would make"
+    # The pod's admin token Secret, as a file where the rendered config says it is.
+    token_file = Path(config["http"]["adminTokenFile"])
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(secrets.token_urlsafe(16))
+    config["mqtt"]["passwordFile"] = str(password_file)
+    config["buffer"]["path"] = str(buffer_dir)
+    config["publish"] = {**config["publish"], "qos": 1, "heartbeatSeconds": 0}
+    config["resendTimeoutSeconds"] = 5
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}
