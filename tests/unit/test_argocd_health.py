@@ -109,7 +109,7 @@ def test_every_kind_has_a_health_check() -> None:
 def test_the_kinds_share_one_body() -> None:
     # One set of rules for all kinds; only the header comment names the kind.
     bodies = {
-        kind: (HEALTH / kind / "health.lua").read_text().split("\n-- The three kinds", 1)[1]
+        kind: (HEALTH / kind / "health.lua").read_text().split("\n-- Every kind shares", 1)[1]
         for kind in kinds()
     }
     assert len(set(bodies.values())) == 1, "the health scripts differ beyond their header"

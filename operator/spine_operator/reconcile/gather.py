@@ -92,8 +92,9 @@ async def gather_spine(k8s: Kubernetes, body: dict[str, Any]) -> broker.SpineInp
     return broker.SpineInputs(body, CONTEXT.environment, admin, tls, existing, pvc, storage_class)
 
 
-async def read_twin_owner(k8s: Kubernetes, namespace: str, _: str) -> dict[str, Any] | None:
-    """The twin aggregate is keyed by namespace; its owner is the namespace's Spine."""
+async def read_namespace_spine(k8s: Kubernetes, namespace: str, _: str) -> dict[str, Any] | None:
+    """What an aggregate (the twin, the flow engine) reads under its lock: it is keyed by
+    namespace, and its owner is the namespace's Spine."""
     return await namespace_spine(k8s, namespace)
 
 

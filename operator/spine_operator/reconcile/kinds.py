@@ -79,7 +79,7 @@ async def report_spine(k8s: Kubernetes, namespace: str, name: str) -> None:
     async with _status_locks[(SPINE.kind, namespace, name)]:
         body = await k8s.get(API_VERSION, SPINE.kind, namespace, name)
         twin_pending = (namespace, TWIN_KEY) not in TWINS.outcomes and bool(
-            (body or {}).get("status", {}).get("conditions")
+            ((body or {}).get("status") or {}).get("conditions")
         )
         # Its status has both halves: until this process reconciled both, the last one stands.
         if body is None or not_reconciled_yet(SPINES, body) or twin_pending:
@@ -214,7 +214,7 @@ SPINES: Reconciler[Any] = Reconciler(
 )
 TWINS: Reconciler[Any] = Reconciler(
     TWIN,
-    read=gather.read_twin_owner,
+    read=gather.read_namespace_spine,
     gather=gather.gather_twin,
     plan=plan_twin,
     report=report_twin,
@@ -228,7 +228,7 @@ GATEWAYS: Reconciler[Any] = Reconciler(
 )
 FLOWS: Reconciler[Any] = Reconciler(
     FLOW_ENGINE,
-    read=gather.read_twin_owner,
+    read=gather.read_namespace_spine,
     gather=gather.gather_flows,
     plan=plan_flows,
     report=report_flows,

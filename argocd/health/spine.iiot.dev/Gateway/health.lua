@@ -3,7 +3,7 @@
 -- without the string library: only base functions and table. Healthy: Ready=True at the current
 -- generation; Progressing: the operator has not caught up, the resource is being deleted, or it
 -- waits for something that comes by itself; Degraded: a person must act (the message says why).
--- The three kinds share this body (tests/unit/test_argocd_health.py checks that they match).
+-- Every kind shares this body: `make chart` writes it from argocd/health/health.lua.in.
 -- Reasons of Ready=False that only a person can clear (conditions.py; the README's tables).
 local NEEDS_A_HUMAN = {
   InvalidSpec = true,
