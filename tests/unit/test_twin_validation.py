@@ -510,3 +510,26 @@ def test_the_operator_lists_gateways_in_the_twin_config_and_they_apply_live() ->
     assert listed.to_wire()["gateways"] == ["line-1", "line-2"]
     # a new Gateway reaches the running twin by config push: no restart of its pod
     assert twin_build.restart_checksum(listed) == twin_build.restart_checksum(unlisted)
+
+
+def test_a_resource_refused_for_its_name_cannot_break_the_twins_config() -> None:
+    """The twin's list of numbered publishers holds only names the plans accept: a Gateway or
+    Flow with a long or dotted name (both valid Kubernetes names) is left out, not rendered
+    into a config the twin would refuse whole."""
+    from spine_operator.desired.twin import numbered_publishers
+
+    def item(name: str, spec: dict | None = None) -> dict:
+        return {"metadata": {"name": name}, "spec": spec or {}}
+
+    twin_sink = {"sinks": [{"twin": {"thing": "id", "property": "p", "value": "v"}}]}
+    listed = numbered_publishers(
+        [item("line-1"), item("g" * 200), item("a.b")],
+        [
+            item("legacy", twin_sink),
+            item("f" * 250, twin_sink),
+            item("x.y", twin_sink),
+            item("no-twin", {"sinks": [{"mqtt": {"topic": "t"}}]}),
+        ],
+    )
+    assert listed == ["flow.legacy", "line-1"]
+    twin_build.twin_config(SpineSpec(), Environment(), "plant-a", [], gateways=listed)  # valid

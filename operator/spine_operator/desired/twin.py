@@ -8,6 +8,7 @@ HTTP settings, storage, and the Secrets it mounts.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -28,6 +29,7 @@ from spine_operator.desired.workload import build_generated_secret
 from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, ReconcileError
 from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.base import DNS_LABEL_PATTERN
 from spine_runtime.config.twin import TwinConfig
 from spine_runtime.flow.twin import twin_identity
 
@@ -318,10 +320,25 @@ def plan_twin(inputs: TwinInputs) -> Plan | Refusal:
 
 
 def numbered_publishers(gateways: list[dict[str, Any]], flows: list[dict[str, Any]]) -> list[str]:
-    """The names under which Gateways and Flows with a twin sink send numbered updates."""
-    names = [item["metadata"]["name"] for item in gateways]
+    """The names under which Gateways and Flows with a twin sink send numbered updates.
+
+    Only names their own plans accept (a Gateway's: a DNS label of at most 38 characters; a
+    Flow's: a DNS label), so a resource refused for its name can never make the twin's config
+    invalid for the whole namespace."""
+    names = [
+        item["metadata"]["name"]
+        for item in gateways
+        if _label(item["metadata"]["name"], labels.GATEWAY_NAME_MAX_LENGTH)
+    ]
     for item in flows:
         sinks = (item.get("spec") or {}).get("sinks") or []
-        if any(isinstance(sink, dict) and sink.get("twin") for sink in sinks):
-            names.append(twin_identity(item["metadata"]["name"]))
+        name = item["metadata"]["name"]
+        if _label(name, 63) and any(isinstance(sink, dict) and sink.get("twin") for sink in sinks):
+            names.append(twin_identity(name))
     return sorted(set(names))
+
+
+def _label(name: Any, longest: int) -> bool:
+    return (
+        isinstance(name, str) and len(name) <= longest and bool(re.match(DNS_LABEL_PATTERN, name))
+    )
