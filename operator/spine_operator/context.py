@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from spine_operator.brokeraccess import BrokerAccess
 from spine_operator.environment import Environment, operator_environment
 from spine_operator.k8s import Kubernetes
+from spine_operator.keyrefresh import KeyRefresher
 from spine_operator.metrics import METRICS, OperatorMetrics
 
 
@@ -20,6 +21,7 @@ class OperatorContext:
     environment: Environment = field(default_factory=operator_environment)
     metrics: OperatorMetrics = METRICS
     retry_delay: float = 30.0  # seconds before a retry when a dependency is missing
+    keys: KeyRefresher = field(default_factory=KeyRefresher)  # each namespace's OIDC keys
     _broker_access: BrokerAccess | None = None
 
     @property

@@ -69,6 +69,26 @@ class Environment:
     flow_port: int = 8080
     flow_config_dir: str = "/etc/spine"
     flow_secrets_dir: str = "/var/run/spine"
+    # The proxy: HAProxy on proxy_port, its supervisor's /status and admin on proxy_admin_port.
+    proxy_host_override: str | None = None  # local: 127.0.0.1
+    proxy_bind_address: str = "0.0.0.0"
+    proxy_port: int = 8443
+    proxy_admin_port: int = 8080
+    proxy_exporter_port: int = 8405
+    proxy_config_dir: str = "/etc/spine"
+    proxy_run_dir: str = "/var/run/spine-proxy"  # haproxy.cfg, key files, master socket
+    proxy_secrets_dir: str = "/var/run/spine"
+    proxy_tls_dir: str = "/etc/spine/tls"
+    haproxy_binary: str = "/usr/sbin/haproxy"
+    catalog_host_override: str | None = None  # local: 127.0.0.1
+    catalog_bind_address: str = "0.0.0.0"
+    catalog_port: int = 8080
+    catalog_config_dir: str = "/etc/spine"
+    catalog_data_dir: str = "/var/lib/spine/catalog"
+    catalog_secrets_dir: str = "/var/run/spine"
+    # Where the backends of serviceRef routes are: a Service's DNS name in a cluster; locally
+    # (`spine up`, tests) a fixed host, the port being the serviceRef's.
+    service_host_override: str | None = None
     operator_namespace: str = "spine-system"
     # Where Prometheus scrapes from: admitted to the runtimes' http port (/metrics), if set.
     monitoring_namespace: str | None = None
@@ -86,11 +106,17 @@ class Environment:
         twin_port: int = 8080,
         gateway_port: int = 8081,
         flow_port: int = 8082,
+        proxy_port: int = 8443,
+        proxy_admin_port: int = 8083,
+        proxy_exporter_port: int = 8405,
+        catalog_port: int = 8084,
     ) -> Environment:
         broker_dir = state_dir / "broker"
         twin_dir = state_dir / "twin"
         gateway_dir = state_dir / "gateways"
         flow_dir = state_dir / "flows"
+        proxy_dir = state_dir / "proxy"
+        catalog_dir = state_dir / "catalog"
         return cls(
             local=True,
             broker_host_override="127.0.0.1",
@@ -119,6 +145,22 @@ class Environment:
             flow_port=flow_port,
             flow_config_dir=str(flow_dir / "config"),
             flow_secrets_dir=str(flow_dir / "secrets"),
+            proxy_host_override="127.0.0.1",
+            proxy_bind_address="127.0.0.1",
+            proxy_port=proxy_port,
+            proxy_admin_port=proxy_admin_port,
+            proxy_exporter_port=proxy_exporter_port,
+            proxy_config_dir=str(proxy_dir / "config"),
+            proxy_run_dir=str(proxy_dir / "run"),
+            proxy_secrets_dir=str(proxy_dir / "secrets"),
+            proxy_tls_dir=str(proxy_dir / "tls"),
+            catalog_host_override="127.0.0.1",
+            catalog_bind_address="127.0.0.1",
+            catalog_port=catalog_port,
+            catalog_config_dir=str(catalog_dir / "config"),
+            catalog_data_dir=str(catalog_dir / "data"),
+            catalog_secrets_dir=str(catalog_dir / "secrets"),
+            service_host_override="127.0.0.1",
         )
 
     def broker_host(self, namespace: str) -> str:
@@ -137,6 +179,25 @@ class Environment:
         """Where the operator reaches the flow engine's /status and /admin/config."""
         host = self.flow_host_override or f"{labels.FLOW_ENGINE_NAME}.{namespace}.svc"
         return f"http://{host}:{self.flow_port}"
+
+    def proxy_url(self, namespace: str) -> str:
+        """Where the operator reaches the proxy supervisor's /status and /admin/config."""
+        host = self.proxy_host_override or f"{labels.PROXY_ADMIN_SERVICE}.{namespace}.svc"
+        return f"http://{host}:{self.proxy_admin_port}"
+
+    def proxy_public_url(self, namespace: str, tls: bool) -> str:
+        """The proxy's routes, as a client inside the cluster calls them."""
+        host = self.proxy_host_override or f"{labels.PROXY_NAME}.{namespace}.svc"
+        return f"{'https' if tls else 'http'}://{host}:{self.proxy_port}"
+
+    def catalog_url(self, namespace: str) -> str:
+        """Where the proxy and the operator reach the catalog (/status, /admin/config)."""
+        host = self.catalog_host_override or f"{labels.CATALOG_NAME}.{namespace}.svc"
+        return f"http://{host}:{self.catalog_port}"
+
+    def service_host(self, namespace: str, service: str) -> str:
+        """A Service of the namespace, as the proxy and the catalog's probes reach it."""
+        return self.service_host_override or f"{service}.{namespace}.svc"
 
     def gateway_directories(self, gateway: str) -> GatewayDirectories:
         """Config, buffer and Secret directories of one gateway, as its process sees them."""

@@ -38,7 +38,8 @@ APPLIED = frozenset({"get", "create", "patch"})  # server-side apply creates a m
 RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
     ("v1", "ConfigMap"): ResourceType("configmaps", APPLIED),
     ("v1", "Secret"): ResourceType("secrets", frozenset({"get", "create"})),
-    ("v1", "Service"): ResourceType("services", APPLIED),
+    # Listed: a ServiceRegistration's spec URL may point at any Service of its namespace.
+    ("v1", "Service"): ResourceType("services", APPLIED | {"list"}),
     ("v1", "PersistentVolumeClaim"): ResourceType(
         "persistentvolumeclaims", frozenset({"get", "patch"})
     ),

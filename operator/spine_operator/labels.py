@@ -37,6 +37,16 @@ FLOW_ENGINE_CONFIG_NAME = "spine-flow-engine-config"
 FLOW_ENGINE_TOKEN_SECRET = "spine-flow-engine-token"
 FLOW_ENGINE_CONFIG_FILE = "flows.json"
 
+PROXY_NAME = "spine-proxy"
+PROXY_ADMIN_SERVICE = "spine-proxy-admin"  # the supervisor's /status, never exposed
+PROXY_CONFIG_NAME = "spine-proxy-config"
+PROXY_CONFIG_FILE = "proxy.json"
+PROXY_TOKEN_SECRET = "spine-proxy-token"
+CATALOG_NAME = "spine-catalog"
+CATALOG_CONFIG_NAME = "spine-catalog-config"
+CATALOG_CONFIG_FILE = "catalog.json"
+CATALOG_TOKEN_SECRET = "spine-catalog-token"
+
 GATEWAY_PREFIX = "spine-gateway-"
 GATEWAY_CONFIG_FILE = "gateway.json"
 GATEWAY_BUFFER_VOLUME = "buffer"
@@ -73,6 +83,16 @@ def gateway_pvc_name(gateway: str, ordinal: int = 0) -> str:
 def login_secret_name(workload: str) -> str:
     """The Secret holding a workload's broker login (see `brokeraccess`)."""
     return f"spine-mqtt-{workload}"
+
+
+def registration_login_secret_name(registration: str, api: str) -> str:
+    """The Secret with an MQTT API's broker login: `<registration>-<api>-mqtt`."""
+    return f"{registration}-{api}-mqtt"
+
+
+def registration_route_name(registration: str, api: str) -> str:
+    """An HTTP API's route on the proxy (its HAProxy backend): `<registration>-<api>`."""
+    return f"{registration}-{api}"
 
 
 def labels(component: str, instance: str, name: str = "spine") -> dict[str, str]:

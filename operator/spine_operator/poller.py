@@ -239,3 +239,53 @@ class RuntimePoller:
                     log.exception("Polling %s %s/%s failed", self.kind, *key)
 
         await asyncio.gather(*(poll(key) for key in list(self.targets())))
+
+
+@dataclass(frozen=True)
+class ProxyReport:
+    """What the proxy supervisor's /status said: each route's health, or that it is away."""
+
+    reachable: bool
+    error: str | None = None
+    ready: bool | None = None
+    routes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    last_error: str | None = None
+
+
+def proxy_report(document: Any) -> ProxyReport:
+    """The report of the proxy's /status ({ready, configDigest, routes[], lastError})."""
+    if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
+        raise ValueError("the answer is not the proxy's /status document")
+    routes = {
+        str(route["name"]): route
+        for route in document["routes"]
+        if isinstance(route, dict) and "name" in route
+    }
+    return ProxyReport(
+        True,
+        ready=bool(document.get("ready")),
+        routes=routes,
+        last_error=_text(document.get("lastError")),
+    )
+
+
+@dataclass(frozen=True)
+class CatalogReport:
+    """What the catalog's /status said of each entry's probe, or that it is away."""
+
+    reachable: bool
+    error: str | None = None
+    ready: bool | None = None
+    entries: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def catalog_report(document: Any) -> CatalogReport:
+    """The report of the catalog's /status ({ready, entries[{id, owner, reachable, detail}]})."""
+    if not isinstance(document, dict) or not isinstance(document.get("entries"), list):
+        raise ValueError("the answer is not the catalog's /status document")
+    entries = {
+        str(entry["id"]): entry
+        for entry in document["entries"]
+        if isinstance(entry, dict) and "id" in entry
+    }
+    return CatalogReport(True, ready=bool(document.get("ready")), entries=entries)

@@ -20,13 +20,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.flow import FlowSpec
 from spine_operator.api.gateway import GatewaySpec
 from spine_operator.api.kinds import API_VERSION, GROUP, kind_by_name
+from spine_operator.api.serviceregistration import ServiceRegistrationSpec
 from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
-from spine_operator.desired import broker, flow, gateway, twin
+from spine_operator.desired import broker, flow, gateway, proxy, twin
 from spine_operator.desired.common import oldest
 from spine_operator.desired.logins import Login, twin_login
 from spine_operator.desired.plan import Plan, Refusal, SecretInput
@@ -174,7 +176,7 @@ def planned(result: Plan | Refusal) -> Plan:
 
 
 def login_placeholder(login: Login) -> SecretInput:
-    return placeholder(labels.login_secret_name(login.username), ("username", "password"))
+    return placeholder(login.secret, ("username", "password"))
 
 
 def plan_spine_offline(body: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
@@ -227,6 +229,54 @@ def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
     return planned(flow.plan_flows(dataclasses.replace(flow_inputs, logins=secrets)))
 
 
+def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    """The namespace's proxy and catalog with every ServiceRegistration (and `auth`): inline
+    specs are validated; specs in ConfigMaps or at URLs are read only by the operator."""
+    namespace = spine["metadata"]["namespace"]
+    registrations = inputs.get("ServiceRegistration", namespace)
+    specs: dict[tuple[str, str], proxy.SpecSource] = {}
+    logins: dict[str, SecretInput] = {}
+    for item in registrations:
+        try:
+            spec = ServiceRegistrationSpec.model_validate(item.get("spec") or {})
+        except ValidationError:
+            continue  # the plan refuses it and says why
+        name = item["metadata"]["name"]
+        for api in spec.apis:
+            if api.spec.value is not None:
+                specs[(name, api.id)] = api.spec.value.encode()
+            if api.access is not None:
+                secret = labels.registration_login_secret_name(name, api.id)
+                logins[secret] = placeholder(secret, ("username", "password"))
+    spine_spec = SpineSpec.model_validate(spine.get("spec") or {})
+    tls = spine_spec.proxy.tls
+    proxy_inputs = proxy.ProxyPlanInputs(
+        spine,
+        registrations,
+        env,
+        specs,
+        None,
+        proxy.KeysInput(),
+        placeholder(labels.PROXY_TOKEN_SECRET, ("token",)),
+        placeholder(labels.CATALOG_TOKEN_SECRET, ("token",)),
+        placeholder(labels.TWIN_TOKENS_SECRET, ("write", "admin")),
+        login_placeholder(proxy.catalog_login()),
+        logins,
+        placeholder(tls.secret_name, ("tls.crt", "tls.key"), "spec.proxy.tls.secretName")
+        if tls
+        else None,
+    )
+    plan = planned(proxy.plan_proxy(proxy_inputs))
+    refused = [
+        f"ServiceRegistration {name}: {verdict.message}"
+        for name, verdict in plan.facts.get("registrations", {}).items()
+        if verdict.reason != cond.RECONCILED
+    ]
+    if refused:
+        raise RenderError("; ".join(refused))
+    return plan
+
+
 def plan_gateway_offline(body: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     others = [item for item in inputs.get("Gateway", namespace) if item["metadata"]["name"] != name]
@@ -259,6 +309,7 @@ def render_spine(body: dict[str, Any], env: Environment, inputs: Inputs) -> list
         *rendered(plan_spine_offline(body, env, inputs)),
         *rendered(plan_twin_offline(body, env, inputs)),
         *rendered(plan_flows_offline(body, env, inputs)),
+        *rendered(plan_proxy_offline(body, env, inputs)),
     ]
 
 
@@ -283,11 +334,20 @@ def render_flow(body: dict[str, Any], env: Environment, inputs: Inputs) -> list[
     return []
 
 
+def render_service_registration(
+    body: dict[str, Any], env: Environment, inputs: Inputs
+) -> list[dict[str, Any]]:
+    """No objects of its own (the namespace's proxy and catalog, rendered with the Spine)."""
+    ServiceRegistrationSpec.model_validate(body.get("spec") or {})
+    return []
+
+
 RENDERERS: dict[str, Renderer] = {
     "Spine": render_spine,
     "TwinModel": render_twinmodel,
     "Gateway": render_gateway,
     "Flow": render_flow,
+    "ServiceRegistration": render_service_registration,
 }
 
 

@@ -378,3 +378,185 @@ def flow_status(
         found.append(cond.condition(cond.DEGRADED, False, cond.STATUS_REPORTED, text, generation))
     status["conditions"] = found
     return status
+
+
+def reachable_condition(
+    verdict: Any, name: str, proxy_report: Any, catalog_report: Any, generation: int
+) -> dict[str, Any]:
+    """Reachable from the poller's reads: the proxy's health of each route and the catalog's
+    probe of the entry. Unknown until both answered about this registration."""
+    problems: list[str] = []
+    known = 0
+    wanted = 0
+    for route in verdict.routes:
+        wanted += 1
+        found = (
+            proxy_report.routes.get(route)
+            if proxy_report is not None and proxy_report.reachable
+            else None
+        )
+        if found is None or found.get("up") is None:
+            continue
+        known += 1
+        if not found.get("up"):
+            detail = f": {str(found['detail'])[:200]}" if found.get("detail") else ""
+            problems.append(f"route {route} is down{detail}")
+    entry = None
+    if catalog_report is not None and catalog_report.reachable:
+        entry = catalog_report.entries.get(name)
+    if entry is not None and entry.get("reachable") is not None:
+        wanted += 1
+        known += 1
+        if not entry["reachable"]:
+            detail = f": {str(entry['detail'])[:200]}" if entry.get("detail") else ""
+            problems.append(f"the catalog's probe failed{detail}")
+    if problems:
+        return cond.condition(
+            cond.REACHABLE, False, cond.PROBE_FAILED, "; ".join(problems), generation
+        )
+    if wanted == 0 or known < wanted:
+        away = [
+            report.error
+            for report in (proxy_report, catalog_report)
+            if report is not None and not report.reachable and report.error
+        ]
+        message = (
+            f"The proxy's or the catalog's /status cannot be read: {away[0]}"
+            if away
+            else "Waiting for the proxy's and the catalog's checks"
+        )
+        return cond.condition(cond.REACHABLE, "Unknown", cond.AWAITING_STATUS, message, generation)
+    return cond.condition(
+        cond.REACHABLE, True, cond.PROBE_SUCCEEDED, "The service answers", generation
+    )
+
+
+def registration_status(
+    body: dict[str, Any],
+    proxy: Outcome | None,
+    deployments: tuple[dict[str, Any] | None, dict[str, Any] | None],
+    reports: tuple[Any, Any],
+    spine_problem: tuple[str, str] | None,
+) -> dict[str, Any] | None:
+    """Ready when routed, registered and both workloads are ready; SpecValid from the spec
+    validator; Reachable from the poller; None when nothing is known yet."""
+    name = body["metadata"]["name"]
+    generation = _generation(body)
+    verdict = None
+    if proxy is not None and proxy.error is None:
+        verdict = proxy.fact("registrations", {}).get(name)
+    if verdict is None and spine_problem is None and proxy is not None and proxy.error:
+        spine_problem = (proxy.error.reason, proxy.error.message)
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if verdict is None:
+        if spine_problem is None:
+            return None
+        status["conditions"] = [
+            *failed(generation, *spine_problem),
+            cond.condition(
+                cond.SPEC_VALID, "Unknown", spine_problem[0], spine_problem[1], generation
+            ),
+            cond.condition(
+                cond.REACHABLE, "Unknown", cond.NOT_ROUTED, spine_problem[1], generation
+            ),
+        ]
+        return status
+    spec_status = "Unknown" if verdict.spec_valid is None else verdict.spec_valid
+    spec_valid = cond.condition(
+        cond.SPEC_VALID,
+        spec_status,
+        verdict.spec_reason,
+        verdict.spec_message or verdict.message,
+        generation,
+    )
+    status["routes"] = [api.route_url for api in verdict.apis if api.route_url]
+    status["routeCount"] = len(verdict.routes)
+    status["loginSecretNames"] = [api.login_secret for api in verdict.apis if api.login_secret]
+    status["apis"] = [
+        {
+            key: value
+            for key, value in {
+                "id": api.id,
+                "protocol": api.protocol,
+                "routeUrl": api.route_url,
+                "loginSecretName": api.login_secret,
+                "specHash": api.spec_hash,
+                "specValid": api.spec_valid,
+            }.items()
+            if value is not None
+        }
+        for api in verdict.apis
+    ]
+    if verdict.reason != cond.RECONCILED:
+        status["routeCount"] = 0
+        status["routes"] = []
+        status["conditions"] = [
+            *failed(generation, verdict.reason, verdict.message),
+            spec_valid,
+            cond.condition(
+                cond.REACHABLE,
+                "Unknown",
+                cond.NOT_ROUTED,
+                "Not routed or probed while it is refused",
+                generation,
+            ),
+        ]
+        return status
+    waiting = []
+    for workload_name, deployment in zip(
+        (labels.PROXY_NAME, labels.CATALOG_NAME), deployments, strict=True
+    ):
+        ready, detail = deployment_ready(deployment)
+        if not ready:
+            waiting.append(f"Deployment {workload_name}: {detail}")
+    reachable = reachable_condition(verdict, name, *reports, generation)
+    if waiting:
+        status["conditions"] = [
+            *progressing(generation, "Waiting for " + "; ".join(waiting)),
+            spec_valid,
+            reachable,
+        ]
+        return status
+    message = verdict.message + _undelivered(
+        proxy.push if proxy else None, "the proxy reads its ConfigMap", "within about a minute"
+    )
+    status["conditions"] = [
+        cond.condition(cond.READY, True, cond.RECONCILED, message, generation),
+        cond.condition(
+            cond.PROGRESSING, False, cond.RECONCILED, "Every child is applied and ready", generation
+        ),
+        spec_valid,
+        reachable,
+    ]
+    return status
+
+
+def keys_conditions(proxy: Outcome | None, generation: int) -> list[dict[str, Any]]:
+    """The Spine's Degraded from its issuer's keys: none fetched yet (every protected route
+    answers 503), or the last fetch failed (the last good keys stay)."""
+    if proxy is None or proxy.plan is None or not proxy.fact("issuer"):
+        return []
+    issuer, error, keys = proxy.fact("issuer"), proxy.fact("keysError"), proxy.fact("keys") or 0
+    if keys == 0:
+        detail = f": {error}" if error else ""
+        message = (
+            f"No verification keys from issuer {issuer} yet{detail}; every protected route "
+            "answers 503 until they are fetched"
+        )
+        return [
+            cond.condition(cond.DEGRADED, True, cond.DEPENDENCY_UNAVAILABLE, message, generation)
+        ]
+    if error:
+        message = f"Issuer {issuer}: {error}; the proxy keeps its last {keys} good keys"
+        return [
+            cond.condition(cond.DEGRADED, True, cond.DEPENDENCY_UNAVAILABLE, message, generation)
+        ]
+    return [
+        cond.condition(
+            cond.DEGRADED,
+            False,
+            cond.KEYS_FETCHED,
+            f"{keys} verification keys from issuer {issuer}",
+            generation,
+        )
+    ]

@@ -28,7 +28,13 @@ def test_generated_chart_files_are_up_to_date() -> None:
     stale = generate.stale(files)
     assert not stale, f"out of date: {[str(p.relative_to(REPO)) for p in stale]}; run `make chart`"
     crds = {path.name for path in files if path.parent.name == "crds"}
-    assert crds == {"flows.yaml", "gateways.yaml", "spines.yaml", "twinmodels.yaml"}
+    assert crds == {
+        "flows.yaml",
+        "gateways.yaml",
+        "serviceregistrations.yaml",
+        "spines.yaml",
+        "twinmodels.yaml",
+    }
 
 
 def test_check_mode_names_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@
   - twinmodels
   - gateways
   - flows
+  - serviceregistrations
   verbs:
   - get
   - list
@@ -36,6 +37,7 @@
   - twinmodels/status
   - gateways/status
   - flows/status
+  - serviceregistrations/status
   verbs:
   - patch
 - apiGroups:
@@ -51,6 +53,8 @@
   - services
   verbs:
   - get
+  - list
+  - watch
   - create
   - patch
 - apiGroups:

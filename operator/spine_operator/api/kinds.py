@@ -13,6 +13,10 @@ from pydantic import BaseModel
 
 from spine_operator.api.flow import FlowSpec, FlowStatus
 from spine_operator.api.gateway import GatewaySpec, GatewayStatus
+from spine_operator.api.serviceregistration import (
+    ServiceRegistrationSpec,
+    ServiceRegistrationStatus,
+)
 from spine_operator.api.spine import SpineSpec, SpineStatus
 from spine_operator.api.twinmodel import TwinModelSpec, TwinModelStatus
 
@@ -165,7 +169,39 @@ FLOW = KindInfo(
     ),
 )
 
-KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL, GATEWAY, FLOW)
+SERVICE_REGISTRATION = KindInfo(
+    kind="ServiceRegistration",
+    plural="serviceregistrations",
+    singular="serviceregistration",
+    short_names=("iiotsvc",),
+    spec_model=ServiceRegistrationSpec,
+    status_model=ServiceRegistrationStatus,
+    description="A service in the namespace's catalog with its OpenAPI or AsyncAPI specs: each "
+    "HTTP API gets a route on the namespace's proxy that admits only valid OIDC tokens with the "
+    "roles it names, each MQTT API a broker login allowed exactly its channels.",
+    extra_columns=(
+        {
+            "name": "Routes",
+            "type": "integer",
+            "jsonPath": ".status.routeCount",
+            "description": "Routes on the namespace's proxy.",
+        },
+        {
+            "name": "Spec",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="SpecValid")].status',
+            "description": "Whether every API's spec is valid.",
+        },
+        {
+            "name": "Reachable",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Reachable")].status',
+            "description": "Whether the service answers the catalog's probe and the proxy.",
+        },
+    ),
+)
+
+KINDS: tuple[KindInfo, ...] = (SPINE, TWINMODEL, GATEWAY, FLOW, SERVICE_REGISTRATION)
 
 
 def kind_by_name(kind: str) -> KindInfo | None:

@@ -1,16 +1,22 @@
 """The `Spine` kind: one per namespace, owning the namespace's shared workloads.
 
 `spec: {}` is a complete, working default: every field has a default that a factory cluster can
-run with. This issue's scope is the broker; the twin service, proxy and flow engine add their
-sections here as they arrive.
+run with, except `auth` (an OIDC issuer has no default): without it the proxy admits only
+`public` routes and the twin API is not routed.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from spine_operator.api.common import (
     PATTERN_HINTS,
@@ -23,6 +29,7 @@ from spine_operator.api.common import (
     ResourceRequirements,
     parse_quantity,
 )
+from spine_operator.desired.haproxy import ClaimPath, Role, TokenString
 from spine_runtime.config.twin import TwinNamespace
 
 # mosquitto's duration syntax for persistent_client_expiration: a number and h, d, w, m or y.
@@ -186,12 +193,154 @@ class FlowEngineSpec(CamelModel):
     )
 
 
+# What HAProxy's jwt_verify can check: PS* (RSASSA-PSS) is refused by HAProxy 2.6 at parse time.
+SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+ALGORITHM_PATTERN = r"^(RS|ES|PS)(256|384|512)$"
+ISSUER_PATTERN = r"^https?://[!$-&(-\[\]-~]{1,500}$"
+PATTERN_HINTS[ALGORITHM_PATTERN] = "must be one of RS256, RS384, RS512, ES256, ES384, ES512"
+PATTERN_HINTS[ISSUER_PATTERN] = (
+    "must be an http:// or https:// URL without spaces, quotes, '#' or backslashes"
+)
+Issuer = Annotated[str, StringConstraints(pattern=ISSUER_PATTERN)]
+AlgorithmName = Annotated[str, StringConstraints(pattern=ALGORITHM_PATTERN)]
+# A string or a list of strings: a structural schema cannot say "one of two types", so the API
+# server keeps the value as written and the operator checks it (InvalidSpec naming the field).
+AUDIENCE_SCHEMA = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "description": "The audience (`aud`) a token must carry: one string, or a list of up to 8 "
+    "of which any one admits. Printable, without spaces, quotes, '#' or backslashes.",
+}
+
+
+class TwinAccess(CamelModel):
+    """Who reaches the twin API through the proxy with their SSO token."""
+
+    read_roles: list[Role] = Field(
+        default_factory=lambda: ["spine:twin:read", "spine:twin:write"],
+        min_length=1,
+        max_length=32,
+        description="Any one of these roles admits GET and HEAD on /twin/.",
+    )
+    write_roles: list[Role] = Field(
+        default_factory=lambda: ["spine:twin:write"],
+        min_length=1,
+        max_length=32,
+        description="Any one of these roles admits writes (PUT, PATCH, POST, DELETE) on /twin/; "
+        "the proxy then sends the twin's internal write token, which never leaves the cluster.",
+    )
+
+
+class CatalogAccess(CamelModel):
+    """Who may write external entries into the catalog (reads need any valid token)."""
+
+    write_role: Role = Field(
+        default="spine:catalog:write",
+        description="The role a token needs for POST, PUT and DELETE on /catalog/.",
+    )
+
+
+class AuthSpec(CamelModel):
+    """Single sign-on: the OIDC issuer whose tokens the proxy admits, and the roles it checks."""
+
+    issuer: Issuer = Field(
+        description="The issuer URL, compared literally with a token's `iss`, e.g. "
+        "https://sso.example.com/realms/plant."
+    )
+    audience: Annotated[list[TokenString], WithJsonSchema(AUDIENCE_SCHEMA)] = Field(
+        min_length=1, max_length=8
+    )
+    jwks_uri: Issuer | None = Field(
+        default=None,
+        description="Where the issuer's signing keys (JWKS) are served; if unset, found by "
+        "OIDC discovery at <issuer>/.well-known/openid-configuration.",
+    )
+    roles_claim: ClaimPath = Field(
+        default="realm_access.roles",
+        description="Where a token carries its roles: a claim path such as Keycloak's "
+        "realm_access.roles (a list), or scope (space-separated).",
+    )
+    algorithms: list[AlgorithmName] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        max_length=6,
+        description="Signature algorithms admitted; each key is pinned to one. PS256, PS384 "
+        "and PS512 are refused: HAProxy cannot verify them.",
+    )
+    refresh_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=86_400,
+        description="Seconds between fetches of the issuer's keys; a rotated key works after "
+        "the next fetch, and an unreachable issuer keeps the last good keys.",
+    )
+    twin: TwinAccess = Field(default_factory=TwinAccess)
+    catalog: CatalogAccess = Field(default_factory=CatalogAccess)
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def audience_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("algorithms")
+    @classmethod
+    def algorithms_haproxy_verifies(cls, algorithms: list[str]) -> list[str]:
+        refused = [name for name in algorithms if name not in SUPPORTED_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} cannot be verified by HAProxy (it has no RSASSA-PSS); "
+                f"use {', '.join(SUPPORTED_ALGORITHMS)}"
+            )
+        return list(dict.fromkeys(algorithms))
+
+
+class ProxyTls(CamelModel):
+    """TLS on the proxy's listener."""
+
+    secret_name: DnsSubdomain = Field(
+        description="A Secret of type kubernetes.io/tls (keys tls.crt and tls.key) in the "
+        "Spine's namespace, e.g. issued by cert-manager. Plain HTTP if unset."
+    )
+
+
+class ProxySpec(CamelModel):
+    """The namespace's API security gateway (HAProxy) and its catalog: created once the
+    namespace has a ServiceRegistration or `auth` is set."""
+
+    replicas: int = Field(default=1, ge=1, le=10, description="Proxy pods.")
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests=ResourceList(cpu="50m", memory="64Mi"),
+            limits=ResourceList(cpu="2", memory="256Mi"),
+        ),
+        description="Compute resources of the proxy container (HAProxy and its supervisor).",
+    )
+    tls: ProxyTls | None = Field(default=None, description="Serve the routes over TLS.")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Type of the proxy's Service."
+    )
+    spec_url_allow_list: list[Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]] = (
+        Field(
+            default_factory=list,
+            max_length=32,
+            description="URL prefixes outside the namespace from which a ServiceRegistration's "
+            "spec.url may be fetched (the namespace's own Services always may), e.g. "
+            "https://specs.example.com/. Nothing else is fetched from inside the cluster.",
+        )
+    )
+
+
 class SpineSpec(CamelModel):
     """Settings shared by the namespace's workloads. `{}` is a complete default."""
 
     broker: BrokerSpec = Field(default_factory=BrokerSpec)
     twin: TwinSpec = Field(default_factory=TwinSpec)
     flow_engine: FlowEngineSpec = Field(default_factory=FlowEngineSpec)
+    auth: AuthSpec | None = Field(
+        default=None,
+        description="OIDC single sign-on for the proxy's routes and the twin API. Setting it "
+        "creates the proxy and the catalog.",
+    )
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
 
     def twin_namespace(self, kubernetes_namespace: str) -> str:
         """DESIGN.md, Thing ids: Ditto needs each namespace part to start with a letter."""
@@ -213,8 +362,16 @@ class TwinStatus(CamelModel):
     things: int | None = None
 
 
+class ProxyStatus(CamelModel):
+    url: str | None = Field(default=None, description="The proxy's address inside the cluster.")
+    catalog_url: str | None = Field(default=None, description="The catalog through the proxy.")
+    keys: int | None = Field(default=None, description="Verification keys from the issuer.")
+    keys_fetched_at: str | None = None
+
+
 class SpineStatus(CamelModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     broker: BrokerStatus | None = None
     twin: TwinStatus | None = None
+    proxy: ProxyStatus | None = None

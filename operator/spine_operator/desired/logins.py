@@ -46,6 +46,8 @@ class Login:
     # login the operator makes is bound to its username, so no login can connect as another
     # workload: kick it off, wipe its persistent session, or inherit its subscriptions.
     client_id: str | None = None
+    # The Secret with its password; `spine-mqtt-<username>` unless a resource names it.
+    secret_name: str | None = None
 
     def __post_init__(self) -> None:
         for value in (self.username, self.client_id or "x"):
@@ -56,6 +58,10 @@ class Login:
                 )
         for topic in (*self.publish, *self.subscribe):
             check_topic_filter(topic)
+
+    @property
+    def secret(self) -> str:
+        return self.secret_name or labels.login_secret_name(self.username)
 
     @property
     def role_name(self) -> str:
@@ -129,7 +135,7 @@ def build_login_secret(
 ) -> dict[str, Any]:
     """The Secret a workload mounts for its broker login; the password is generated once."""
     return build_generated_secret(
-        labels.login_secret_name(login.username),
+        login.secret,
         namespace,
         "mqtt-login",
         owner_name,

@@ -47,6 +47,7 @@ class Plan:
     logins: list[Login] = field(default_factory=list)  # the broker must hold exactly these
     resizes: list[VolumeResize] = field(default_factory=list)
     push: ConfigPush | None = None  # None: the pod (re)starts with the ConfigMap instead
+    more_pushes: list[ConfigPush] = field(default_factory=list)  # an aggregate of two runtimes
     conditions: list[dict[str, Any]] = field(default_factory=list)  # kind-specific, e.g. volumes
     secret_digests: dict[str, str] = field(default_factory=dict)  # name -> digest of its data
     facts: dict[str, Any] = field(default_factory=dict)  # what the status reports (counts, URLs)

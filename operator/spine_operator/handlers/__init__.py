@@ -2,7 +2,8 @@
 
 `configure` sets kopf's own settings the way Spine wants them: bookkeeping in annotations under
 spine.iiot.dev (never in status), our finalizer name, and Kubernetes events only for warnings.
-It also starts the one background poller of runtime health (DESIGN.md: no timer per resource).
+It also starts the background pollers of runtime health (DESIGN.md: no timer per resource) and
+the one task that refreshes each namespace's OIDC keys (keyrefresh.py).
 """
 
 from __future__ import annotations
@@ -47,9 +48,32 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             metrics=CONTEXT.metrics,
             parse=status_poller.flow_engine_report,
         ),
+        status_poller.RuntimePoller(
+            kind="Proxy",
+            targets=lambda: sorted(kinds.ready_proxies),
+            url_of=lambda key: CONTEXT.environment.proxy_url(key[0]),
+            deliver=kinds.deliver_proxy_report,
+            metrics=CONTEXT.metrics,
+            parse=status_poller.proxy_report,
+        ),
+        status_poller.RuntimePoller(
+            kind="Catalog",
+            targets=lambda: sorted(kinds.ready_catalogs),
+            url_of=lambda key: CONTEXT.environment.catalog_url(key[0]),
+            deliver=kinds.deliver_catalog_report,
+            metrics=CONTEXT.metrics,
+            parse=status_poller.catalog_report,
+        ),
     ]
     for poller in _pollers:
         poller.start()
+    CONTEXT.keys.on_change = reconcile_proxy_after_key_change
+    CONTEXT.keys.start()
+
+
+async def reconcile_proxy_after_key_change(namespace: str) -> None:
+    """New keys (or an issuer that now answers or no longer does): re-render the proxy."""
+    await kinds.PROXIES.reconcile_quietly(namespace, kinds.PROXY_KEY)
 
 
 @kopf.on.cleanup()
@@ -57,7 +81,15 @@ async def stop(**_: Any) -> None:
     for poller in _pollers:
         await poller.stop()
     _pollers.clear()
+    await CONTEXT.keys.stop()
     await CONTEXT.close()
 
 
-from spine_operator.handlers import flow, gateway, secrets, spine, twinmodel  # noqa: E402,F401
+from spine_operator.handlers import (  # noqa: E402,F401
+    flow,
+    gateway,
+    secrets,
+    serviceregistration,
+    spine,
+    twinmodel,
+)

@@ -17,13 +17,13 @@ from spine_operator.context import CONTEXT
 from spine_operator.desired.broker import spine_secret_names
 from spine_operator.desired.common import controller_of
 from spine_operator.desired.logins import TWIN_USERNAME
-from spine_operator.reconcile.kinds import GATEWAYS, SPINES, TWIN_KEY, TWINS
+from spine_operator.reconcile.kinds import GATEWAYS, PROXIES, PROXY_KEY, SPINES, TWIN_KEY, TWINS
 
 
 async def reconcile_spine(namespace: str, name: str, logger: Any) -> None:
-    """Broker, then twin; both run, and a retryable failure wins over a permanent one."""
+    """Broker, twin, then proxy; all run, and a retryable failure wins over a permanent one."""
     errors: list[Exception] = []
-    for reconciler, key in ((SPINES, name), (TWINS, TWIN_KEY)):
+    for reconciler, key in ((SPINES, name), (TWINS, TWIN_KEY), (PROXIES, PROXY_KEY)):
         try:
             await reconciler.reconcile(namespace, key, logger)
         except (kopf.TemporaryError, kopf.PermanentError) as error:
@@ -64,6 +64,10 @@ def spine_secrets(
     found = {(namespace, secret): (SPINES.kind, name) for secret in spine_secret_names(dict(spec))}
     for secret in (labels.TWIN_TOKENS_SECRET, labels.login_secret_name(TWIN_USERNAME)):
         found[(namespace, secret)] = (TWINS.kind, TWIN_KEY)
+    tls = ((dict(spec).get("proxy") or {}).get("tls") or {}).get("secretName")
+    for proxy_secret in (labels.PROXY_TOKEN_SECRET, labels.CATALOG_TOKEN_SECRET, tls):
+        if isinstance(proxy_secret, str):
+            found[(namespace, proxy_secret)] = (PROXIES.kind, PROXY_KEY)
     return found
 
 

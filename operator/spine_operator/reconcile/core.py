@@ -99,15 +99,17 @@ async def apply_plan(
             {"spec": {"resources": {"requests": {"storage": resize.size}}}},
         )
     push = None
-    if plan.push is not None:
+    for wanted in [*([plan.push] if plan.push is not None else []), *plan.more_pushes]:
         if applied:
-            push = await push_config(plan.push.url, plan.push.token, plan.push.document)
+            result = await push_config(wanted.url, wanted.token, wanted.document)
         else:
-            push = PushResult(
+            result = PushResult(
                 False,
                 "held back until the broker holds the workload's login; the broker is not "
                 "reachable yet",
             )
+        if push is None or push.delivered:  # the first failure is the one to report
+            push = result
     return Outcome(generation, plan=plan, push=push, logins_applied=applied)
 
 

@@ -12,12 +12,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from spine_operator import labels
+from spine_operator import labels, specfetch
 from spine_operator.api.gateway import GatewaySpec
-from spine_operator.api.kinds import API_VERSION, FLOW, GATEWAY, SPINE, TWINMODEL
+from spine_operator.api.kinds import (
+    API_VERSION,
+    FLOW,
+    GATEWAY,
+    SERVICE_REGISTRATION,
+    SPINE,
+    TWINMODEL,
+)
+from spine_operator.api.serviceregistration import RegistrationApi, ServiceRegistrationSpec
 from spine_operator.api.spine import SpineSpec
 from spine_operator.context import CONTEXT
-from spine_operator.desired import broker, flow, gateway, twin, workload
+from spine_operator.desired import broker, flow, gateway, proxy, twin, workload
 from spine_operator.desired.common import controller_of, oldest
 from spine_operator.desired.logins import (
     Login,
@@ -28,7 +36,7 @@ from spine_operator.desired.logins import (
     twin_login,
 )
 from spine_operator.desired.plan import SecretInput
-from spine_operator.errors import ReconcileError
+from spine_operator.errors import DependencyNotFound, ReconcileError
 from spine_operator.k8s import Kubernetes
 from spine_operator.readiness import deployment_ready, statefulset_ready
 
@@ -59,7 +67,7 @@ async def login_secret(k8s: Kubernetes, namespace: str, login: Login, owner: dic
         namespace, login, owner["metadata"]["name"], CONTEXT.environment, generate_password()
     )
     secret = await k8s.get_or_create(obj, owner=owner)
-    return SecretInput.of(labels.login_secret_name(login.username), secret)
+    return SecretInput.of(login.secret, secret)
 
 
 async def generated_secret(k8s: Kubernetes, obj: dict[str, Any], owner: dict) -> SecretInput:
@@ -198,4 +206,124 @@ async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInput
     existing = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
     return flow.FlowInputs(
         spine, flows, models, env, token, secrets, existing, deployment_ready(existing)[0]
+    )
+
+
+async def read_spec(
+    k8s: Kubernetes,
+    namespace: str,
+    api: RegistrationApi,
+    index: int,
+    allowed_hosts: set[str],
+    allowed_prefixes: list[str],
+) -> proxy.SpecSource:
+    """One API's spec document: inline, from a ConfigMap, or fetched from an allowed URL."""
+    source = api.spec
+    if source.value is not None:
+        return source.value.encode()
+    if source.config_map_key_ref is not None:
+        ref = source.config_map_key_ref
+        config_map = await k8s.get("v1", "ConfigMap", namespace, ref.name)
+        where = f"spec.apis[{index}].spec.configMapKeyRef"
+        if config_map is None:
+            return DependencyNotFound(
+                f"ConfigMap {ref.name} ({where}) does not exist in namespace {namespace}: the "
+                "spec is read as soon as it appears"
+            )
+        data = config_map.get("data") or {}
+        if ref.key not in data:
+            return DependencyNotFound(
+                f"ConfigMap {ref.name} ({where}) has no key {ref.key}: the spec is read as "
+                "soon as it has"
+            )
+        return str(data[ref.key]).encode()
+    assert source.url is not None, "the model requires one source"
+    try:
+        return await specfetch.fetch_spec(
+            source.url, allowed_hosts=allowed_hosts, allowed_prefixes=allowed_prefixes
+        )
+    except ReconcileError as error:
+        return error
+
+
+def service_hosts(namespace: str, services: dict[str, dict[str, Any]]) -> set[str]:
+    """The DNS names of the namespace's Services: where a spec URL may point inside it."""
+    return {
+        host
+        for name in services
+        for host in (f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local")
+    }
+
+
+async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPlanInputs:
+    """Every ServiceRegistration, the namespace's Services, each API's spec, the keys the key
+    refresher holds, the tokens and logins (generated once) and the live Deployments. Nothing is
+    generated while the namespace has no registration and no `auth`."""
+    namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
+    env = CONTEXT.environment
+    registrations = await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace)
+    absent = SecretInput("", None)
+    inputs = proxy.ProxyPlanInputs(
+        spine, registrations, env, {}, None, proxy.KeysInput(), absent, absent, absent, absent
+    )
+    try:
+        spec = SpineSpec.model_validate(spine.get("spec") or {})
+    except ValidationError:
+        return inputs  # the plan refuses it and says why
+    wanted = proxy.proxy_wanted(inputs, spec)
+    CONTEXT.keys.watch(namespace, spec.auth if wanted else None)
+    if not wanted:
+        return inputs
+    services = {
+        item["metadata"]["name"]: item for item in await k8s.list("v1", "Service", namespace)
+    }
+    hosts = service_hosts(namespace, services)
+    specs: dict[tuple[str, str], proxy.SpecSource] = {}
+    logins: dict[str, SecretInput] = {}
+    for item in registrations:
+        try:
+            registration = ServiceRegistrationSpec.model_validate(item.get("spec") or {})
+        except ValidationError:
+            continue  # the plan refuses it and says why
+        registration_name = item["metadata"]["name"]
+        for index, api in enumerate(registration.apis):
+            specs[(registration_name, api.id)] = await read_spec(
+                k8s, namespace, api, index, hosts, list(spec.proxy.spec_url_allow_list)
+            )
+        for login in proxy.registration_logins(registration_name, registration):
+            logins[login.secret] = await login_secret(k8s, namespace, login, spine)
+
+    async def token(secret_name: str, component: str) -> SecretInput:
+        return await generated_secret(
+            k8s,
+            workload.build_generated_secret(
+                secret_name, namespace, component, name, {"token": twin.generate_token()}
+            ),
+            spine,
+        )
+
+    tls = None
+    if spec.proxy.tls is not None:
+        found = await k8s.get("v1", "Secret", namespace, spec.proxy.tls.secret_name)
+        tls = SecretInput.of(spec.proxy.tls.secret_name, found, "spec.proxy.tls.secretName")
+    twin_tokens = await k8s.get("v1", "Secret", namespace, labels.TWIN_TOKENS_SECRET)
+    existing_proxy = await k8s.get("apps/v1", "Deployment", namespace, labels.PROXY_NAME)
+    existing_catalog = await k8s.get("apps/v1", "Deployment", namespace, labels.CATALOG_NAME)
+    return proxy.ProxyPlanInputs(
+        spine,
+        registrations,
+        env,
+        specs,
+        services,
+        CONTEXT.keys.inputs(namespace),
+        await token(labels.PROXY_TOKEN_SECRET, proxy.PROXY_COMPONENT),
+        await token(labels.CATALOG_TOKEN_SECRET, proxy.CATALOG_COMPONENT),
+        SecretInput.of(labels.TWIN_TOKENS_SECRET, twin_tokens),
+        await login_secret(k8s, namespace, proxy.catalog_login(), spine),
+        logins,
+        tls,
+        existing_proxy,
+        deployment_ready(existing_proxy)[0],
+        existing_catalog,
+        deployment_ready(existing_catalog)[0],
     )

@@ -16,19 +16,34 @@ from typing import Any
 from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator import poller as status_poller
-from spine_operator.api.kinds import API_VERSION, FLOW, GATEWAY, SPINE, TWINMODEL
+from spine_operator.api.kinds import (
+    API_VERSION,
+    FLOW,
+    GATEWAY,
+    SERVICE_REGISTRATION,
+    SPINE,
+    TWINMODEL,
+)
 from spine_operator.context import CONTEXT
 from spine_operator.desired.broker import plan_spine
 from spine_operator.desired.common import controller_of
 from spine_operator.desired.flow import plan_flows
 from spine_operator.desired.gateway import plan_gateway
+from spine_operator.desired.proxy import plan_proxy
 from spine_operator.desired.twin import plan_twin
 from spine_operator.errors import SpineNotFound
 from spine_operator.k8s import ApiError, Kubernetes
 from spine_operator.readiness import deployment_ready, statefulset_ready
 from spine_operator.reconcile import gather
 from spine_operator.reconcile.core import Key, Reconciler
-from spine_operator.statuses import flow_status, gateway_status, spine_status, twinmodel_status
+from spine_operator.statuses import (
+    flow_status,
+    gateway_status,
+    keys_conditions,
+    registration_status,
+    spine_status,
+    twinmodel_status,
+)
 
 TWIN_KEY = "twin"  # the twin aggregate's name in its (namespace, name) key
 TWIN = "Twin"  # its kind in metrics and logs
@@ -93,7 +108,26 @@ async def report_spine(k8s: Kubernetes, namespace: str, name: str) -> None:
             broker_sts,
             twin_sts,
         )
+        add_proxy_status(new_status, body, PROXIES.outcomes.get((namespace, PROXY_KEY)))
         await write_status(k8s, SPINE.kind, body, new_status)
+
+
+def add_proxy_status(status: dict[str, Any], body: dict[str, Any], proxy: Any) -> None:
+    """The proxy's address and its issuer's keys in the Spine's status; a key problem makes
+    the Spine Degraded (a broker problem, already Degraded, says more and stays)."""
+    if proxy is None or proxy.plan is None or not proxy.fact("proxyUrl"):
+        return
+    status["proxy"] = {
+        "url": proxy.fact("proxyUrl"),
+        "catalogUrl": proxy.fact("catalogUrl"),
+        **({"keys": proxy.fact("keys")} if proxy.fact("keys") is not None else {}),
+    }
+    generation = int(body["metadata"].get("generation") or 0)
+    found = status.setdefault("conditions", [])
+    if any(c["type"] == cond.DEGRADED and c["status"] == "True" for c in found):
+        return
+    found[:] = [c for c in found if c["type"] != cond.DEGRADED]
+    found += keys_conditions(proxy, generation)
 
 
 async def report_twin(k8s: Kubernetes, namespace: str, _: str) -> None:
@@ -205,6 +239,70 @@ async def deliver_engine_report(key: Key, report: Any) -> None:
         status_poller.log.warning("Status of the Flows of %s not written: %s", key[0], error)
 
 
+# The proxy and catalog: the poller's last reports of each namespace's pair.
+proxy_reports: dict[str, Any] = {}
+catalog_reports: dict[str, Any] = {}
+ready_proxies: set[Key] = set()  # (namespace, PROXY_KEY): the poller's targets
+ready_catalogs: set[Key] = set()
+PROXY_KEY = "proxy"  # the proxy aggregate's name in its (namespace, name) key
+PROXY = "Proxy"  # its kind in metrics and logs
+
+
+async def report_registrations(k8s: Kubernetes, namespace: str, _: str) -> None:
+    """Each ServiceRegistration's status from the proxy's outcome, its Deployments and the
+    poller's reports; then the owning Spine's (its keys, its proxy's address)."""
+    spine = await gather.namespace_spine(k8s, namespace)
+    problem = None
+    if spine is None:
+        error = SpineNotFound.in_namespace(namespace, "this service is registered and routed")
+        problem = (error.reason, error.message)
+    outcome = PROXIES.outcomes.get((namespace, PROXY_KEY))
+    deployments: tuple[Any, Any] = (None, None)
+    if spine is not None:
+        deployments = (
+            await k8s.get("apps/v1", "Deployment", namespace, labels.PROXY_NAME),
+            await k8s.get("apps/v1", "Deployment", namespace, labels.CATALOG_NAME),
+        )
+        for deployment, targets, reports_ in (
+            (deployments[0], ready_proxies, proxy_reports),
+            (deployments[1], ready_catalogs, catalog_reports),
+        ):
+            if deployment_ready(deployment)[0]:
+                targets.add((namespace, PROXY_KEY))
+            else:
+                targets.discard((namespace, PROXY_KEY))
+                reports_.pop(namespace, None)
+    reports_now = (proxy_reports.get(namespace), catalog_reports.get(namespace))
+    for item in await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace):
+        async with _status_locks[(SERVICE_REGISTRATION.kind, namespace, item["metadata"]["name"])]:
+            new_status = registration_status(
+                item, outcome if spine else None, deployments, reports_now, problem
+            )
+            if new_status is not None:
+                await write_status(k8s, SERVICE_REGISTRATION.kind, item, new_status)
+    if spine is not None:
+        await report_spine(k8s, namespace, spine["metadata"]["name"])
+
+
+async def deliver_proxy_report(key: Key, report: Any) -> None:
+    proxy_reports[key[0]] = report
+    await _report_registrations_quietly(key[0])
+
+
+async def deliver_catalog_report(key: Key, report: Any) -> None:
+    catalog_reports[key[0]] = report
+    await _report_registrations_quietly(key[0])
+
+
+async def _report_registrations_quietly(namespace: str) -> None:
+    try:
+        await report_registrations(CONTEXT.k8s, namespace, PROXY_KEY)
+    except ApiError as error:
+        status_poller.log.warning(
+            "Status of the ServiceRegistrations of %s not written: %s", namespace, error
+        )
+
+
 SPINES: Reconciler[Any] = Reconciler(
     SPINE.kind,
     read=partial(gather.read_resource, SPINE.kind),
@@ -233,7 +331,14 @@ FLOWS: Reconciler[Any] = Reconciler(
     plan=plan_flows,
     report=report_flows,
 )
-RECONCILERS: tuple[Reconciler[Any], ...] = (SPINES, TWINS, GATEWAYS, FLOWS)
+PROXIES: Reconciler[Any] = Reconciler(
+    PROXY,
+    read=gather.read_namespace_spine,
+    gather=gather.gather_proxy,
+    plan=plan_proxy,
+    report=report_registrations,
+)
+RECONCILERS: tuple[Reconciler[Any], ...] = (SPINES, TWINS, GATEWAYS, FLOWS, PROXIES)
 
 
 def reset() -> None:
@@ -245,6 +350,10 @@ def reset() -> None:
     ready_gateways.clear()
     engine_reports.clear()
     ready_engines.clear()
+    proxy_reports.clear()
+    catalog_reports.clear()
+    ready_proxies.clear()
+    ready_catalogs.clear()
     dependency_generations.clear()
 
 
