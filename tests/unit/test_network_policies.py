@@ -1,6 +1,7 @@
 """Every workload's NetworkPolicy admits exactly what DESIGN.md says: the broker, the twin and
 the flow engine the namespace's own pods and the operator (the broker also the address blocks
-the Spine names), a gateway's HTTP port the operator alone."""
+the Spine names), a gateway's HTTP port the operator alone; the proxy's route port everyone
+and its admin port the operator alone; the catalog the proxy and the operator."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from spine_operator import labels
 from spine_operator.api.spine import SpineSpec
 from spine_operator.environment import Environment
 from spine_operator.render import load_resources, render
@@ -41,10 +43,20 @@ def test_every_workload_has_its_allow_list(tmp_path: Path) -> None:
     found = policies(tmp_path)
     assert sorted(found) == [
         "spine-broker",
+        "spine-catalog",
         "spine-flow-engine",
         "spine-gateway-press-line-1",
+        "spine-proxy",
         "spine-twin",
     ]
+    proxy_selector = {"podSelector": {"matchLabels": labels.selector("proxy", "default")}}
+    assert only_rule(found["spine-catalog"]) == ([proxy_selector, OPERATOR], [ENV.catalog_port])
+    admin, routes = found["spine-proxy"]["ingress"]
+    assert (admin["from"], admin["ports"]) == (
+        [OPERATOR],
+        [{"port": ENV.proxy_admin_port, "protocol": "TCP"}],
+    )
+    assert routes == {"ports": [{"port": ENV.proxy_port, "protocol": "TCP"}]}  # every client
     assert only_rule(found["spine-flow-engine"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.flow_port])
     assert only_rule(found["spine-broker"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.broker_port])
     assert only_rule(found["spine-twin"]) == ([NAMESPACE_PODS, OPERATOR], [ENV.twin_port])
@@ -85,7 +97,12 @@ def test_the_monitoring_namespace_may_scrape_every_runtime_but_not_the_broker() 
         for obj in render(load_resources([PRESS_LINE]), env)
         if obj["kind"] == "NetworkPolicy"
     }
-    for name in ("spine-twin", "spine-flow-engine", "spine-gateway-press-line-1"):
+    for name in (
+        "spine-twin",
+        "spine-flow-engine",
+        "spine-gateway-press-line-1",
+        "spine-catalog",
+    ):
         assert scraper in only_rule(found[name])[0], name
     assert scraper not in only_rule(found["spine-broker"])[0]
 

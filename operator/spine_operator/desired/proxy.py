@@ -205,7 +205,8 @@ def _embedded(raw: bytes) -> dict[str, Any] | None:
 
 
 def _refused(reason: str, message: str, **kwargs: Any) -> RegistrationVerdict:
-    return RegistrationVerdict(reason, message[:1].upper() + message[1:], **kwargs)
+    """Messages that start with a field path keep its spelling (spec.apis[0]...)."""
+    return RegistrationVerdict(reason, message, **kwargs)
 
 
 def select_registrations(
@@ -364,7 +365,7 @@ def _check_registration(
         if login.secret in secrets_claimed:
             return _refused(
                 cond.INVALID_REFERENCE,
-                f"the login Secret {login.secret} is already another registration's (their "
+                f"The login Secret {login.secret} is already another registration's (their "
                 "names and API ids join to the same name): rename one",
             )
     apis: list[ApiVerdict] = []
