@@ -1,0 +1,165 @@
+"""The ServiceRegistration kind through the real kopf runtime against the emulated API server:
+the namespace's proxy and catalog appear with the first registration, each registration is
+routed or refused alone (an invalid spec, a path another holds), and a missing Service or spec
+ConfigMap heals when it appears; status follows the proxy's and catalog's pods."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spine_operator.k8s import Kubernetes
+from tests.integration.test_spine_operator import spine, stored
+from tests.support.processes import eventually
+
+pytestmark = pytest.mark.integration
+
+REGISTRATIONS = "spine.iiot.dev/v1alpha1/serviceregistrations"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "press-line" / "registration.yaml"
+NAMESPACE = "plant-a"
+
+
+def example() -> tuple[dict, dict]:
+    """(the spec ConfigMap, the registration) of examples/press-line/registration.yaml."""
+    config_map, registration = [doc for doc in yaml.safe_load_all(EXAMPLE.read_text()) if doc]
+    return config_map, registration
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 8080}]},
+    }
+
+
+def conditions(cluster, name: str) -> dict[str, dict]:
+    status = stored(cluster, REGISTRATIONS, NAMESPACE, name).get("status") or {}
+    return {item["type"]: item for item in status.get("conditions") or []}
+
+
+def ready_reason(cluster, name: str) -> str | None:
+    try:
+        return conditions(cluster, name).get("Ready", {}).get("reason")
+    except KeyError:
+        return None
+
+
+def proxy_routes(cluster) -> list[str]:
+    config_map = stored(cluster, "v1/configmaps", NAMESPACE, "spine-proxy-config")
+    return sorted(route["name"] for route in json.loads(config_map["data"]["proxy.json"])["routes"])
+
+
+def catalog_ids(cluster) -> list[str]:
+    config_map = stored(cluster, "v1/configmaps", NAMESPACE, "spine-catalog-config")
+    return sorted(
+        entry["id"] for entry in json.loads(config_map["data"]["catalog.json"])["entries"]
+    )
+
+
+async def mark_ready(k8s: Kubernetes, cluster, name: str) -> None:
+    """The Deployment controller's report that the pods are ready (no kubelet here)."""
+    deployment = stored(cluster, "apps/v1/deployments", NAMESPACE, name)
+    await k8s.patch_merge(
+        "apps/v1",
+        "Deployment",
+        NAMESPACE,
+        name,
+        {
+            "status": {
+                "observedGeneration": deployment["metadata"]["generation"],
+                "replicas": 1,
+                "readyReplicas": 1,
+                "updatedReplicas": 1,
+            }
+        },
+        subresource="status",
+    )
+
+
+async def test_the_example_registration_heals_once_its_service_and_spec_appear(
+    cluster, operator
+) -> None:
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    config_map, registration = example()
+    await k8s.create(copy.deepcopy(registration))
+    # Neither the Service it routes to nor the ConfigMap with its AsyncAPI spec exists yet.
+    await eventually(
+        lambda: ready_reason(cluster, "maintenance") == "DependencyNotFound", 15, "waits"
+    )
+    assert "Service maintenance-planner" in conditions(cluster, "maintenance")["Ready"]["message"]
+    assert conditions(cluster, "maintenance")["SpecValid"]["status"] == "Unknown"
+    # The proxy and the catalog exist (a registration is there), without its route.
+    await eventually(lambda: proxy_routes(cluster), 10, "the proxy's config")
+    assert "maintenance-orders" not in proxy_routes(cluster)
+
+    await k8s.create(service("maintenance-planner"))
+    await eventually(
+        lambda: (
+            ready_reason(cluster, "maintenance") == "DependencyNotFound"
+            and "ConfigMap maintenance-events-spec"
+            in conditions(cluster, "maintenance")["Ready"]["message"]
+        ),
+        15,
+        "now waits for the spec's ConfigMap",
+    )
+    await k8s.create(copy.deepcopy(config_map))
+    await eventually(
+        lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed once both exist"
+    )
+    assert "maintenance" in catalog_ids(cluster)
+    await eventually(lambda: ready_reason(cluster, "maintenance") == "Progressing", 10, "pods")
+    for name in ("spine-proxy", "spine-catalog"):
+        await mark_ready(k8s, cluster, name)
+    await eventually(
+        lambda: conditions(cluster, "maintenance")["Ready"]["status"] == "True", 15, "Ready"
+    )
+    status = stored(cluster, REGISTRATIONS, NAMESPACE, "maintenance")["status"]
+    assert conditions(cluster, "maintenance")["SpecValid"]["status"] == "True"
+    assert status["routes"] == [f"http://spine-proxy.{NAMESPACE}.svc:8443/services/maintenance/v1"]
+    assert status["routeCount"] == 1
+    assert status["loginSecretNames"] == ["maintenance-events-mqtt"]
+    assert all(len(api["specHash"]) == 64 for api in status["apis"])
+    login = stored(cluster, "v1/secrets", NAMESPACE, "maintenance-events-mqtt")
+    assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
+    # Nothing has polled the proxy and the catalog: reachability is not claimed.
+    assert conditions(cluster, "maintenance")["Reachable"]["status"] == "Unknown"
+
+
+async def test_an_invalid_spec_and_a_taken_path_are_refused_alone(cluster, operator) -> None:
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    await k8s.create(service("maintenance-planner"))
+    _, registration = example()
+    http_only = copy.deepcopy(registration)
+    http_only["spec"]["apis"] = http_only["spec"]["apis"][:1]
+    await k8s.create(copy.deepcopy(http_only))
+    await eventually(lambda: "maintenance-orders" in proxy_routes(cluster), 15, "first routed")
+
+    second = copy.deepcopy(http_only)
+    second["metadata"]["name"] = "planner-copy"
+    bad = copy.deepcopy(http_only)
+    bad["metadata"]["name"] = "broken"
+    bad["spec"]["apis"][0]["expose"]["path"] = "/services/broken"
+    bad["spec"]["apis"][0]["spec"]["value"] = '{"swagger": "2.0"}'
+    for item in (second, bad):
+        await k8s.create(item)
+    await eventually(
+        lambda: ready_reason(cluster, "planner-copy") == "InvalidReference", 15, "path taken"
+    )
+    message = conditions(cluster, "planner-copy")["Ready"]["message"]
+    assert "ServiceRegistration maintenance" in message and "/services/maintenance/v1" in message
+    await eventually(lambda: ready_reason(cluster, "broken") == "InvalidSpec", 15, "bad spec")
+    spec_valid = conditions(cluster, "broken")["SpecValid"]
+    assert spec_valid["status"] == "False" and "spec.apis[0].spec" in spec_valid["message"]
+    assert proxy_routes(cluster).count("maintenance-orders") == 1
+    assert "planner-copy-orders" not in proxy_routes(cluster)
+    assert "broken-orders" not in proxy_routes(cluster)
+    assert ready_reason(cluster, "maintenance") in ("Progressing", "Reconciled")
