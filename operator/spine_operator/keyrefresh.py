@@ -42,6 +42,11 @@ class KeyRefresher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
+    def reset(self) -> None:
+        """Forget an earlier operator run in this process (tests start several)."""
+        self.watched.clear()
+        self.cache = type(self.cache)()
+
     def inputs(self, namespace: str) -> KeysInput:
         """What the proxy plan of a namespace gets: the last good keys and the last error."""
         state = self.cache.state(namespace)

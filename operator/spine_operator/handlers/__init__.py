@@ -67,6 +67,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     ]
     for poller in _pollers:
         poller.start()
+    CONTEXT.keys.reset()
     CONTEXT.keys.on_change = reconcile_proxy_after_key_change
     CONTEXT.keys.start()
 
