@@ -9,6 +9,7 @@ after the next good refresh and a flaky issuer never empties the proxy's key fil
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -82,6 +83,11 @@ def _convert_one(entry: Any, algorithms: Sequence[str]) -> list[VerifyKey]:
     if kty not in ("RSA", "EC"):
         # oct keys are shared secrets: never written to a file or a ConfigMap.
         raise JwksError(f"kty {kty!r}: the proxy verifies RSA and EC keys only")
+    if kty == "RSA":
+        # Checked before joserfc reads the key: it only warns about a short one.
+        bits = _rsa_bits(entry.get("n"))
+        if bits < MIN_RSA_BITS:
+            raise JwksError(f"an RSA key of {bits} bits; at least {MIN_RSA_BITS} are needed")
     try:
         # One key at a time: a malformed key is dropped, the others stay usable.
         key = KeySet.import_key_set({"keys": [entry]}).keys[0]
@@ -103,13 +109,20 @@ def _convert_one(entry: Any, algorithms: Sequence[str]) -> list[VerifyKey]:
     ]
 
 
+def _rsa_bits(modulus: Any) -> int:
+    if not isinstance(modulus, str):
+        raise JwksError("an RSA key without its modulus n")
+    try:
+        raw = base64.urlsafe_b64decode(modulus + "=" * (-len(modulus) % 4))
+    except ValueError:
+        raise JwksError("an RSA key whose n is not base64url") from None
+    return int.from_bytes(raw, "big").bit_length()
+
+
 def _algorithms_of(
     key: RSAKey | ECKey, entry: dict[str, Any], algorithms: Sequence[str]
 ) -> list[str]:
     if isinstance(key, RSAKey):
-        bits = key.public_key.key_size
-        if bits < MIN_RSA_BITS:
-            raise JwksError(f"an RSA key of {bits} bits; at least {MIN_RSA_BITS} are needed")
         fitting: tuple[str, ...] = RSA_ALGORITHMS
     else:
         curve = entry.get("crv")
