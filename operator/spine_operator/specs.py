@@ -378,9 +378,9 @@ def _validate_openapi(document: dict[str, Any], version: str) -> None:
 def _validate_asyncapi(document: dict[str, Any], version: str) -> tuple[str, ...]:
     validator = asyncapi_schemas.validator_for(version)
     major = version.split(".", 1)[0]
-    # 2.x: a Reference object also matches the schema of what it stands for, so a `$ref` left
-    # in place satisfies both branches of a oneOf and fails; the 2.x schemas expect a resolved
-    # document (as AsyncAPI's own parser validates). 3.x: some places (operation.channel,
+    # 2.x: validated with every local $ref resolved, as AsyncAPI's own parser does: a Reference
+    # left in place can satisfy both branches of a oneOf (TESTING.md, section 9), and what it
+    # points to is then checked where it is used. 3.x: some places (operation.channel,
     # operation.messages) must stay References, so 3.x documents are validated as written.
     target = _inline_local_refs(document) if major == "2" else document
     try:

@@ -179,6 +179,15 @@ def test_asyncapi_30_keeps_operation_channel_refs_and_lists_addresses() -> None:
     assert verdict.channels == ("plant/a/press-1/temperature",)
 
 
+def test_asyncapi_30_channel_given_by_ref_lists_the_address_it_points_to() -> None:
+    document = copy.deepcopy(ASYNCAPI_30)
+    document["components"]["channels"] = {"commands": {"address": "plant/a/press-1/commands"}}
+    document["channels"]["commands"] = {"$ref": "#/components/channels/commands"}
+    verdict = validate_spec(as_json(document), "application/json", "MQTT")
+    assert verdict.valid, verdict.message
+    assert verdict.channels == ("plant/a/press-1/temperature", "plant/a/press-1/commands")
+
+
 def test_asyncapi_30_operation_channel_must_be_a_ref() -> None:
     document = copy.deepcopy(ASYNCAPI_30)
     document["operations"]["sendTemperature"]["channel"] = document["channels"]["temperature"]
@@ -301,6 +310,13 @@ def test_an_unsupported_asyncapi_version_lists_the_supported_ones() -> None:
     assert not verdict.valid
     assert verdict.path == "$.asyncapi"
     assert "2.6.0" in verdict.message and "3.0.0" in verdict.message
+
+
+def test_digest_is_of_the_raw_bytes_so_a_reformatted_spec_is_a_new_one() -> None:
+    compact = validate_spec(as_json(OPENAPI_31), "application/json", "HTTP")
+    pretty = validate_spec(json.dumps(OPENAPI_31, indent=2).encode(), "application/json", "HTTP")
+    assert compact.valid and pretty.valid
+    assert compact.digest != pretty.digest
 
 
 def test_missing_asyncapi_schemas_name_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
