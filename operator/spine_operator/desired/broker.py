@@ -11,7 +11,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
 from pydantic import ValidationError
 
 from spine_operator import conditions as cond
@@ -19,6 +18,7 @@ from spine_operator import labels
 from spine_operator.api.spine import BrokerSpec, SpineSpec
 from spine_operator.desired import workload
 from spine_operator.desired.common import (
+    CONFIG_TEMPLATES,
     checksum,
     controller_of,
     resources,
@@ -33,14 +33,7 @@ COMPONENT = "broker"
 BROKER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
 ADMIN_USERNAME = "admin"
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("spine_operator", "templates"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+_templates = CONFIG_TEMPLATES
 
 
 def render_mosquitto_conf(

@@ -7,7 +7,20 @@ import hashlib
 import json
 from typing import Any
 
+import jinja2
+
 from spine_operator import labels
+
+# The one jinja2 environment for third-party config files (templates/): an undefined name is an
+# error, not an empty string, and nothing is HTML-escaped (the models validate every value).
+CONFIG_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("spine_operator", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
 
 
 def metadata(name: str, namespace: str, component: str, instance: str) -> dict[str, Any]:
