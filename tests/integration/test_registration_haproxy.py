@@ -1,0 +1,202 @@
+"""The haproxy.cfg that the proxy plan renders for a ServiceRegistration, run by the real Debian
+HAProxy with keys from the real development issuer: the registration's route admits only tokens
+with its role, the twin's write route sends the internal write token from the environment
+(never from the config), reads of the catalog need any valid token, and unknown paths get 404."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spine_operator import labels, oidc
+from spine_operator.desired import proxy
+from spine_operator.desired.plan import Plan, SecretInput
+from spine_operator.environment import Environment
+from spine_runtime.config.proxy import ProxyConfig
+from tests.support.devissuer import DevIssuer
+from tests.support.processes import ManagedProcess, free_port
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/usr/sbin/haproxy").exists(), reason="Debian haproxy missing"),
+]
+
+HAPROXY = "/usr/sbin/haproxy"
+NAMESPACE = "plant-a"
+INTERNAL_TOKEN = "internal-twin-write-token"
+
+
+class EchoBackend:
+    """An HTTP service that answers every request with what it received."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                record = {"method": self.command, "path": self.path, "headers": headers}
+                backend.seen.append(record)
+                body = json.dumps({"path": self.path}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EchoBackend:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[DevIssuer]:
+    running = DevIssuer(tmp_path / "issuer").start()
+    yield running
+    running.stop()
+
+
+def planned(env: Environment, issuer: DevIssuer, service_port: int) -> Plan:
+    jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
+    keys = tuple(oidc.jwks_to_verify_keys(jwks, ["RS256", "ES256"]))
+    spine = {
+        "metadata": {"name": "default", "namespace": NAMESPACE},
+        "spec": {"auth": {"issuer": issuer.issuer, "audience": "spine"}},
+    }
+    registration = {
+        "metadata": {"name": "planner", "namespace": NAMESPACE, "creationTimestamp": "1"},
+        "spec": {
+            "type": "planner",
+            "apis": [
+                {
+                    "id": "orders",
+                    "protocol": "HTTP",
+                    "serviceRef": {"name": "planner", "port": service_port},
+                    "expose": {"path": "/services/orders", "roles": ["orders:read"]},
+                    "spec": {"mediaType": "application/json", "value": "{}"},
+                }
+            ],
+        },
+    }
+    openapi = {
+        "openapi": "3.1.0",
+        "info": {"title": "Orders", "version": "1"},
+        "paths": {"/orders": {"get": {"responses": {"200": {"description": "ok"}}}}},
+    }
+    result = proxy.plan_proxy(
+        proxy.ProxyPlanInputs(
+            spine=spine,
+            registrations=[registration],
+            env=env,
+            specs={("planner", "orders"): json.dumps(openapi).encode()},
+            services={"planner": {}},
+            keys=proxy.KeysInput(keys, 1.0, None),
+            proxy_token=SecretInput(labels.PROXY_TOKEN_SECRET, {"token": "t"}),
+            catalog_token=SecretInput(labels.CATALOG_TOKEN_SECRET, {"token": "t"}),
+            twin_tokens=SecretInput(labels.TWIN_TOKENS_SECRET, {"write": INTERNAL_TOKEN}),
+            catalog_login=SecretInput("spine-mqtt-spine-catalog", {"password": "p"}),
+        )
+    )
+    assert isinstance(result, Plan), result
+    assert result.facts["registrations"]["planner"].reason == "Reconciled"
+    return result
+
+
+def start_haproxy(plan: Plan, tmp_path: Path, port: int) -> ManagedProcess:
+    """As the supervisor would: key files first, `haproxy -c`, then HAProxy itself."""
+    config_map = next(o for o in plan.objects if o["metadata"]["name"] == labels.PROXY_CONFIG_NAME)
+    document = ProxyConfig.model_validate_json(config_map["data"][labels.PROXY_CONFIG_FILE])
+    assert INTERNAL_TOKEN not in config_map["data"][labels.PROXY_CONFIG_FILE]
+    document.haproxy.keys_dir.mkdir(parents=True, exist_ok=True)
+    for name, pem in document.key_files.items():
+        (document.haproxy.keys_dir / name).write_text(pem)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(document.haproxy_cfg)
+    environment = {"SPINE_TWIN_WRITE_TOKEN": INTERNAL_TOKEN}
+    check = subprocess.run(
+        [HAPROXY, "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=environment,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    process = ManagedProcess(
+        [HAPROXY, "-db", "-f", str(config)], tmp_path / "haproxy.log", env=environment
+    )
+    process.start().wait_for_port(port)
+    return process
+
+
+def test_the_rendered_proxy_admits_exactly_the_roles_each_route_names(
+    tmp_path: Path, issuer: DevIssuer
+) -> None:
+    proxy_port = free_port()
+    with EchoBackend() as service, EchoBackend() as twin, EchoBackend() as catalog:
+        env = Environment.for_local(
+            tmp_path / "state",
+            broker_port=free_port(),
+            twin_port=twin.port,
+            proxy_port=proxy_port,
+            proxy_exporter_port=free_port(),
+            catalog_port=catalog.port,
+        )
+        haproxy = start_haproxy(planned(env, issuer, service.port), tmp_path, proxy_port)
+        try:
+            base = f"http://127.0.0.1:{proxy_port}"
+
+            def call(method: str, path: str, roles: list[str] | None = None) -> httpx.Response:
+                headers = {}
+                if roles is not None:
+                    headers["Authorization"] = f"Bearer {issuer.token('alice', roles)}"
+                return httpx.request(method, base + path, headers=headers, timeout=5)
+
+            refused = call("GET", "/services/orders/orders")
+            assert refused.status_code == 401 and refused.json()["code"] == 401
+            assert call("GET", "/services/orders/orders", ["other"]).status_code == 403
+            assert not service.seen
+            admitted = call("GET", "/services/orders/orders", ["orders:read"])
+            assert admitted.status_code == 200, admitted.text
+            assert service.seen[-1]["path"] == "/orders"
+            assert service.seen[-1]["headers"].get("x-spine-subject") == "alice"
+
+            # The twin: reads with a read role; writes with a write role carry the internal
+            # token, which no client ever sees or sends.
+            assert call("GET", "/twin/api/2/things", ["spine:twin:read"]).status_code == 200
+            assert call("PUT", "/twin/api/2/things/x", ["spine:twin:read"]).status_code == 403
+            assert call("PUT", "/twin/api/2/things/x", ["spine:twin:write"]).status_code == 200
+            assert twin.seen[-1]["method"] == "PUT"
+            assert twin.seen[-1]["headers"]["authorization"] == f"Bearer {INTERNAL_TOKEN}"
+
+            # The catalog: any valid token reads; writes need the catalog's write role.
+            assert call("GET", "/catalog/", []).status_code == 200
+            assert call("GET", "/catalog/").status_code == 401
+            assert call("POST", "/catalog/", []).status_code == 403
+            assert call("GET", "/nowhere", ["orders:read"]).status_code == 404
+        finally:
+            haproxy.stop()
