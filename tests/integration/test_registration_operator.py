@@ -163,3 +163,54 @@ async def test_an_invalid_spec_and_a_taken_path_are_refused_alone(cluster, opera
     assert "planner-copy-orders" not in proxy_routes(cluster)
     assert "broken-orders" not in proxy_routes(cluster)
     assert ready_reason(cluster, "maintenance") in ("Progressing", "Reconciled")
+
+
+def spine_conditions(cluster, namespace: str) -> dict[str, dict]:
+    status = stored(cluster, "spine.iiot.dev/v1alpha1/spines", namespace, "default").get("status")
+    return {item["type"]: item for item in (status or {}).get("conditions") or []}
+
+
+def proxy_key_files(cluster, namespace: str) -> dict:
+    config_map = stored(cluster, "v1/configmaps", namespace, "spine-proxy-config")
+    return json.loads(config_map["data"]["proxy.json"])["keyFiles"]
+
+
+async def test_the_issuers_keys_reach_the_proxy_and_an_unreachable_issuer_degrades_the_spine(
+    cluster, operator, tmp_path
+) -> None:
+    from tests.support.devissuer import DevIssuer
+    from tests.support.processes import free_port
+
+    issuer = DevIssuer(tmp_path / "issuer").start()
+    try:
+        k8s = Kubernetes()
+        await k8s.create(spine(NAMESPACE, {"auth": {"issuer": issuer.issuer, "audience": "spine"}}))
+        away = f"http://127.0.0.1:{free_port()}"
+        await k8s.create(spine("plant-b", {"auth": {"issuer": away, "audience": "spine"}}))
+        # Discovery, JWKS, PEM: the proxy's config carries the key files, by content.
+        await eventually(lambda: proxy_key_files(cluster, NAMESPACE), 20, "keys in the config")
+        assert all(
+            pem.startswith("-----BEGIN PUBLIC KEY")
+            for pem in proxy_key_files(cluster, NAMESPACE).values()
+        )
+        await eventually(
+            lambda: (
+                spine_conditions(cluster, NAMESPACE).get("Degraded", {}).get("reason")
+                == "KeysFetched"
+            ),
+            15,
+            "the Spine says its keys were fetched",
+        )
+        # An issuer that never answered: no keys, so every protected route answers 503.
+        await eventually(
+            lambda: (
+                spine_conditions(cluster, "plant-b").get("Degraded", {}).get("status") == "True"
+            ),
+            20,
+            "the other Spine is Degraded",
+        )
+        degraded = spine_conditions(cluster, "plant-b")["Degraded"]
+        assert degraded["reason"] == "DependencyUnavailable" and away in degraded["message"]
+        assert proxy_key_files(cluster, "plant-b") == {}
+    finally:
+        issuer.stop()
