@@ -462,3 +462,19 @@ def test_render_names_a_refused_registration(tmp_path: Path) -> None:
             ENV,
         )
     assert "ServiceRegistration maintenance" in str(error.value)
+
+
+def test_a_target_url_haproxy_cannot_hold_is_refused_for_that_registration_alone() -> None:
+    api = http_api(path="/quoted")
+    del api["serviceRef"]
+    api["url"] = "http://legacy.example.com/a'b"
+    long_doc = registration("documented", "2026-01-02T00:00:00Z", http_api(path="/doc"))
+    long_doc["spec"]["doc"] = "https://docs.example.com/" + "a" * 1500
+    good = registration("good", "2026-01-03T00:00:00Z", http_api(path="/good"))
+    plan = plan_of(spine(), [registration("quoted", "2026-01-01T00:00:00Z", api), long_doc, good])
+    refused = verdict(plan, "quoted")
+    assert refused.reason == cond.INVALID_SPEC
+    assert refused.message.startswith("spec.apis[0].url cannot be routed")
+    assert verdict(plan, "documented").reason == cond.INVALID_SPEC
+    assert "entry.doc" in verdict(plan, "documented").message
+    assert verdict(plan, "good").reason == cond.RECONCILED

@@ -40,7 +40,7 @@ from spine_operator.desired.twin import RUNTIME_UID
 from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, InvalidSpec, ReconcileError
 from spine_runtime.common.configsource import describe_validation_error
-from spine_runtime.config.catalog import CatalogConfig
+from spine_runtime.config.catalog import CatalogConfig, ServiceEntry
 from spine_runtime.config.proxy import ProxyConfig
 
 PROXY_COMPONENT = "proxy"
@@ -349,16 +349,24 @@ def _check_registration(
                 f"{own_paths[mine]} in the same registration",
             )
         own_paths[path] = api.id
-        routes.append(
-            ProxyRoute(
-                name=labels.registration_route_name(name, api.id),
-                path=path,
-                backend=_target_backend(api, env, namespace),
-                roles=api.expose.roles,
-                public=api.expose.public,
-                rate_limit=api.expose.rate_limit,
+        try:
+            routes.append(
+                ProxyRoute(
+                    name=labels.registration_route_name(name, api.id),
+                    path=path,
+                    backend=_target_backend(api, env, namespace),
+                    roles=api.expose.roles,
+                    public=api.expose.public,
+                    rate_limit=api.expose.rate_limit,
+                )
             )
-        )
+        except ValidationError as error:  # the target URL's parts must fit haproxy.cfg too
+            where = "url" if api.url is not None else "serviceRef"
+            return _refused(
+                cond.INVALID_SPEC,
+                f"spec.apis[{index}].{where} cannot be routed: "
+                f"{describe_validation_error(error, 'backend')}",
+            )
     # MQTT APIs: a login each, named after the registration and the API.
     logins = registration_logins(name, registration)
     for login in logins:
@@ -422,6 +430,13 @@ def _check_registration(
             "url": f"http://{host}:{target.port}{registration.probe.path}",
             "intervalSeconds": registration.probe.interval_seconds,
         }
+    try:  # each entry alone, so one that the catalog refuses never blocks the others
+        ServiceEntry.model_validate(entry)
+    except ValidationError as error:
+        return _refused(
+            cond.INVALID_SPEC,
+            f"The catalog refuses the entry: {describe_validation_error(error, 'entry')}",
+        )
     note = (
         f"The spec of {', '.join(unread)} is fetched by the operator when applied"
         if unread
