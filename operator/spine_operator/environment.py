@@ -75,6 +75,7 @@ class Environment:
     proxy_port: int = 8443
     proxy_admin_port: int = 8080
     proxy_exporter_port: int = 8405
+    proxy_peers_port: int = 8406  # HAProxy's peers on 127.0.0.1: rate limits survive a reload
     proxy_config_dir: str = "/etc/spine"
     proxy_run_dir: str = "/var/run/spine-proxy"  # haproxy.cfg, key files, master socket
     proxy_secrets_dir: str = "/var/run/spine"
@@ -89,6 +90,8 @@ class Environment:
     # Where the backends of serviceRef routes are: a Service's DNS name in a cluster; locally
     # (`spine up`, tests) a fixed host, the port being the serviceRef's.
     service_host_override: str | None = None
+    # HAProxy resolves backend names without the pod's DNS search list: they must be complete.
+    cluster_domain: str = "cluster.local"
     operator_namespace: str = "spine-system"
     # Where Prometheus scrapes from: admitted to the runtimes' http port (/metrics), if set.
     monitoring_namespace: str | None = None
@@ -109,6 +112,7 @@ class Environment:
         proxy_port: int = 8443,
         proxy_admin_port: int = 8083,
         proxy_exporter_port: int = 8405,
+        proxy_peers_port: int = 8406,
         catalog_port: int = 8084,
     ) -> Environment:
         broker_dir = state_dir / "broker"
@@ -150,6 +154,7 @@ class Environment:
             proxy_port=proxy_port,
             proxy_admin_port=proxy_admin_port,
             proxy_exporter_port=proxy_exporter_port,
+            proxy_peers_port=proxy_peers_port,
             proxy_config_dir=str(proxy_dir / "config"),
             proxy_run_dir=str(proxy_dir / "run"),
             proxy_secrets_dir=str(proxy_dir / "secrets"),
@@ -196,8 +201,13 @@ class Environment:
         return f"http://{host}:{self.catalog_port}"
 
     def service_host(self, namespace: str, service: str) -> str:
-        """A Service of the namespace, as the proxy and the catalog's probes reach it."""
-        return self.service_host_override or f"{service}.{namespace}.svc"
+        """A Service of the namespace by its complete DNS name, as HAProxy (which ignores the
+        search list) and the catalog's probes reach it."""
+        return self.service_host_override or f"{service}.{namespace}.svc.{self.cluster_domain}"
+
+    def proxy_backend_host(self, namespace: str, service: str, override: str | None) -> str:
+        """The twin's or the catalog's Service as the proxy reaches it."""
+        return override or self.service_host(namespace, service)
 
     def gateway_directories(self, gateway: str) -> GatewayDirectories:
         """Config, buffer and Secret directories of one gateway, as its process sees them."""
@@ -238,7 +248,11 @@ def operator_environment() -> Environment:
         r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", monitoring
     ):
         raise ValueError(f"SPINE_MONITORING_NAMESPACE {monitoring!r} is not a namespace name")
+    domain = os.environ.get("SPINE_CLUSTER_DOMAIN") or "cluster.local"
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", domain):
+        raise ValueError(f"SPINE_CLUSTER_DOMAIN {domain!r} is not a DNS domain")
     return Environment(
+        cluster_domain=domain,
         runtime_image=os.environ.get("SPINE_RUNTIME_IMAGE", RUNTIME_IMAGE),
         operator_namespace=os.environ.get("SPINE_OPERATOR_NAMESPACE", "spine-system"),
         monitoring_namespace=monitoring,

@@ -164,6 +164,7 @@ def test_the_rendered_proxy_admits_exactly_the_roles_each_route_names(
             twin_port=twin.port,
             proxy_port=proxy_port,
             proxy_exporter_port=free_port(),
+            proxy_peers_port=free_port(),
             catalog_port=catalog.port,
         )
         haproxy = start_haproxy(planned(env, issuer, service.port), tmp_path, proxy_port)

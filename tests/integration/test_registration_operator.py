@@ -214,3 +214,62 @@ async def test_the_issuers_keys_reach_the_proxy_and_an_unreachable_issuer_degrad
         assert proxy_key_files(cluster, "plant-b") == {}
     finally:
         issuer.stop()
+
+
+async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator) -> None:
+    import http.server
+    import threading
+
+    document = json.dumps(
+        {
+            "openapi": "3.0.3",
+            "info": {"title": "Orders", "version": "1"},
+            "paths": {"/orders": {"get": {"responses": {"200": {"description": "ok"}}}}},
+        }
+    ).encode()
+
+    class Spec(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Spec)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        k8s = Kubernetes()
+        await k8s.create(spine(NAMESPACE, {"proxy": {"specUrlAllowList": [f"{base}/specs/"]}}))
+        await k8s.create(service("maintenance-planner"))
+        _, registration = example()
+        allowed = copy.deepcopy(registration)
+        allowed["spec"]["apis"] = allowed["spec"]["apis"][:1]
+        allowed["spec"]["apis"][0]["spec"] = {
+            "mediaType": "application/vnd.oai.openapi+json",
+            "url": f"{base}/specs/orders.json",
+        }
+        elsewhere = copy.deepcopy(allowed)
+        elsewhere["metadata"]["name"] = "elsewhere"
+        elsewhere["spec"]["apis"][0]["expose"]["path"] = "/services/elsewhere"
+        elsewhere["spec"]["apis"][0]["spec"]["url"] = f"{base}/private/orders.json"
+        for item in (allowed, elsewhere):
+            await k8s.create(item)
+        await eventually(
+            lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed from its URL"
+        )
+        await eventually(
+            lambda: conditions(cluster, "maintenance").get("SpecValid", {}).get("status") == "True",
+            10,
+            "SpecValid",
+        )
+        await eventually(lambda: ready_reason(cluster, "elsewhere") == "InvalidSpec", 10, "no")
+        spec_valid = conditions(cluster, "elsewhere")["SpecValid"]
+        assert spec_valid["status"] == "False" and "/private/orders.json" in spec_valid["message"]
+        assert "elsewhere-orders" not in proxy_routes(cluster)
+    finally:
+        server.shutdown()
+        server.server_close()

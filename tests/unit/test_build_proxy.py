@@ -208,7 +208,7 @@ def test_twin_routes_carry_roles_and_the_write_token_only_by_environment() -> No
     assert routes["spine-twin-read"].roles == ["twin:r"]
     assert routes["spine-twin-write"].roles == ["twin:w"]
     assert routes["spine-twin-write"].backend_token_env == proxy.TWIN_TOKEN_ENV
-    assert routes["spine-twin-write"].backend.host == f"spine-twin.{NAMESPACE}.svc"
+    assert routes["spine-twin-write"].backend.host == f"spine-twin.{NAMESPACE}.svc.cluster.local"
     assert routes["spine-catalog-read"].roles == []  # any valid token reads the catalog
     assert routes["spine-catalog-write"].roles == ["cat:w"]
     # The token reaches the proxy from the twin's Secret as an environment variable only.
@@ -241,7 +241,7 @@ def test_each_exposed_http_api_gets_a_route_and_a_catalog_entry() -> None:
     entry = next(e for e in catalog_document(plan).entries if e.id == "planner")
     assert entry.owner == "ServiceRegistration/planner"
     assert entry.probe is not None and entry.probe.url == (
-        f"http://planner.{NAMESPACE}.svc:8080/healthz"
+        f"http://planner.{NAMESPACE}.svc.cluster.local:8080/healthz"
     )
     assert {api.id: api.protocol for api in entry.apis} == {"orders": "HTTP", "events": "MQTT"}
     assert next(api for api in entry.apis if api.id == "orders").spec.schema_["openapi"] == "3.1.0"

@@ -449,11 +449,13 @@ def platform_routes(spec: SpineSpec, env: Environment, namespace: str, spine: st
     """(route, owner) of the twin API (with `auth` only) and the catalog: reads for any valid
     token (the twin's for its read roles), writes with the write roles."""
     owner = f"Spine/{spine}"
-    twin = urlsplit(env.twin_url(namespace))
-    catalog = urlsplit(env.catalog_url(namespace))
     found: list[tuple[ProxyRoute, str]] = []
+    twin_host = env.proxy_backend_host(namespace, labels.TWIN_NAME, env.twin_host_override)
+    catalog_host = env.proxy_backend_host(
+        namespace, labels.CATALOG_NAME, env.catalog_host_override
+    )
     if spec.auth is not None:
-        twin_backend = ProxyBackend(host=twin.hostname or "", port=twin.port or 80)
+        twin_backend = ProxyBackend(host=twin_host, port=env.twin_port)
         found += [
             (
                 ProxyRoute(
@@ -477,7 +479,7 @@ def platform_routes(spec: SpineSpec, env: Environment, namespace: str, spine: st
                 owner,
             ),
         ]
-    catalog_backend = ProxyBackend(host=catalog.hostname or "", port=catalog.port or 80)
+    catalog_backend = ProxyBackend(host=catalog_host, port=env.catalog_port)
     write_roles = [spec.auth.catalog.write_role] if spec.auth is not None else []
     found += [
         (
@@ -526,6 +528,7 @@ def haproxy_inputs(
         ),
         keys_dir=str(PurePosixPath(env.proxy_run_dir) / "keys"),
         exporter_port=env.proxy_exporter_port,
+        peers_port=env.proxy_peers_port,
         auth=proxy_auth(spec, keys),
         routes=sorted(routes, key=lambda route: route.name),
     )
