@@ -40,10 +40,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from spine_operator.environment import operator_environment
-    from spine_operator.render import RenderError, dump_yaml, load_resources, render
+    from spine_operator.render import (
+        RenderError,
+        dump_yaml,
+        load_config_maps,
+        load_resources,
+        render,
+    )
 
     try:
-        objects = render(load_resources(args.file), operator_environment())
+        objects = render(
+            load_resources(args.file), operator_environment(), load_config_maps(args.file)
+        )
     except RenderError as error:
         print(f"spine render: invalid input\n{error}", file=sys.stderr)
         return 1

@@ -118,6 +118,30 @@ def load_resources(paths: Iterable[Path]) -> list[Resource]:
     return resources
 
 
+def load_config_maps(paths: Iterable[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The v1 ConfigMaps among the files, by (namespace, name): a ServiceRegistration's spec
+    may be in one (spec.apis[].spec.configMapKeyRef). Unreadable files are load_resources'
+    to report."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
+        for file in files:
+            try:
+                documents = load_documents(file)
+            except YamlError:
+                continue
+            for document in documents:
+                if (
+                    isinstance(document, dict)
+                    and document.get("apiVersion") == "v1"
+                    and document.get("kind") == "ConfigMap"
+                    and isinstance(document.get("metadata"), dict)
+                ):
+                    key = (_namespace(document), str(document["metadata"].get("name")))
+                    found[key] = document
+    return found
+
+
 def _namespace(body: dict[str, Any]) -> str:
     return (body.get("metadata") or {}).get("namespace") or "default"
 
@@ -127,10 +151,15 @@ class Inputs:
     """Everything being rendered, by kind and namespace, for checks across resources."""
 
     by_kind: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, resources: list[Resource]) -> Inputs:
-        inputs = cls()
+    def of(
+        cls,
+        resources: list[Resource],
+        config_maps: dict[tuple[str, str], dict[str, Any]] | None = None,
+    ) -> Inputs:
+        inputs = cls(config_maps=dict(config_maps or {}))
         for resource in resources:
             metadata = resource.body.get("metadata") or {}
             # As the API server stores it: a namespace, and no creation time offline (models
@@ -231,7 +260,8 @@ def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
 
 def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
     """The namespace's proxy and catalog with every ServiceRegistration (and `auth`): inline
-    specs are validated; specs in ConfigMaps or at URLs are read only by the operator."""
+    specs and those in ConfigMaps among the files are validated; others (at URLs, in ConfigMaps
+    elsewhere) are read only by the operator."""
     namespace = spine["metadata"]["namespace"]
     registrations = inputs.get("ServiceRegistration", namespace)
     specs: dict[tuple[str, str], proxy.SpecSource] = {}
@@ -245,6 +275,12 @@ def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         for api in spec.apis:
             if api.spec.value is not None:
                 specs[(name, api.id)] = api.spec.value.encode()
+            ref = api.spec.config_map_key_ref
+            config_map = inputs.config_maps.get((namespace, ref.name)) if ref else None
+            if ref is not None and config_map is not None:
+                value = (config_map.get("data") or {}).get(ref.key)
+                if value is not None:
+                    specs[(name, api.id)] = str(value).encode()
             if api.access is not None:
                 secret = labels.registration_login_secret_name(name, api.id)
                 logins[secret] = placeholder(secret, ("username", "password"))
@@ -389,11 +425,15 @@ def unique_resources(resources: list[Resource]) -> tuple[list[Resource], list[st
     return unique, problems
 
 
-def render(resources: list[Resource], env: Environment) -> list[dict[str, Any]]:
+def render(
+    resources: list[Resource],
+    env: Environment,
+    config_maps: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     problems: list[str] = []
     resources, problems = unique_resources(resources)
-    inputs = Inputs.of(resources)
+    inputs = Inputs.of(resources, config_maps)
     for resource in resources:
         kind = resource.body.get("kind", "")
         if kind_by_name(kind) is None or kind not in RENDERERS:

@@ -18,7 +18,7 @@ import pytest
 from spine_operator import labels
 from spine_operator.context import CONTEXT
 from spine_operator.k8s import RESOURCE_TYPES, Kubernetes
-from spine_operator.render import load_resources, render
+from spine_operator.render import load_config_maps, load_resources, render
 from tests.support.processes import eventually
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,12 @@ def comparable(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+# Created by the test as a user would: the registration's spec ConfigMap and its Service.
+USERS_OBJECTS = {("ConfigMap", "maintenance-events-spec"), ("Service", "maintenance-planner")}
+
+
 def applied(cluster: kmock.KubernetesEmulator, namespace: str) -> dict[tuple[str, str], dict]:
-    """Every object of the operator's kinds in the namespace, by (kind, name)."""
+    """Every object of the operator's kinds in the namespace, by (kind, name), but the user's."""
     found = {}
     for (api_version, kind), resource in RESOURCE_TYPES.items():
         if not resource.namespaced or api_version.startswith(labels.PREFIX):
@@ -53,18 +57,31 @@ def applied(cluster: kmock.KubernetesEmulator, namespace: str) -> dict[tuple[str
         for (res, ns, name), obj in cluster.objects.items():
             if str(res) == str(kmock.resource(key)) and ns == namespace and not obj.deleted:
                 found[(kind, name)] = obj.raw
+    for user_object in USERS_OBJECTS:
+        found.pop(user_object, None)
     return found
 
 
 async def test_spine_render_prints_what_the_operator_applies(cluster, operator) -> None:
     k8s = Kubernetes()
     resources = load_resources([PRESS_LINE])
+    config_maps = load_config_maps([PRESS_LINE])  # the ServiceRegistration's AsyncAPI spec
+    namespace = "plant-a"
+    for config_map in config_maps.values():
+        await k8s.create(copy.deepcopy(config_map))
+    # The maintenance planner the example registers: the user's application, not the example's.
+    planner = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "maintenance-planner", "namespace": namespace},
+        "spec": {"ports": [{"port": 8080}]},
+    }
+    await k8s.create(planner)
     for resource in resources:
         await k8s.create(copy.deepcopy(resource.body))
-    namespace = "plant-a"
     rendered = {
         (obj["kind"], obj["metadata"]["name"]): obj
-        for obj in render(resources, CONTEXT.environment)
+        for obj in render(resources, CONTEXT.environment, config_maps)
     }
     # Every object rendered gets applied, and nothing else: wait for the reconciles to settle.
     try:
