@@ -17,6 +17,7 @@ request). `main.py` adds these routes to the RuntimeServer's app after its own (
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from spine_runtime.catalog.query import QueryError, page_of, parse_filter, parse
 from spine_runtime.catalog.service import CatalogService
 from spine_runtime.catalog.store import WriteRefused
 from spine_runtime.config.catalog import SERVICE_ID_PATTERN, ServiceId
+
+log = logging.getLogger(__name__)
 
 # The header the proxy sets from a verified token: spine_operator.desired.haproxy.ROLES_HEADER
 # (a runtime never imports the operator; a unit test holds the two equal).
@@ -178,11 +181,21 @@ async def _write(request: web.Request, method: str, service_id: str | None) -> w
         result = "conflict" if refusal.status == 409 else "not_found"
         service.metrics.writes.labels(method, result).inc()
         return error_response(refusal.status, refusal.message)
+    except OSError as error:
+        return _not_saved(service, method, error)
     service.metrics.writes.labels(method, "created" if created else "updated").inc()
     # A relative reference: it resolves against the request's URL, so it stays right behind
     # the proxy's path prefix (/catalog/...).
     headers = {"Location": entry.id} if created else {}
     return web.json_response(entry.to_wire(), status=201 if created else 200, headers=headers)
+
+
+def _not_saved(service: CatalogService, method: str, error: OSError) -> web.Response:
+    service.metrics.writes.labels(method, "not_saved").inc()
+    log.error("Cannot save the catalog's store file: %s", error)
+    return error_response(
+        500, "The change is served but could not be saved, so a restart would lose it"
+    )
 
 
 def _check_path_id(service_id: str) -> None:
@@ -214,5 +227,7 @@ async def delete_service(request: web.Request) -> web.Response:
         result = "conflict" if refusal.status == 409 else "not_found"
         service.metrics.writes.labels("DELETE", result).inc()
         return error_response(refusal.status, refusal.message)
+    except OSError as error:
+        return _not_saved(service, "DELETE", error)
     service.metrics.writes.labels("DELETE", "deleted").inc()
     return web.Response(status=200)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,7 @@ class CatalogEntry:
     updated: datetime
     ttl: int | None = None
     expires: datetime | None = None
+    _wire: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -88,6 +89,13 @@ class CatalogEntry:
         return self.expires is not None and self.expires <= now
 
     def to_wire(self) -> dict[str, Any]:
+        """The service JSON. Cached: an entry never changes (a change makes a new entry), and
+        every list and filter request reads it. Callers must not modify it."""
+        if self._wire is None:
+            self._wire = self._build_wire()
+        return self._wire
+
+    def _build_wire(self) -> dict[str, Any]:
         wire = dict(self.body)
         if self.ttl is not None:
             wire["ttl"] = self.ttl
