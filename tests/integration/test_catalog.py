@@ -435,3 +435,38 @@ def test_probes_report_reachability(catalogs, tmp_path) -> None:
 
 def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+def test_a_config_push_is_applied_whole_or_not_at_all(catalogs, tmp_path) -> None:
+    catalog = start(catalogs, tmp_path, entries=[owned_entry("a")])
+    unusable = {
+        **catalog.config,
+        "entries": [owned_entry("b")],
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "username": "spine-catalog",
+            "passwordFile": str(tmp_path / "missing-password"),
+            "clientId": "spine-catalog",
+        },
+    }
+    response = httpx.put(
+        f"{catalog.url}/admin/config",
+        content=json.dumps(unusable),
+        headers={"Authorization": f"Bearer {catalog.admin_token}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert "mqtt.passwordFile: cannot read" in response.json()["detail"]
+    with catalog.http() as http:
+        assert ids(http.get("/")) == ["a"]
+    assert [entry["id"] for entry in catalog.status()["entries"]] == ["a"]
+    bad_entry = {**catalog.config, "entries": [owned_entry("bad id")]}
+    response = httpx.put(
+        f"{catalog.url}/admin/config",
+        content=json.dumps(bad_entry),
+        headers={"Authorization": f"Bearer {catalog.admin_token}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert "entries[0].id: 'bad id' is invalid" in response.json()["detail"]

@@ -31,6 +31,7 @@ RECONNECT_MAX_SECONDS = 10
 
 Key = tuple[str, str]  # (type, id): the two topic levels that name an entry
 Current = Callable[[], dict[Key, bytes]]
+Exists = Callable[[Key], bool]
 
 
 class Announcer:
@@ -39,11 +40,13 @@ class Announcer:
         settings: MqttSettings,
         prefix: str,
         current: Current,
+        exists: Exists,
         metrics: CatalogMetrics,
     ) -> None:
         self.settings = settings
         self.prefix = prefix.rstrip("/")
         self.current = current
+        self.exists = exists
         self.metrics = metrics
         self.connected = False
         # Dead announcements until the broker acknowledged them: sent again after a reconnect.
@@ -130,7 +133,7 @@ class Announcer:
         if len(levels) != 3 or levels[2] != "alive" or not payload:
             return
         key = (levels[0], levels[1])
-        if key not in self.current() and key not in self._pending_dead:
+        if not self.exists(key) and key not in self._pending_dead:
             log.info("Clearing the stale announcement of %s/%s", *key)
             self.dead(key, payload)
 

@@ -158,7 +158,8 @@ async def _write(request: web.Request, method: str, service_id: str | None) -> w
         return refused
     body = await _read_body(request)
     if isinstance(body, web.Response):
-        service.metrics.writes.labels(method, "too_large").inc()
+        result = "too_large" if body.status == 413 else "timeout"
+        service.metrics.writes.labels(method, result).inc()
         return body
     try:
         write = parse_service_write(body, service.config.max_ttl_seconds)

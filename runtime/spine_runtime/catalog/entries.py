@@ -72,6 +72,7 @@ class CatalogEntry:
     ttl: int | None = None
     expires: datetime | None = None
     _wire: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _payload: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -106,7 +107,10 @@ class CatalogEntry:
         return wire
 
     def payload(self) -> bytes:
-        return json.dumps(self.to_wire(), separators=(",", ":")).encode()
+        """The service JSON as announced on MQTT (cached like `to_wire`)."""
+        if self._payload is None:
+            self._payload = json.dumps(self.to_wire(), separators=(",", ":")).encode()
+        return self._payload
 
 
 def owned_body(entry: ServiceEntry) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 - `spine_catalog_entries{origin}`: live entries, `owned` (from ServiceRegistrations) or
   `external` (written through the API).
 - `spine_catalog_writes_total{method,result}`: POST, PUT and DELETE by result: created, updated,
-  deleted, bad_request, too_large, unauthorized, forbidden, conflict, not_found, not_saved
-  (served, but the store file could not be written).
+  deleted, bad_request, too_large, timeout (body not sent in time), unauthorized, forbidden,
+  conflict, not_found, not_saved (served, but the store file could not be written).
 - `spine_catalog_expired_total`: external entries removed because their ttl ran out.
 - `spine_catalog_probes_total{result}`: health probes of owned entries, `up` or `down`.
 - `spine_catalog_announcements_total{kind}`: MQTT announcements sent, `alive` or `dead`.

@@ -21,6 +21,7 @@ from spine_runtime.catalog.metrics import CatalogMetrics
 from spine_runtime.catalog.probes import NO_PROBE, Prober
 from spine_runtime.catalog.store import CatalogStore, Change
 from spine_runtime.catalog.storefile import load_entries, save_entries
+from spine_runtime.common.configsource import ConfigError
 from spine_runtime.config.catalog import CatalogConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,11 @@ class CatalogService:
             self.announcer = None
             return
         self.announcer = Announcer(
-            config.mqtt, config.announce_prefix, self._current_announcements, self.metrics
+            config.mqtt,
+            config.announce_prefix,
+            self._current_announcements,
+            self._announced,
+            self.metrics,
         )
         self.announcer.start()
 
@@ -99,6 +104,14 @@ class CatalogService:
             self.config.mqtt,
             self.config.announce_prefix,
         )
+        if mqtt_changed and config.mqtt is not None:
+            # Checked before anything changes: a config is applied whole or not at all.
+            try:
+                config.mqtt.password()
+            except OSError as error:
+                raise ConfigError(
+                    f"mqtt.passwordFile: cannot read {config.mqtt.password_file}: {error.strerror}"
+                ) from None
         self.store.max_external_entries = config.max_external_entries
         self.store.max_ttl_seconds = config.max_ttl_seconds
         changes = self.store.replace_owned(config.entries, self.clock())
@@ -196,6 +209,10 @@ class CatalogService:
 
     def _current_announcements(self) -> dict[Key, bytes]:
         return {(entry.type, entry.id): entry.payload() for entry in self.visible()}
+
+    def _announced(self, key: Key) -> bool:
+        entry = self.get(key[1])
+        return entry is not None and entry.type == key[0]
 
     # health and status ----------------------------------------------------------------------
 
