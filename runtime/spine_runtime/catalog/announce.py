@@ -49,6 +49,7 @@ class Announcer:
         self.exists = exists
         self.metrics = metrics
         self.connected = False
+        self._warned_unreachable = False  # one warning per outage, not one per retry
         # Dead announcements until the broker acknowledged them: sent again after a reconnect.
         self._pending_dead: dict[Key, bytes] = {}
         self._dead_mids: dict[int, Key] = {}
@@ -73,6 +74,7 @@ class Announcer:
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.connect_async(self.settings.host, self.settings.port, keepalive=KEEPALIVE_SECONDS)
@@ -163,7 +165,20 @@ class Announcer:
         client.subscribe(f"{self.prefix}/+/+/alive", options=SubscribeOptions(qos=1, noLocal=True))
         self._call_in_loop(self._connected_in_loop)
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._call_in_loop(self._unreachable_in_loop)
+
+    def _unreachable_in_loop(self) -> None:
+        if not self._warned_unreachable:
+            self._warned_unreachable = True
+            log.warning(
+                "Cannot reach the broker %s:%s; announcements wait until it answers",
+                self.settings.host,
+                self.settings.port,
+            )
+
     def _connected_in_loop(self) -> None:
+        self._warned_unreachable = False
         log.info("Connected to the broker %s:%s", self.settings.host, self.settings.port)
         self._set_connected(True)
         self._resync()
