@@ -13,6 +13,7 @@ RUNTIMES = {
     "twin": "spine_runtime.twin.main",
     "gateway": "spine_runtime.gateway.main",
     "flow": "spine_runtime.flow.main",
+    "catalog": "spine_runtime.catalog.main",
     "sim": "spine_runtime.sim.main",
     "broker-seed": "spine_runtime.broker.seed",
     "dev-issuer": "spine_runtime.devissuer.main",  # development only
