@@ -324,7 +324,8 @@ def test_each_mqtt_api_gets_a_login_allowed_exactly_its_channels() -> None:
     secret = next(s for s in plan.generated if s["metadata"]["name"] == "planner-events-mqtt")
     assert secret["stringData"]["username"] == "service-planner.events"
     catalog = next(login for login in plan.logins if login.username == proxy.CATALOG_USERNAME)
-    assert catalog.publish == ("sc/v3/announcement/#",) and catalog.subscribe == ()
+    assert catalog.publish == ("sc/v3/announcement/#",)
+    assert catalog.subscribe == ("sc/v3/announcement/+/+/alive",)
 
 
 @pytest.mark.parametrize("topic", ["$SYS/#", "plant/#/x", "plant/a+", "line\nbreak", "x" * 300])

@@ -77,6 +77,8 @@ def catalog_login() -> Login:
         CATALOG_USERNAME,
         client_id=CATALOG_USERNAME,
         publish=(f"{ANNOUNCE_PREFIX}/#",),
+        # At start it reads the retained alives it left before a restart, to clear stale ones.
+        subscribe=(f"{ANNOUNCE_PREFIX}/+/+/alive",),
         description="Spine catalog announcements",
     )
 
