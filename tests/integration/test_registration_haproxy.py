@@ -1,10 +1,12 @@
 """The haproxy.cfg that the proxy plan renders for a ServiceRegistration, run by the real Debian
 HAProxy with keys from the real development issuer: the registration's route admits only tokens
 with its role, the twin's write route sends the internal write token from the environment
-(never from the config), reads of the catalog need any valid token, and unknown paths get 404."""
+(never from the config), reads of the catalog need any valid token, and unknown paths get 404.
+The real catalog process serves the plan's entries and reports its probes as the poller reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import threading
@@ -22,7 +24,7 @@ from spine_operator.desired.plan import Plan, SecretInput
 from spine_operator.environment import Environment
 from spine_runtime.config.proxy import ProxyConfig
 from tests.support.devissuer import DevIssuer
-from tests.support.processes import ManagedProcess, free_port
+from tests.support.processes import ManagedProcess, eventually, free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -83,9 +85,17 @@ def issuer(tmp_path: Path) -> Iterator[DevIssuer]:
 def planned(env: Environment, issuer: DevIssuer, service_port: int) -> Plan:
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     keys = tuple(oidc.jwks_to_verify_keys(jwks, ["RS256", "ES256"]))
+    return planned_with(env, issuer.issuer, service_port, keys)
+
+
+def planned_without_keys(env: Environment, issuer: str, service_port: int) -> Plan:
+    return planned_with(env, issuer, service_port, ())
+
+
+def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) -> Plan:
     spine = {
         "metadata": {"name": "default", "namespace": NAMESPACE},
-        "spec": {"auth": {"issuer": issuer.issuer, "audience": "spine"}},
+        "spec": {"auth": {"issuer": issuer, "audience": "spine"}},
     }
     registration = {
         "metadata": {"name": "planner", "namespace": NAMESPACE, "creationTimestamp": "1"},
@@ -100,6 +110,7 @@ def planned(env: Environment, issuer: DevIssuer, service_port: int) -> Plan:
                     "spec": {"mediaType": "application/json", "value": "{}"},
                 }
             ],
+            "probe": {"path": "/healthz", "intervalSeconds": 5},
         },
     }
     openapi = {
@@ -201,3 +212,45 @@ def test_the_rendered_proxy_admits_exactly_the_roles_each_route_names(
             assert call("GET", "/nowhere", ["orders:read"]).status_code == 404
         finally:
             haproxy.stop()
+
+
+async def test_the_planned_catalog_serves_the_entry_and_reports_its_probe(tmp_path: Path) -> None:
+    """The real catalog process on the plan's config: the registration's entry with its route
+    URL and spec, and a /status the operator's poller reads into Reachable."""
+    from spine_operator.poller import catalog_report, fetch_report
+    from spine_operator.statuses import reachable_condition
+    from tests.support.catalog import CatalogHandle
+
+    with EchoBackend() as service:
+        env = Environment.for_local(
+            tmp_path / "state", broker_port=free_port(), catalog_port=free_port()
+        )
+        plan = planned_without_keys(env, "https://sso.example.com/r", service.port)
+        config_map = next(
+            o for o in plan.objects if o["metadata"]["name"] == labels.CATALOG_CONFIG_NAME
+        )
+        config = json.loads(config_map["data"][labels.CATALOG_CONFIG_FILE])
+        Path(config["mqtt"]["passwordFile"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(config["mqtt"]["passwordFile"]).write_text("unused: no broker listens")
+        Path(config["storeFile"]).parent.mkdir(parents=True, exist_ok=True)
+        catalog = CatalogHandle.start(tmp_path / "catalog", config)
+        try:
+            entry = httpx.get(f"{catalog.url}/planner", timeout=5).json()
+            assert entry["apis"][0]["url"].endswith("/services/orders")
+            assert entry["apis"][0]["spec"]["schema"]["openapi"] == "3.1.0"
+
+            def probed() -> Any:
+                found = catalog.status()["entries"]
+                return any(e["id"] == "planner" and e["reachable"] is True for e in found)
+
+            await eventually(probed, 15, "the catalog's first probe of the planner")
+            async with httpx.AsyncClient() as client:
+                report, result = await fetch_report(client, catalog.url, catalog_report)
+            assert result == "ok"
+            assert any(seen["path"] == "/healthz" for seen in service.seen)
+            # The catalog's half of Reachable (the proxy's routes are another test's).
+            verdict = dataclasses.replace(plan.facts["registrations"]["planner"], routes=())
+            reachable = reachable_condition(verdict, "planner", None, report, 1)
+            assert reachable["status"] == "True", reachable
+        finally:
+            catalog.stop()
