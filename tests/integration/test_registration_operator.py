@@ -112,9 +112,12 @@ async def test_the_example_registration_heals_once_its_service_and_spec_appear(
     )
     await k8s.create(copy.deepcopy(config_map))
     await eventually(
-        lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed once both exist"
+        lambda: (
+            "maintenance-orders" in proxy_routes(cluster) and "maintenance" in catalog_ids(cluster)
+        ),
+        15,
+        "routed and in the catalog once both exist",
     )
-    assert "maintenance" in catalog_ids(cluster)
     await eventually(lambda: ready_reason(cluster, "maintenance") == "Progressing", 10, "pods")
     for name in ("spine-proxy", "spine-catalog"):
         await mark_ready(k8s, cluster, name)
@@ -163,6 +166,25 @@ async def test_an_invalid_spec_and_a_taken_path_are_refused_alone(cluster, opera
     assert "planner-copy-orders" not in proxy_routes(cluster)
     assert "broken-orders" not in proxy_routes(cluster)
     assert ready_reason(cluster, "maintenance") in ("Progressing", "Reconciled")
+
+    # The holder goes: its route and entry go with it, and the path is free for the other.
+    await k8s.request(
+        "DELETE",
+        f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/serviceregistrations/maintenance",
+    )
+    await eventually(
+        lambda: (
+            "planner-copy-orders" in proxy_routes(cluster)
+            and "planner-copy" in catalog_ids(cluster)
+        ),
+        15,
+        "the path changes hands",
+    )
+    assert "maintenance-orders" not in proxy_routes(cluster)
+    assert "maintenance" not in catalog_ids(cluster)
+    await eventually(
+        lambda: ready_reason(cluster, "planner-copy") == "Progressing", 10, "now routed"
+    )
 
 
 def spine_conditions(cluster, namespace: str) -> dict[str, dict]:
