@@ -254,3 +254,40 @@ async def test_the_planned_catalog_serves_the_entry_and_reports_its_probe(tmp_pa
             assert reachable["status"] == "True", reachable
         finally:
             catalog.stop()
+
+
+def test_before_the_first_keys_every_protected_route_answers_503(
+    tmp_path: Path, issuer: DevIssuer
+) -> None:
+    """The issuer was never reached: the proxy runs, and fails closed."""
+    proxy_port = free_port()
+    with EchoBackend() as service, EchoBackend() as twin, EchoBackend() as catalog:
+        env = Environment.for_local(
+            tmp_path / "state",
+            broker_port=free_port(),
+            twin_port=twin.port,
+            proxy_port=proxy_port,
+            proxy_exporter_port=free_port(),
+            proxy_peers_port=free_port(),
+            catalog_port=catalog.port,
+        )
+        plan = planned_without_keys(env, issuer.issuer, service.port)
+        haproxy = start_haproxy(plan, tmp_path, proxy_port)
+        try:
+            token = issuer.token("alice", ["orders:read", "spine:twin:write"])
+            for method, path in (
+                ("GET", "/services/orders/orders"),
+                ("PUT", "/twin/api/2/things/x"),
+                ("GET", "/catalog/"),
+            ):
+                answer = httpx.request(
+                    method,
+                    f"http://127.0.0.1:{proxy_port}{path}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=5,
+                )
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.json()["code"] == 503
+            assert not service.seen and not twin.seen and not catalog.seen
+        finally:
+            haproxy.stop()
