@@ -39,6 +39,19 @@ def test_render_prints_every_child_of_the_example() -> None:
         ("Service", "spine-twin"),
         ("StatefulSet", "spine-twin"),
         ("NetworkPolicy", "spine-twin"),
+        # `auth` is set: the proxy and the catalog
+        ("Secret", "spine-proxy-token"),
+        ("Secret", "spine-catalog-token"),
+        ("Secret", "spine-mqtt-spine-catalog"),
+        ("ConfigMap", "spine-proxy-config"),
+        ("Service", "spine-proxy"),
+        ("Service", "spine-proxy-admin"),
+        ("Deployment", "spine-proxy"),
+        ("NetworkPolicy", "spine-proxy"),
+        ("ConfigMap", "spine-catalog-config"),
+        ("Service", "spine-catalog"),
+        ("Deployment", "spine-catalog"),
+        ("NetworkPolicy", "spine-catalog"),
     ]
     for secret in (o for o in objects if o["kind"] == "Secret"):  # no secret values
         assert "data" not in secret and "stringData" not in secret
