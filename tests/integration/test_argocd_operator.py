@@ -25,7 +25,7 @@ PRESS_LINE = REPO / "examples" / "press-line"
 GROUP = "spine.iiot.dev"
 APP = "spine-press-line"
 NAMESPACE = "plant-a"
-PARENT_PLURALS = {"spines", "gateways", "twinmodels", "flows"}
+PARENT_PLURALS = {"spines", "gateways", "twinmodels", "flows", "serviceregistrations"}
 CHILD_PLURALS = [
     "statefulsets",
     "deployments",
@@ -78,7 +78,13 @@ async def test_argocd_managed_resources_keep_their_spec_and_lend_no_mark_to_chil
 ) -> None:
     k8s = Kubernetes()
     created = parents()
-    assert sorted({doc["kind"] for doc in created}) == ["Flow", "Gateway", "Spine", "TwinModel"]
+    assert sorted({doc["kind"] for doc in created}) == [
+        "Flow",
+        "Gateway",
+        "ServiceRegistration",
+        "Spine",
+        "TwinModel",
+    ]
     for doc in created:
         await k8s.create(doc)
 
@@ -111,6 +117,7 @@ async def test_argocd_managed_resources_keep_their_spec_and_lend_no_mark_to_chil
             "Gateway": "gateways",
             "TwinModel": "twinmodels",
             "Flow": "flows",
+            "ServiceRegistration": "serviceregistrations",
         }[doc["kind"]]
         live = cluster.objects[f"{GROUP}/v1alpha1/{plural}", NAMESPACE, doc["metadata"]["name"]].raw
         assert live["spec"] == doc["spec"], doc["kind"]
