@@ -11,6 +11,7 @@ documents, their workloads and NetworkPolicies. A namespace with neither a regis
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -211,9 +212,7 @@ def _refused(reason: str, message: str, **kwargs: Any) -> RegistrationVerdict:
     return RegistrationVerdict(reason, message, **kwargs)
 
 
-def select_registrations(
-    inputs: ProxyPlanInputs, spec: SpineSpec, namespace: str, public_url: str
-) -> Selection:
+def select_registrations(inputs: ProxyPlanInputs, namespace: str, public_url: str) -> Selection:
     """Each registration, oldest first: checked, then its routes, logins and catalog entry."""
     selection = Selection()
     claimed: dict[str, str] = {TWIN_PATH: "the twin API", CATALOG_PATH: "the catalog"}
@@ -453,9 +452,7 @@ def platform_routes(spec: SpineSpec, env: Environment, namespace: str, spine: st
     owner = f"Spine/{spine}"
     found: list[tuple[ProxyRoute, str]] = []
     twin_host = env.proxy_backend_host(namespace, labels.TWIN_NAME, env.twin_host_override)
-    catalog_host = env.proxy_backend_host(
-        namespace, labels.CATALOG_NAME, env.catalog_host_override
-    )
+    catalog_host = env.proxy_backend_host(namespace, labels.CATALOG_NAME, env.catalog_host_override)
     if spec.auth is not None:
         twin_backend = ProxyBackend(host=twin_host, port=env.twin_port)
         found += [
@@ -802,6 +799,13 @@ def build_catalog_objects(
     return [config_map, service, deployment, policy], checksum
 
 
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def proxy_wanted(inputs: ProxyPlanInputs, spec: SpineSpec) -> bool:
     """Whether the namespace pays for a proxy and a catalog: a registration, or `auth`."""
     live = [item for item in inputs.registrations if not item["metadata"].get("deletionTimestamp")]
@@ -825,7 +829,7 @@ def plan_proxy(inputs: ProxyPlanInputs) -> Plan | Refusal:
         return Plan(objects=[], facts={"registrations": {}})
     env = inputs.env
     public_url = env.proxy_public_url(namespace, spec.proxy.tls is not None)
-    selection = select_registrations(inputs, spec, namespace, public_url)
+    selection = select_registrations(inputs, namespace, public_url)
     digests: dict[str, str] = {}
     try:
         proxy_digest = inputs.proxy_token.require(("token",), "the proxy")
@@ -918,6 +922,7 @@ def plan_proxy(inputs: ProxyPlanInputs) -> Plan | Refusal:
             "catalogUrl": f"{public_url}{CATALOG_PATH}/",
             "keys": len(haproxy.auth.keys) if haproxy.auth is not None else None,
             "keysError": inputs.keys.error,
+            "keysFetchedAt": _timestamp(inputs.keys.fetched_at),
             "issuer": spec.auth.issuer if spec.auth is not None else None,
             "routes": {route.name: owners.get(route.name) for route in routes},
         },

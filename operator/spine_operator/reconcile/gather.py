@@ -271,6 +271,7 @@ async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPla
     except ValidationError:
         return inputs  # the plan refuses it and says why
     wanted = proxy.proxy_wanted(inputs, spec)
+    # The key refresher follows the Spine's issuer from here: a new one is fetched at once.
     CONTEXT.keys.watch(namespace, spec.auth if wanted else None)
     if not wanted:
         return inputs

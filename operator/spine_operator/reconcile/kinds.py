@@ -121,6 +121,7 @@ def add_proxy_status(status: dict[str, Any], body: dict[str, Any], proxy: Any) -
         "url": proxy.fact("proxyUrl"),
         "catalogUrl": proxy.fact("catalogUrl"),
         **({"keys": proxy.fact("keys")} if proxy.fact("keys") is not None else {}),
+        **({"keysFetchedAt": proxy.fact("keysFetchedAt")} if proxy.fact("keysFetchedAt") else {}),
     }
     generation = int(body["metadata"].get("generation") or 0)
     found = status.setdefault("conditions", [])
@@ -256,6 +257,7 @@ async def report_registrations(k8s: Kubernetes, namespace: str, _: str) -> None:
     if spine is None:
         error = SpineNotFound.in_namespace(namespace, "this service is registered and routed")
         problem = (error.reason, error.message)
+        CONTEXT.keys.watch(namespace, None)  # no Spine, no issuer to keep keys of
     outcome = PROXIES.outcomes.get((namespace, PROXY_KEY))
     deployments: tuple[Any, Any] = (None, None)
     if spine is not None:
