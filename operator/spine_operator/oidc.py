@@ -9,6 +9,7 @@ after the next good refresh and a flaky issuer never empties the proxy's key fil
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -27,6 +28,8 @@ from spine_operator.external import unreachable_cause
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+# For discovery and JWKS together, so an issuer dripping bytes cannot hold a refresh longer.
+REFRESH_DEADLINE_SECONDS = 10.0
 MAX_DOCUMENT_BYTES = 256 * 1024  # a JWKS of a few dozen keys is a few tens of KB
 MAX_KEYS = 32  # ProxyAuth.keys holds at most this many
 MIN_RSA_BITS = 2048
@@ -166,9 +169,11 @@ class KeyCache:
         *,
         timeout: httpx.Timeout = FETCH_TIMEOUT,
         max_bytes: int = MAX_DOCUMENT_BYTES,
+        deadline: float = REFRESH_DEADLINE_SECONDS,
     ) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.deadline = deadline
         self._states: dict[Hashable, KeyState] = {}
 
     def state(self, key: Hashable) -> KeyState:
@@ -182,9 +187,15 @@ class KeyCache:
     ) -> KeyState:
         previous = self.state(key)
         try:
-            keys, dropped = await self._fetch_keys(issuer, jwks_uri, algorithms)
-        except (JwksError, httpx.HTTPError) as error:
-            message = str(error) if isinstance(error, JwksError) else _describe(error)
+            async with asyncio.timeout(self.deadline):
+                keys, dropped = await self._fetch_keys(issuer, jwks_uri, algorithms)
+        except (JwksError, httpx.HTTPError, TimeoutError) as error:
+            if isinstance(error, JwksError):
+                message = str(error)
+            elif isinstance(error, httpx.HTTPError):
+                message = _describe(error)
+            else:
+                message = f"issuer {issuer} did not answer within {self.deadline:g} s"
             state = KeyState(previous.keys, previous.fetched_at, message, previous.dropped)
         else:
             state = KeyState(tuple(keys), time.time(), None, tuple(dropped))

@@ -93,25 +93,37 @@ def validate_spec(raw: bytes, media_type: str, protocol: Literal["HTTP", "MQTT"]
             channels: tuple[str, ...] = ()
         else:
             channels = _validate_asyncapi(document, version)
-    except _Refused as problem:
-        name = f"{FAMILY_NAMES[family]} {version}".strip()
-        where = f" at {problem.path}" if problem.path else ""
+    except _Refused as refused:
+        problem = refused
+    except RecursionError:
+        problem = _Refused("the document is nested too deeply")
+    except asyncapi_schemas.AsyncApiSchemasMissing:
+        raise
+    except Exception as error:  # a validator's own bug must not stop a reconcile
+        # Seen: openapi-spec-validator's KeyError on a $ref to the wrong kind of object.
+        problem = _Refused(
+            f"the validator failed on this document ({type(error).__name__}: "
+            f"{str(error)[:100]}); is a $ref pointing to the wrong kind of object?"
+        )
+    else:
         return SpecVerdict(
-            valid=False,
-            message=_shorten(f"Invalid {name} spec{where}: {problem.message}"),
-            path=problem.path,
+            valid=True,
+            message=f"Valid {FAMILY_NAMES[family]} {version} spec",
+            path="",
             family=family,
             version=version,
             digest=digest,
+            channels=channels,
         )
+    name = f"{FAMILY_NAMES[family]} {version}".strip()
+    where = f" at {problem.path}" if problem.path else ""
     return SpecVerdict(
-        valid=True,
-        message=f"Valid {FAMILY_NAMES[family]} {version} spec",
-        path="",
+        valid=False,
+        message=_shorten(f"Invalid {name} spec{where}: {problem.message}"),
+        path=problem.path,
         family=family,
         version=version,
         digest=digest,
-        channels=channels,
     )
 
 

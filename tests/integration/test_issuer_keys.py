@@ -7,9 +7,11 @@ kept; an outage or a garbage answer keeps the last good keys and says what went 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -119,6 +121,33 @@ def test_the_issuer_says_it_is_for_development_and_keeps_its_key_private(
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     assert all(set(key) & {"d", "p", "q"} == set() for key in jwks["keys"])
+
+
+async def test_a_slow_issuer_times_out_and_keeps_the_last_keys(issuer: DevIssuer) -> None:
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(100):  # each byte within the read timeout; only the deadline ends it
+            await response.write(b" ")
+            await asyncio.sleep(0.05)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/.well-known/openid-configuration", drip)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        cache = KeyCache(timeout=httpx.Timeout(1.0), deadline=0.5)
+        good = await cache.refresh("plant-a", issuer.issuer, None, ALGORITHMS)
+        started = time.monotonic()
+        state = await cache.refresh("plant-a", f"http://127.0.0.1:{port}", None, ALGORITHMS)
+        assert time.monotonic() - started < 2.0
+        assert state.error == f"issuer http://127.0.0.1:{port} did not answer within 0.5 s"
+        assert state.keys == good.keys
+    finally:
+        await runner.cleanup()
 
 
 class GarbageIssuer:

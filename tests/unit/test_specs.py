@@ -275,6 +275,14 @@ def test_a_ref_outside_the_document_is_refused_and_never_read() -> None:
     assert "root:" not in verdict.message
 
 
+def test_a_ref_to_the_wrong_kind_of_object_is_a_verdict_not_a_crash() -> None:
+    document = copy.deepcopy(OPENAPI_31)
+    document["paths"]["/orders/{id}"]["get"]["parameters"] = [{"$ref": "#/paths"}]
+    verdict = validate_spec(as_json(document), "application/json", "HTTP")
+    assert not verdict.valid
+    assert "the wrong kind of object" in verdict.message
+
+
 def test_a_dangling_ref_names_where_it_is() -> None:
     document = copy.deepcopy(ASYNCAPI_26)
     del document["components"]["messages"]["Command"]
