@@ -22,6 +22,16 @@ MAX_REDIRECTS = 3
 ACCEPT = "application/json, application/yaml, application/x-yaml, text/yaml;q=0.9, */*;q=0.1"
 
 
+def service_host_names(service: str, namespace: str) -> list[str]:
+    """The names a Service of the namespace answers to: what `allowed_hosts` should hold."""
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+
+
 def url_refusal(
     url: str, allowed_hosts: Collection[str], allowed_prefixes: Collection[str]
 ) -> str | None:

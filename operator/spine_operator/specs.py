@@ -12,6 +12,8 @@ import datetime
 import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,8 +66,32 @@ class _Refused(Exception):
 
 def validate_spec(raw: bytes, media_type: str, protocol: Literal["HTTP", "MQTT"]) -> SpecVerdict:
     """The verdict on one spec; never raises on bad input (only AsyncApiSchemasMissing when
-    the operator was installed without the AsyncAPI schemas)."""
+    the operator was installed without the AsyncAPI schemas).
+
+    CPU-bound (an OpenAPI 3.1 spec of 57 KB takes about 0.9 s, 3.0 about 0.25 s): call it in a
+    thread. Verdicts are remembered by the spec's digest, so a reconcile of an unchanged spec
+    costs a hash.
+    """
     digest = hashlib.sha256(raw).hexdigest()
+    cache_key = (digest, media_type, protocol)
+    with _VERDICTS_LOCK:
+        if cache_key in _VERDICTS:
+            _VERDICTS.move_to_end(cache_key)
+            return _VERDICTS[cache_key]
+    verdict = _validate(raw, media_type, protocol, digest)
+    with _VERDICTS_LOCK:
+        _VERDICTS[cache_key] = verdict
+        while len(_VERDICTS) > VERDICT_CACHE_SIZE:
+            _VERDICTS.popitem(last=False)
+    return verdict
+
+
+VERDICT_CACHE_SIZE = 512
+_VERDICTS: OrderedDict[tuple[str, str, str], SpecVerdict] = OrderedDict()
+_VERDICTS_LOCK = threading.Lock()
+
+
+def _validate(raw: bytes, media_type: str, protocol: str, digest: str) -> SpecVerdict:
     expected = FAMILY_OF_PROTOCOL.get(protocol, "openapi")
     family: Family = expected
     version = ""

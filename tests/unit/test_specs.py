@@ -320,6 +320,17 @@ def test_an_unsupported_asyncapi_version_lists_the_supported_ones() -> None:
     assert "2.6.0" in verdict.message and "3.0.0" in verdict.message
 
 
+def test_an_unchanged_spec_is_not_validated_again() -> None:
+    raw = json.dumps({**OPENAPI_31, "x-run": time.time_ns()}).encode()
+    started = time.perf_counter()
+    first = validate_spec(raw, "application/json", "HTTP")
+    first_took = time.perf_counter() - started
+    started = time.perf_counter()
+    again = validate_spec(raw, "application/json", "HTTP")
+    assert again == first
+    assert time.perf_counter() - started < first_took / 5
+
+
 def test_digest_is_of_the_raw_bytes_so_a_reformatted_spec_is_a_new_one() -> None:
     compact = validate_spec(as_json(OPENAPI_31), "application/json", "HTTP")
     pretty = validate_spec(json.dumps(OPENAPI_31, indent=2).encode(), "application/json", "HTTP")
@@ -329,8 +340,9 @@ def test_digest_is_of_the_raw_bytes_so_a_reformatted_spec_is_a_new_one() -> None
 
 def test_missing_asyncapi_schemas_name_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv(asyncapi_schemas.ENV_VAR, str(tmp_path))
+    document = {**ASYNCAPI_26, "x-unseen": str(tmp_path)}  # not a remembered verdict
     with pytest.raises(asyncapi_schemas.AsyncApiSchemasMissing, match="make install"):
-        validate_spec(as_json(ASYNCAPI_26), "application/json", "MQTT")
+        validate_spec(as_json(document), "application/json", "MQTT")
 
 
 def test_the_download_refuses_a_tarball_that_does_not_match_the_pinned_integrity(
