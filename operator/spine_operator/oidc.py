@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import re
+import ssl
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 # For discovery and JWKS together, so an issuer dripping bytes cannot hold a refresh longer.
 REFRESH_DEADLINE_SECONDS = 10.0
+# Made once: httpx would build a TLS context (the CA bundle loaded, ~15 ms of CPU) per client.
+_TLS_CONTEXT = ssl.create_default_context()
 MAX_DOCUMENT_BYTES = 256 * 1024  # a JWKS of a few dozen keys is a few tens of KB
 MAX_KEYS = 32  # ProxyAuth.keys holds at most this many
 MIN_RSA_BITS = 2048
@@ -206,7 +209,11 @@ class KeyCache:
         self, issuer: str, jwks_uri: str | None, algorithms: Sequence[str]
     ) -> tuple[list[VerifyKey], list[str]]:
         async with httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=True, max_redirects=3, trust_env=False
+            timeout=self.timeout,
+            follow_redirects=True,
+            max_redirects=3,
+            trust_env=False,
+            verify=_TLS_CONTEXT,
         ) as client:
             if jwks_uri is None:
                 discovery_url = issuer.rstrip("/") + DISCOVERY_PATH
