@@ -30,8 +30,9 @@ from spine_operator import asyncapi_schemas
 from spine_operator.yamlfiles import YamlError, expanded_size, load_document
 
 MAX_SPEC_BYTES = 1024 * 1024
-# Values in a document with every alias and `$ref` use expanded: openapi-spec-validator takes
-# about 50 µs per value, so the worst case stays near 5 s of CPU (callers run it in a thread).
+# Values in a document with every alias and `$ref` use expanded. openapi-spec-validator took
+# 60 µs (3.0) to 250 µs (3.1) per value here, so a spec at the limit costs 6 to 25 s of CPU once
+# (callers run it in a thread; verdicts are remembered); a ref bomb is refused before that.
 MAX_VALUES = 100_000
 MAX_MESSAGE_CHARS = 400  # a condition message stays readable; validator messages quote values
 
@@ -237,12 +238,16 @@ def _key_text(key: Any, path: str) -> str:
     raise _Refused(f"a mapping key must be a string, not a {type(key).__name__}", path)
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+_PLAIN_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")  # jsonschema's rule for `.name`
 
 
 def _child(path: str, key: str) -> str:
-    """JSONPath of a member, in the notation jsonschema's `json_path` uses."""
-    return f"{path}.{key}" if _PLAIN_KEY.match(key) else f"{path}[{key!r}]"
+    """JSONPath of a member, in the notation of jsonschema's `json_path`, so every path in a
+    verdict reads the same whichever check found the problem."""
+    if _PLAIN_KEY.match(key):
+        return f"{path}.{key}"
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{path}['{escaped}']"
 
 
 def _identify(document: dict[str, Any]) -> tuple[Family, str]:

@@ -270,7 +270,7 @@ def test_a_ref_outside_the_document_is_refused_and_never_read() -> None:
     document["paths"]["/orders/{id}"]["get"]["responses"]["200"] = {"$ref": "file:///etc/passwd"}
     verdict = validate_spec(as_json(document), "application/json", "HTTP")
     assert not verdict.valid
-    assert verdict.path == "$.paths['/orders/{id}'].get.responses['200'].$ref"
+    assert verdict.path == "$.paths['/orders/{id}'].get.responses['200']['$ref']"
     assert "points outside the document" in verdict.message
     assert "root:" not in verdict.message
 
@@ -288,7 +288,7 @@ def test_a_dangling_ref_names_where_it_is() -> None:
     del document["components"]["messages"]["Command"]
     verdict = validate_spec(as_json(document), "application/json", "MQTT")
     assert not verdict.valid
-    assert verdict.path == "$.channels['plant/a/press-1/commands'].publish.message.$ref"
+    assert verdict.path == "$.channels['plant/a/press-1/commands'].publish.message['$ref']"
     assert "'#/components/messages/Command' does not resolve" in verdict.message
 
 
@@ -357,3 +357,14 @@ def test_the_download_refuses_a_tarball_that_does_not_match_the_pinned_integrity
     with pytest.raises(asyncapi_download.DownloadError, match="pinned integrity"):
         asyncapi_download.unpack(buffer.getvalue(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_schema_dialect_the_validator_does_not_know_is_refused_not_fetched() -> None:
+    document = copy.deepcopy(OPENAPI_31)
+    document["components"]["schemas"] = {
+        "Order": {"$schema": "http://127.0.0.1:9/meta", "type": "object"}
+    }
+    verdict = validate_spec(as_json(document), "application/json", "HTTP")
+    assert not verdict.valid
+    assert verdict.path == "$.components.schemas.Order"
+    assert "Unknown JSON Schema dialect: 'http://127.0.0.1:9/meta'" in verdict.message
