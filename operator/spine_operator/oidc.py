@@ -178,17 +178,32 @@ class KeyCache:
         self.max_bytes = max_bytes
         self.deadline = deadline
         self._states: dict[Hashable, KeyState] = {}
+        self._sources: dict[Hashable, tuple[str, str | None]] = {}
 
     def state(self, key: Hashable) -> KeyState:
         return self._states.get(key, EMPTY_STATE)
 
     def forget(self, key: Hashable) -> None:
         self._states.pop(key, None)
+        self._sources.pop(key, None)
+
+    def _last_good(
+        self, key: Hashable, source: tuple[str, str | None], algorithms: Sequence[str]
+    ) -> KeyState:
+        """What an outage keeps: the keys of the same issuer (and JWKS URI) only, and only for
+        algorithms still allowed; keys of an issuer the Spine no longer names would keep
+        verifying for it, so a changed issuer that fails leaves none (the proxy answers 503)."""
+        previous = self.state(key)
+        if self._sources.get(key) != source:
+            return EMPTY_STATE
+        kept = tuple(verify_key for verify_key in previous.keys if verify_key.alg in algorithms)
+        return KeyState(kept, previous.fetched_at, previous.error, previous.dropped)
 
     async def refresh(
         self, key: Hashable, issuer: str, jwks_uri: str | None, algorithms: Sequence[str]
     ) -> KeyState:
-        previous = self.state(key)
+        source = (issuer, jwks_uri)
+        previous = self._last_good(key, source, algorithms)
         try:
             async with asyncio.timeout(self.deadline):
                 keys, dropped = await self._fetch_keys(issuer, jwks_uri, algorithms)
@@ -202,6 +217,7 @@ class KeyCache:
             state = KeyState(previous.keys, previous.fetched_at, message, previous.dropped)
         else:
             state = KeyState(tuple(keys), time.time(), None, tuple(dropped))
+            self._sources[key] = source
         self._states[key] = state
         return state
 
