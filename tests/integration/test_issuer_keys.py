@@ -233,8 +233,11 @@ async def test_an_outage_keeps_only_keys_of_algorithms_the_spine_still_allows(
     issuer: DevIssuer,
 ) -> None:
     cache = KeyCache(timeout=httpx.Timeout(1.0))
-    await cache.refresh("plant-a", issuer.issuer, None, ["RS256", "RS512"])
+    good = await cache.refresh("plant-a", issuer.issuer, None, ["RS256", "ES256"])
+    assert [key.alg for key in good.keys] == ["RS256"]
     issuer.stop()
-    state = await cache.refresh("plant-a", issuer.issuer, None, ["RS256"])
-    assert [key.alg for key in state.keys] == ["RS256"]
+    state = await cache.refresh("plant-a", issuer.issuer, None, ["RS256", "ES256"])
+    assert state.keys == good.keys
+    state = await cache.refresh("plant-a", issuer.issuer, None, ["ES256"])  # RS256 now refused
+    assert state.keys == ()
     assert state.error is not None
