@@ -23,6 +23,7 @@ from joserfc.jwk import RSAKey
 
 from spine_operator.desired.haproxy import VerifyKey
 from spine_operator.oidc import KeyCache
+from spine_runtime.devissuer.main import WARNING_HEADER
 from tests.support.devissuer import DevIssuer
 from tests.support.processes import free_port
 
@@ -121,6 +122,9 @@ def test_the_issuer_says_it_is_for_development_and_keeps_its_key_private(
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     assert all(set(key) & {"d", "p", "q"} == set() for key in jwks["keys"])
+    missing = httpx.get(f"{issuer.issuer}/token", timeout=5)
+    assert missing.status_code == 404
+    assert WARNING_HEADER in missing.headers
 
 
 class SwitchingIssuer:
