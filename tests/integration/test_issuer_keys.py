@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import stat
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,10 +20,10 @@ import httpx
 import pytest
 from aiohttp import web
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
 from spine_operator.desired.haproxy import VerifyKey
-from spine_operator.oidc import KeyCache
+from spine_operator.oidc import KeyCache, jwks_to_verify_keys
 from spine_runtime.devissuer.main import WARNING_HEADER
 from tests.support.devissuer import DevIssuer
 from tests.support.processes import free_port
@@ -245,3 +246,23 @@ async def test_an_outage_keeps_only_keys_of_algorithms_the_spine_still_allows(
     state = await cache.refresh("plant-a", issuer.issuer, None, ["ES256"])  # RS256 now refused
     assert state.keys == ()
     assert state.error is not None
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_the_pem_is_byte_for_byte_what_openssl_writes(tmp_path: Path, kind: str) -> None:
+    """HAProxy reads the key files with OpenSSL: the PEM must be the SPKI form it writes."""
+    private = tmp_path / "private.pem"
+    algorithm = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    if kind == "ec":
+        algorithm = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    subprocess.run(["openssl", "genpkey", *algorithm, "-out", str(private)], check=True)
+    public = subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    key_class = RSAKey if kind == "rsa" else ECKey
+    jwk = key_class.import_key(private.read_bytes()).as_dict(private=True)
+    [verify_key] = jwks_to_verify_keys({"keys": [{**jwk, "kid": "k1"}]}, ["RS256", "ES256"])
+    assert verify_key.pem == public
