@@ -21,6 +21,10 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/spine \
     && /opt/spine/bin/pip install --no-cache-dir /wheels/*.whl
 
+# The official AsyncAPI JSON Schemas (npm @asyncapi/specs, pinned and sha512-checked by the
+# script) for the operator's spec validation; the final stage names them with an env var.
+RUN /opt/spine/bin/python -m spine_operator.asyncapi_download --dest /opt/spine/share/asyncapi-specs
+
 # Final stage: the slim base, the venv and a non-root user; no compiler, no sources.
 FROM python:3.11-slim-bookworm
 
@@ -40,6 +44,7 @@ RUN groupadd --system --gid 10001 spine \
 COPY --from=build /opt/spine /opt/spine
 
 ENV PATH="/opt/spine/bin:${PATH}" \
+    SPINE_ASYNCAPI_SCHEMAS=/opt/spine/share/asyncapi-specs \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 

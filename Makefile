@@ -28,7 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[test,dev]'
 	touch $@
 
+# The official AsyncAPI JSON Schemas the spec validator needs, fetched once (pinned, sha512
+# checked) into ~/.cache/spine/asyncapi-specs/<version>/: spine_operator/asyncapi_download.py.
 install: system-packages $(VENV)/.installed
+	$(PYTHON) -m spine_operator.asyncapi_download >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check operator runtime tests e2e benchmarks charts

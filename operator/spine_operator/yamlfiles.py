@@ -69,3 +69,14 @@ def load_documents(file: Path) -> list[Any]:
     for document in documents:
         expanded_size(document)
     return documents
+
+
+def load_document(data: bytes | str) -> Any:
+    """One YAML document from bytes, as strictly as `load_documents` reads a file (no duplicate
+    keys, aliases bounded); specs.py reads the API specs users register with it."""
+    try:
+        document = yaml.load(data, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        raise YamlError(f"not valid YAML: {error}") from None
+    expanded_size(document)
+    return document

@@ -16,6 +16,7 @@ RUNTIMES = {
     "catalog": "spine_runtime.catalog.main",
     "sim": "spine_runtime.sim.main",
     "broker-seed": "spine_runtime.broker.seed",
+    "dev-issuer": "spine_runtime.devissuer.main",  # development only
 }
 
 
