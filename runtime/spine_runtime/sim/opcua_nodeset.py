@@ -57,6 +57,10 @@ TYPE_CLASSES = {
 }
 
 
+def standard_node_id(identifier: int) -> ua.NodeId:
+    return ua.NodeId(ua.Int32(identifier), ua.Int16(0))
+
+
 class _Recorder:
     """Stands in for asyncua's node management service while its generated modules run."""
 
@@ -98,13 +102,13 @@ def select_nodes(
         if node.NodeClass in (ua.NodeClass.ReferenceType, ua.NodeClass.DataType):
             keep.add(node.RequestedNewNodeId)
             keep.update(properties[node.RequestedNewNodeId])  # EnumStrings, EnumValues
-    for folder in map(ua.NodeId, FOLDERS):
+    for folder in map(standard_node_id, FOLDERS):
         keep.add(folder)
         for child in children[folder]:
             child_class = by_id[child].NodeClass if child in by_id else None
             if child_class in TYPE_CLASSES or child.Identifier in FOLDERS:
                 keep.add(child)
-    pending = [ua.NodeId(root) for root in WHOLE_TREES]
+    pending = [standard_node_id(root) for root in WHOLE_TREES]
     while pending:
         node_id = pending.pop()
         if node_id not in keep:
