@@ -37,13 +37,21 @@ def test_the_nodeset_keeps_what_servers_and_clients_use_and_drops_the_rest() -> 
         ua.ObjectIds.FolderType,
         ua.ObjectIds.HierarchicalReferences,
         ua.ObjectIds.UInt16,
+        ua.ObjectIds.ServerStatusDataType,
+        ua.ObjectIds.ServerState_EnumStrings,
         ua.ObjectIds.BaseEventType_Severity,
     ):
         assert ua.NodeId(needed) in served, ua.ObjectIds.__dict__.get(needed, needed)
-    for dropped in (ua.ObjectIds.AlarmConditionType, ua.ObjectIds.PubSubConnectionType):
-        assert ua.NodeId(dropped) not in served
+    for dropped in (
+        ua.ObjectIds.AlarmConditionType,
+        ua.ObjectIds.PubSubConnectionType,
+        ua.ObjectIds.Server_ServerCapabilities_RoleSet,
+        ua.ObjectIds.ServerConfiguration,
+        ua.ObjectIds.AggregateFunction_Average,
+    ):
+        assert ua.NodeId(dropped) not in served, ua.ObjectIds.__dict__.get(dropped, dropped)
     assert all(r.SourceNodeId in served and r.TargetNodeId in served for r in references)
-    assert len(nodes) < 2000
+    assert len(nodes) < 500
 
 
 async def test_a_server_starts_on_the_trimmed_space_and_serves_its_own_nodes() -> None:

@@ -63,8 +63,8 @@ class OpcUaPressServer:
         self._running_node: ua.NodeId | None = None
 
     async def start(self) -> None:
-        # The trimmed standard address space: 1,400 nodes instead of 6,200, about 40 MiB less
-        # and 0.9 s faster to start; everything a client of a PLC reads is there.
+        # The trimmed standard address space (opcua_nodeset.py): 300 nodes instead of 6,200,
+        # about 45 MiB less and 1 s faster to start; what a client of a PLC reads is there.
         server = Server(iserver=TrimmedInternalServer())
         await server.init()
         server.set_endpoint(self.endpoint)

@@ -2,8 +2,8 @@
 
 asyncua's server loads the whole standard nodeset (6,000 nodes from 25 generated modules,
 about 50 MiB of the simulator's memory). A PLC's clients need far less: the folders, the
-`Server` object (namespace array, status, capabilities), every ReferenceType and DataType (for
-browsing, type checks and enum strings), `BaseEventType`, and the types those nodes name. This
+`Server` object (namespace array, status, capabilities), every ReferenceType (for browsing),
+the built-in DataTypes, `BaseEventType`, and the types and data types those nodes name. This
 module picks that subset once (`python -m spine_runtime.sim.opcua_nodeset` writes it, OPC UA
 binary-encoded and compressed, to `opcua_nodeset.bin`; a unit test fails when it is stale), and
 `TrimmedInternalServer` loads it instead of asyncua's modules. Type nodes come without their
@@ -37,6 +37,20 @@ CHILD_REFERENCES = {
 # Served with everything below them: asyncua's server writes into the Server object's tree
 # (status, namespace array, operation limits), and event filters name BaseEventType's fields.
 WHOLE_TREES = (ua.ObjectIds.Server, ua.ObjectIds.BaseEventType)
+# Parts of the Server object for features asyncua's server does not implement (role and
+# certificate management, PubSub, ...): their methods do nothing, so they go, two thirds of it.
+UNIMPLEMENTED = (
+    ua.ObjectIds.Server_ServerCapabilities_RoleSet,
+    ua.ObjectIds.ServerConfiguration,
+    ua.ObjectIds.PublishSubscribe,
+    ua.ObjectIds.Resources,
+    ua.ObjectIds.ServerLog,
+    ua.ObjectIds.DefaultHAConfiguration,
+    ua.ObjectIds.DefaultHEConfiguration,
+)
+# The built-in data types and their abstract bases (Number, Integer, Enumeration, ...) have the
+# lowest ids; other data types are served when a served node names them.
+LAST_BUILT_IN_DATA_TYPE = 30
 # Served without their children, except the type nodes organized in the type folders (and,
 # from the Root folder, the folders themselves): the Objects folder then holds only Server.
 FOLDERS = (
@@ -96,22 +110,35 @@ def select_nodes(
             related[source].append(target)
         elif kind == ua.ObjectIds.HasSubtype:
             related[target].append(source)
+    for node in nodes:
+        data_type = getattr(node.NodeAttributes, "DataType", None)
+        if isinstance(data_type, ua.NodeId) and not data_type.is_null():
+            related[node.RequestedNewNodeId].append(data_type)
+        if node.NodeClass == ua.NodeClass.DataType:
+            # A data type comes with its EnumStrings, EnumValues or OptionSetValues.
+            related[node.RequestedNewNodeId] += properties[node.RequestedNewNodeId]
 
     keep: set[ua.NodeId] = set()
     for node in nodes:
-        if node.NodeClass in (ua.NodeClass.ReferenceType, ua.NodeClass.DataType):
-            keep.add(node.RequestedNewNodeId)
-            keep.update(properties[node.RequestedNewNodeId])  # EnumStrings, EnumValues
+        node_id = node.RequestedNewNodeId
+        if node.NodeClass == ua.NodeClass.ReferenceType or (
+            node.NodeClass == ua.NodeClass.DataType
+            and node_id.NamespaceIndex == 0
+            and isinstance(node_id.Identifier, int)
+            and node_id.Identifier <= LAST_BUILT_IN_DATA_TYPE
+        ):
+            keep.add(node_id)
     for folder in map(standard_node_id, FOLDERS):
         keep.add(folder)
         for child in children[folder]:
             child_class = by_id[child].NodeClass if child in by_id else None
             if child_class in TYPE_CLASSES or child.Identifier in FOLDERS:
                 keep.add(child)
+    left_out = set(map(standard_node_id, UNIMPLEMENTED))
     pending = [standard_node_id(root) for root in WHOLE_TREES]
     while pending:
         node_id = pending.pop()
-        if node_id not in keep:
+        if node_id not in keep and node_id not in left_out:
             keep.add(node_id)
             pending += children[node_id]
     pending = list(keep)
