@@ -177,7 +177,7 @@ def build_nodeset() -> bytes:
 def encode(nodes: list[ua.AddNodesItem], references: list[ua.AddReferencesItem]) -> bytes:
     node_part = struct_to_binary(ua.AddNodesParameters(NodesToAdd=nodes))
     reference_part = struct_to_binary(ua.AddReferencesParameters(ReferencesToAdd=references))
-    # Level 9 and no timestamps: the same nodes always give the same bytes.
+    # zlib stores no timestamp or file name: the same nodes give the same file.
     return zlib.compress(struct.pack("<I", len(node_part)) + node_part + reference_part, 9)
 
 
