@@ -1,8 +1,8 @@
 """The patterns of the names the twin, the gateways and the flows share: twin namespaces, thing
-names and feature names.
+names, feature names and TwinModel names.
 
 Apart from `spine_runtime.config.twin` so that a process that only needs to check names (the
-gateway) does not load the twin's value validation (jsonschema, RE2) with them.
+gateway, the flow engine) does not load the twin's value validation (RE2, jsonschema) with them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ TWIN_NAMESPACE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$"
 THING_NAME_PATTERN = r'^[!"$-*,-.0-~]+$'
 # A feature (model property) name is a path segment in HTTP URLs, RQL paths and JSON pointers.
 FEATURE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+# The TwinModel resource name: a Kubernetes object name (RFC 1123 subdomain).
+MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 PATTERN_HINTS.update(
     {
@@ -23,5 +25,7 @@ PATTERN_HINTS.update(
         "and '_', each starting with a letter, such as plant_a",
         THING_NAME_PATTERN: "must be a Ditto thing name without whitespace, '/', '+' or '#'",
         FEATURE_NAME_PATTERN: "must be letters, digits, '_' and '-', not starting with '-'",
+        MODEL_NAME_PATTERN: "must be a Kubernetes object name: lowercase letters, digits, '-' and "
+        "'.', starting and ending with a letter or digit",
     }
 )

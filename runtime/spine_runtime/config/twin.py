@@ -33,18 +33,17 @@ from pydantic import (
 
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, HttpSettings, MqttSettings
 
-# The shared name patterns live apart (the gateway checks names without loading jsonschema);
-# the twin's importers keep finding them here.
+# The shared name patterns live apart (the gateway and the flow engine check names without
+# loading the twin's value checks); the twin's importers keep finding them here.
 from spine_runtime.config.names import (
     FEATURE_NAME_PATTERN,
+    MODEL_NAME_PATTERN,
     THING_NAME_PATTERN,
     TWIN_NAMESPACE_PATTERN,
 )
 
 # Keys of attributes and of nested object schemas: also path segments, '.' allowed.
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-# The TwinModel resource name: a Kubernetes object name (RFC 1123 subdomain).
-MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$"
 # A gateway name is one level of its topics (`spine/gateways/<gateway>/...`).
 GATEWAY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
@@ -53,8 +52,6 @@ PATTERN_HINTS.update(
     {
         KEY_PATTERN: "must be letters, digits, '_', '-' and '.', "
         "starting with a letter, digit or '_'",
-        MODEL_NAME_PATTERN: "must be a Kubernetes object name: lowercase letters, digits, '-' and "
-        "'.', starting and ending with a letter or digit",
         VERSION_PATTERN: "must be a version such as 1.2.0: letters, digits, '.', '+', '_', '-'",
         GATEWAY_NAME_PATTERN: "must be a gateway name: letters, digits, '.', '_' and '-'",
     }
