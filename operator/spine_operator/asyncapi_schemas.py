@@ -55,9 +55,14 @@ def _missing(directory: Path) -> AsyncApiSchemasMissing:
 
 def available_versions() -> tuple[str, ...]:
     """The AsyncAPI versions the installed schemas cover, oldest first."""
-    directory = schemas_dir() / "schemas"
-    if not (schemas_dir() / MARKER_FILE).is_file():
-        raise _missing(schemas_dir())
+    return _versions_in(schemas_dir())
+
+
+@lru_cache(maxsize=4)
+def _versions_in(root: Path) -> tuple[str, ...]:
+    directory = root / "schemas"
+    if not (root / MARKER_FILE).is_file():
+        raise _missing(root)
     versions = [
         file.stem for file in directory.glob("*.json") if SUPPORTED_VERSION_PATTERN.match(file.stem)
     ]

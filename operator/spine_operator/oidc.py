@@ -9,10 +9,12 @@ after the next good refresh and a flaky issuer never empties the proxy's key fil
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import re
+import ssl
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,10 @@ from spine_operator.external import unreachable_cause
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+# For discovery and JWKS together, so an issuer dripping bytes cannot hold a refresh longer.
+REFRESH_DEADLINE_SECONDS = 10.0
+# Made once: httpx would build a TLS context (the CA bundle loaded, ~15 ms of CPU) per client.
+_TLS_CONTEXT = ssl.create_default_context()
 MAX_DOCUMENT_BYTES = 256 * 1024  # a JWKS of a few dozen keys is a few tens of KB
 MAX_KEYS = 32  # ProxyAuth.keys holds at most this many
 MIN_RSA_BITS = 2048
@@ -166,28 +172,52 @@ class KeyCache:
         *,
         timeout: httpx.Timeout = FETCH_TIMEOUT,
         max_bytes: int = MAX_DOCUMENT_BYTES,
+        deadline: float = REFRESH_DEADLINE_SECONDS,
     ) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.deadline = deadline
         self._states: dict[Hashable, KeyState] = {}
+        self._sources: dict[Hashable, tuple[str, str | None]] = {}
 
     def state(self, key: Hashable) -> KeyState:
         return self._states.get(key, EMPTY_STATE)
 
     def forget(self, key: Hashable) -> None:
         self._states.pop(key, None)
+        self._sources.pop(key, None)
+
+    def _last_good(
+        self, key: Hashable, source: tuple[str, str | None], algorithms: Sequence[str]
+    ) -> KeyState:
+        """What an outage keeps: the keys of the same issuer (and JWKS URI) only, and only for
+        algorithms still allowed; keys of an issuer the Spine no longer names would keep
+        verifying for it, so a changed issuer that fails leaves none (the proxy answers 503)."""
+        previous = self.state(key)
+        if self._sources.get(key) != source:
+            return EMPTY_STATE
+        kept = tuple(verify_key for verify_key in previous.keys if verify_key.alg in algorithms)
+        return KeyState(kept, previous.fetched_at, previous.error, previous.dropped)
 
     async def refresh(
         self, key: Hashable, issuer: str, jwks_uri: str | None, algorithms: Sequence[str]
     ) -> KeyState:
-        previous = self.state(key)
+        source = (issuer, jwks_uri)
+        previous = self._last_good(key, source, algorithms)
         try:
-            keys, dropped = await self._fetch_keys(issuer, jwks_uri, algorithms)
-        except (JwksError, httpx.HTTPError) as error:
-            message = str(error) if isinstance(error, JwksError) else _describe(error)
+            async with asyncio.timeout(self.deadline):
+                keys, dropped = await self._fetch_keys(issuer, jwks_uri, algorithms)
+        except (JwksError, httpx.HTTPError, TimeoutError) as error:
+            if isinstance(error, JwksError):
+                message = str(error)
+            elif isinstance(error, httpx.HTTPError):
+                message = _describe(error)
+            else:
+                message = f"issuer {issuer} did not answer within {self.deadline:g} s"
             state = KeyState(previous.keys, previous.fetched_at, message, previous.dropped)
         else:
             state = KeyState(tuple(keys), time.time(), None, tuple(dropped))
+            self._sources[key] = source
         self._states[key] = state
         return state
 
@@ -195,7 +225,11 @@ class KeyCache:
         self, issuer: str, jwks_uri: str | None, algorithms: Sequence[str]
     ) -> tuple[list[VerifyKey], list[str]]:
         async with httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=True, max_redirects=3, trust_env=False
+            timeout=self.timeout,
+            follow_redirects=True,
+            max_redirects=3,
+            trust_env=False,
+            verify=_TLS_CONTEXT,
         ) as client:
             if jwks_uri is None:
                 discovery_url = issuer.rstrip("/") + DISCOVERY_PATH

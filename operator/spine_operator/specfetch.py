@@ -9,6 +9,7 @@ allowed targets; one deadline covers the whole fetch; the body is streamed with 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Collection
 from urllib.parse import unquote, urlsplit
 
@@ -19,7 +20,18 @@ from spine_operator.external import unreachable_cause
 from spine_operator.specs import MAX_SPEC_BYTES
 
 MAX_REDIRECTS = 3
+_TLS_CONTEXT = ssl.create_default_context()  # once: httpx would load the CA bundle per client
 ACCEPT = "application/json, application/yaml, application/x-yaml, text/yaml;q=0.9, */*;q=0.1"
+
+
+def service_host_names(service: str, namespace: str) -> list[str]:
+    """The names a Service of the namespace answers to: what `allowed_hosts` should hold."""
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
 
 
 def url_refusal(
@@ -109,7 +121,7 @@ async def _fetch(
     # trust_env=False: an HTTP(S)_PROXY of the operator's environment must not carry in-cluster
     # fetches elsewhere; redirects are followed here, each target checked first.
     async with httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+        timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False, verify=_TLS_CONTEXT
     ) as client:
         current = url
         for _ in range(MAX_REDIRECTS + 1):

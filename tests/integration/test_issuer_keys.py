@@ -7,9 +7,12 @@ kept; an outage or a garbage answer keeps the last good keys and says what went 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,10 +20,11 @@ import httpx
 import pytest
 from aiohttp import web
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
 from spine_operator.desired.haproxy import VerifyKey
-from spine_operator.oidc import KeyCache
+from spine_operator.oidc import KeyCache, jwks_to_verify_keys
+from spine_runtime.devissuer.main import WARNING_HEADER
 from tests.support.devissuer import DevIssuer
 from tests.support.processes import free_port
 
@@ -119,38 +123,54 @@ def test_the_issuer_says_it_is_for_development_and_keeps_its_key_private(
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     assert all(set(key) & {"d", "p", "q"} == set() for key in jwks["keys"])
+    missing = httpx.get(f"{issuer.issuer}/token", timeout=5)
+    assert missing.status_code == 404
+    assert WARNING_HEADER in missing.headers
 
 
-class GarbageIssuer:
-    """An issuer that answers, but not what an issuer should."""
+class SwitchingIssuer:
+    """An issuer that first serves the dev issuer's discovery and keys as its own, then, once
+    `answer` is set, garbage (the same issuer URL all along)."""
 
-    def __init__(self, discovery: bytes, jwks: bytes, content_type: str = "application/json"):
+    def __init__(self, jwks: dict) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.good_jwks = json.dumps(jwks).encode()
+        self.answer: tuple[bytes, bytes] | None = None
+        self.dripping = False
         app = web.Application()
-        app.router.add_get(
-            "/.well-known/openid-configuration",
-            lambda _: web.Response(
-                body=discovery.replace(b"@URL@", self.url.encode()), content_type=content_type
-            ),
-        )
-        app.router.add_get("/jwks", lambda _: web.Response(body=jwks, content_type=content_type))
+        app.router.add_get("/.well-known/openid-configuration", self.discovery)
+        app.router.add_get("/jwks", self.jwks)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+
+    async def discovery(self, request: web.Request) -> web.StreamResponse:
+        if self.dripping:
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for _ in range(100):  # each byte within the read timeout; only a deadline ends it
+                await response.write(b" ")
+                await asyncio.sleep(0.05)
+            return response
+        body = DISCOVERY if self.answer is None else self.answer[0]
+        return web.Response(body=body.replace(b"@URL@", self.url.encode()))
+
+    async def jwks(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.good_jwks if self.answer is None else self.answer[1])
 
     async def start(self) -> None:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
 
-@pytest.fixture
-async def garbage() -> AsyncIterator[list[GarbageIssuer]]:
-    started: list[GarbageIssuer] = []
-    yield started
-    for server in started:
-        await server.runner.cleanup()
-
-
 DISCOVERY = b'{"issuer": "@URL@", "jwks_uri": "@URL@/jwks"}'
+
+
+@pytest.fixture
+async def switching(issuer: DevIssuer) -> AsyncIterator[SwitchingIssuer]:
+    server = SwitchingIssuer(httpx.get(issuer.jwks_uri, timeout=5).json())
+    await server.start()
+    yield server
+    await server.runner.cleanup()
 
 
 @pytest.mark.parametrize(
@@ -178,19 +198,71 @@ DISCOVERY = b'{"issuer": "@URL@", "jwks_uri": "@URL@/jwks"}'
     ],
 )
 async def test_an_issuer_serving_garbage_gets_a_clear_error_and_keeps_the_last_keys(
-    issuer: DevIssuer,
-    garbage: list[GarbageIssuer],
-    discovery: bytes,
-    jwks: bytes,
-    wanted: str,
+    switching: SwitchingIssuer, discovery: bytes, jwks: bytes, wanted: str
 ) -> None:
-    server = GarbageIssuer(discovery, jwks)
-    garbage.append(server)
-    await server.start()
+    cache = KeyCache()
+    good = await cache.refresh("plant-a", switching.url, None, ALGORITHMS)
+    assert good.error is None and len(good.keys) == 1
+    switching.answer = (discovery, jwks)
+    state = await cache.refresh("plant-a", switching.url, None, ALGORITHMS)
+    assert state.error is not None
+    assert wanted.replace("@URL@", switching.url) in state.error
+    assert state.keys == good.keys
+    assert state.fetched_at == good.fetched_at
+
+
+async def test_a_changed_issuer_that_fails_leaves_no_keys_of_the_old_one(
+    issuer: DevIssuer,
+) -> None:
     cache = KeyCache()
     good = await cache.refresh("plant-a", issuer.issuer, None, ALGORITHMS)
-    # The Spine's issuer setting changes to a server that answers garbage.
-    state = await cache.refresh("plant-a", server.url, None, ALGORITHMS)
-    assert state.error is not None
-    assert wanted.replace("@URL@", server.url) in state.error
+    assert good.keys
+    elsewhere = f"http://127.0.0.1:{free_port()}"
+    state = await cache.refresh("plant-a", elsewhere, None, ALGORITHMS)
+    assert state.keys == ()  # fail closed: the proxy answers 503, never the old issuer's keys
+    assert state.error is not None and elsewhere in state.error
+
+
+async def test_a_slow_issuer_times_out_and_keeps_the_last_keys(switching: SwitchingIssuer) -> None:
+    cache = KeyCache(timeout=httpx.Timeout(1.0), deadline=0.5)
+    good = await cache.refresh("plant-a", switching.url, None, ALGORITHMS)
+    switching.dripping = True
+    started = time.monotonic()
+    state = await cache.refresh("plant-a", switching.url, None, ALGORITHMS)
+    assert time.monotonic() - started < 2.0
+    assert state.error == f"issuer {switching.url} did not answer within 0.5 s"
     assert state.keys == good.keys
+
+
+async def test_an_outage_keeps_only_keys_of_algorithms_the_spine_still_allows(
+    issuer: DevIssuer,
+) -> None:
+    cache = KeyCache(timeout=httpx.Timeout(1.0))
+    good = await cache.refresh("plant-a", issuer.issuer, None, ["RS256", "ES256"])
+    assert [key.alg for key in good.keys] == ["RS256"]
+    issuer.stop()
+    state = await cache.refresh("plant-a", issuer.issuer, None, ["RS256", "ES256"])
+    assert state.keys == good.keys
+    state = await cache.refresh("plant-a", issuer.issuer, None, ["ES256"])  # RS256 now refused
+    assert state.keys == ()
+    assert state.error is not None
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_the_pem_is_byte_for_byte_what_openssl_writes(tmp_path: Path, kind: str) -> None:
+    """HAProxy reads the key files with OpenSSL: the PEM must be the SPKI form it writes."""
+    private = tmp_path / "private.pem"
+    algorithm = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    if kind == "ec":
+        algorithm = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    subprocess.run(["openssl", "genpkey", *algorithm, "-out", str(private)], check=True)
+    public = subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    key_class = RSAKey if kind == "rsa" else ECKey
+    jwk = key_class.import_key(private.read_bytes()).as_dict(private=True)
+    [verify_key] = jwks_to_verify_keys({"keys": [{**jwk, "kid": "k1"}]}, ["RS256", "ES256"])
+    assert verify_key.pem == public

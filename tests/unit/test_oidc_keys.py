@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
 from spine_operator.oidc import JwksError, convert_jwks, jwks_to_verify_keys
-from spine_operator.specfetch import url_refusal
+from spine_operator.specfetch import service_host_names, url_refusal
 
 RSA = RSAKey.generate_key(2048, private=True)
 EC = ECKey.generate_key("P-256", private=True)
@@ -116,7 +116,7 @@ def test_spec_urls_are_admitted_only_from_services_and_allowed_prefixes(
 ) -> None:
     refusal = url_refusal(
         url,
-        allowed_hosts=["orders", "orders.plant-a", "orders.plant-a.svc.cluster.local"],
+        allowed_hosts=service_host_names("orders", "plant-a"),
         allowed_prefixes=["https://specs.example.com/press/"],
     )
     assert (refusal is None) == allowed, refusal

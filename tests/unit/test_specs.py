@@ -270,9 +270,17 @@ def test_a_ref_outside_the_document_is_refused_and_never_read() -> None:
     document["paths"]["/orders/{id}"]["get"]["responses"]["200"] = {"$ref": "file:///etc/passwd"}
     verdict = validate_spec(as_json(document), "application/json", "HTTP")
     assert not verdict.valid
-    assert verdict.path == "$.paths['/orders/{id}'].get.responses['200'].$ref"
+    assert verdict.path == "$.paths['/orders/{id}'].get.responses['200']['$ref']"
     assert "points outside the document" in verdict.message
     assert "root:" not in verdict.message
+
+
+def test_a_ref_to_the_wrong_kind_of_object_is_a_verdict_not_a_crash() -> None:
+    document = copy.deepcopy(OPENAPI_31)
+    document["paths"]["/orders/{id}"]["get"]["parameters"] = [{"$ref": "#/paths"}]
+    verdict = validate_spec(as_json(document), "application/json", "HTTP")
+    assert not verdict.valid
+    assert "the wrong kind of object" in verdict.message
 
 
 def test_a_dangling_ref_names_where_it_is() -> None:
@@ -280,7 +288,7 @@ def test_a_dangling_ref_names_where_it_is() -> None:
     del document["components"]["messages"]["Command"]
     verdict = validate_spec(as_json(document), "application/json", "MQTT")
     assert not verdict.valid
-    assert verdict.path == "$.channels['plant/a/press-1/commands'].publish.message.$ref"
+    assert verdict.path == "$.channels['plant/a/press-1/commands'].publish.message['$ref']"
     assert "'#/components/messages/Command' does not resolve" in verdict.message
 
 
@@ -312,6 +320,17 @@ def test_an_unsupported_asyncapi_version_lists_the_supported_ones() -> None:
     assert "2.6.0" in verdict.message and "3.0.0" in verdict.message
 
 
+def test_an_unchanged_spec_is_not_validated_again() -> None:
+    raw = json.dumps({**OPENAPI_31, "x-run": time.time_ns()}).encode()
+    started = time.perf_counter()
+    first = validate_spec(raw, "application/json", "HTTP")
+    first_took = time.perf_counter() - started
+    started = time.perf_counter()
+    again = validate_spec(raw, "application/json", "HTTP")
+    assert again == first
+    assert time.perf_counter() - started < first_took / 5
+
+
 def test_digest_is_of_the_raw_bytes_so_a_reformatted_spec_is_a_new_one() -> None:
     compact = validate_spec(as_json(OPENAPI_31), "application/json", "HTTP")
     pretty = validate_spec(json.dumps(OPENAPI_31, indent=2).encode(), "application/json", "HTTP")
@@ -321,8 +340,9 @@ def test_digest_is_of_the_raw_bytes_so_a_reformatted_spec_is_a_new_one() -> None
 
 def test_missing_asyncapi_schemas_name_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv(asyncapi_schemas.ENV_VAR, str(tmp_path))
+    document = {**ASYNCAPI_26, "x-unseen": str(tmp_path)}  # not a remembered verdict
     with pytest.raises(asyncapi_schemas.AsyncApiSchemasMissing, match="make install"):
-        validate_spec(as_json(ASYNCAPI_26), "application/json", "MQTT")
+        validate_spec(as_json(document), "application/json", "MQTT")
 
 
 def test_the_download_refuses_a_tarball_that_does_not_match_the_pinned_integrity(
@@ -337,3 +357,14 @@ def test_the_download_refuses_a_tarball_that_does_not_match_the_pinned_integrity
     with pytest.raises(asyncapi_download.DownloadError, match="pinned integrity"):
         asyncapi_download.unpack(buffer.getvalue(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_schema_dialect_the_validator_does_not_know_is_refused_not_fetched() -> None:
+    document = copy.deepcopy(OPENAPI_31)
+    document["components"]["schemas"] = {
+        "Order": {"$schema": "http://127.0.0.1:9/meta", "type": "object"}
+    }
+    verdict = validate_spec(as_json(document), "application/json", "HTTP")
+    assert not verdict.valid
+    assert verdict.path == "$.components.schemas.Order"
+    assert "Unknown JSON Schema dialect: 'http://127.0.0.1:9/meta'" in verdict.message

@@ -9,6 +9,7 @@ acted on, so a file that still holds the previous document never reverts a newer
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -16,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from spine_runtime.config.base import PATTERN_HINTS
@@ -56,29 +56,33 @@ def _readable(problem: Any) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a config needs none, and a few nested aliases expand
-    into an exponential amount of work for the validation that walks the document."""
+@functools.cache
+def _no_alias_loader() -> Any:
+    """A YAML SafeLoader without anchors and aliases: a config needs none, and a few nested
+    aliases expand into an exponential amount of work for the validation that walks the
+    document. Built on first use: the rendered configs are JSON, and a runtime that never reads
+    YAML does not carry PyYAML (1.5 MiB of its RSS)."""
+    import yaml
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a config", event.start_mark
-            )
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def parse_config(model: type[M], raw: bytes | str) -> M:
     """Parse a JSON or YAML document into `model`, raising ConfigError with a readable message."""
     try:
-        try:
-            # JSON (what the operator renders and pushes) first: far cheaper than YAML.
-            data = json.loads(raw)
-        except ValueError:
-            data = yaml.load(raw, Loader=_NoAliasLoader)  # a SafeLoader
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid JSON or YAML: {error}") from None
+        # JSON (what the operator renders and pushes) first: far cheaper than YAML.
+        data = json.loads(raw)
+    except ValueError:
+        data = _parse_yaml(raw)
     except RecursionError:
         raise ConfigError("the document is nested too deeply") from None
     if not isinstance(data, dict):
@@ -87,6 +91,17 @@ def parse_config(model: type[M], raw: bytes | str) -> M:
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except RecursionError:
+        raise ConfigError("the document is nested too deeply") from None
+
+
+def _parse_yaml(raw: bytes | str) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(raw, Loader=_no_alias_loader())  # a SafeLoader
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid JSON or YAML: {error}") from None
     except RecursionError:
         raise ConfigError("the document is nested too deeply") from None
 

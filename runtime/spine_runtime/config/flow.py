@@ -35,7 +35,7 @@ from spine_runtime.config.base import (
     Port,
     SafeLine,
 )
-from spine_runtime.config.twin import (
+from spine_runtime.config.names import (
     FEATURE_NAME_PATTERN,
     MODEL_NAME_PATTERN,
     THING_NAME_PATTERN,

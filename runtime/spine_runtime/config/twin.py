@@ -33,31 +33,25 @@ from pydantic import (
 
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, HttpSettings, MqttSettings
 
-# Ditto: a namespace is dot-separated parts, each starting with a letter (Java package style).
-TWIN_NAMESPACE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$"
-# Ditto allows any printable character but '/' in a thing name; the name is also one level of an
-# MQTT topic (`spine/things/<name>/twin`), so '+' and '#' are out too, and so is whitespace.
-THING_NAME_PATTERN = r'^[!"$-*,-.0-~]+$'
-# A feature (model property) name is a path segment in HTTP URLs, RQL paths and JSON pointers.
-FEATURE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+# The shared name patterns live apart (the gateway and the flow engine check names without
+# loading the twin's value checks); the twin's importers keep finding them here.
+from spine_runtime.config.names import (
+    FEATURE_NAME_PATTERN,
+    MODEL_NAME_PATTERN,
+    THING_NAME_PATTERN,
+    TWIN_NAMESPACE_PATTERN,
+)
+
 # Keys of attributes and of nested object schemas: also path segments, '.' allowed.
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-# The TwinModel resource name: a Kubernetes object name (RFC 1123 subdomain).
-MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$"
 # A gateway name is one level of its topics (`spine/gateways/<gateway>/...`).
 GATEWAY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
 
 PATTERN_HINTS.update(
     {
-        TWIN_NAMESPACE_PATTERN: "must be a Ditto namespace: dot-separated parts of letters, digits "
-        "and '_', each starting with a letter, such as plant_a",
-        THING_NAME_PATTERN: "must be a Ditto thing name without whitespace, '/', '+' or '#'",
-        FEATURE_NAME_PATTERN: "must be letters, digits, '_' and '-', not starting with '-'",
         KEY_PATTERN: "must be letters, digits, '_', '-' and '.', "
         "starting with a letter, digit or '_'",
-        MODEL_NAME_PATTERN: "must be a Kubernetes object name: lowercase letters, digits, '-' and "
-        "'.', starting and ending with a letter or digit",
         VERSION_PATTERN: "must be a version such as 1.2.0: letters, digits, '.', '+', '_', '-'",
         GATEWAY_NAME_PATTERN: "must be a gateway name: letters, digits, '.', '_' and '-'",
     }

@@ -52,7 +52,11 @@ def build_app(state_dir: Path, issuer: str) -> web.Application:
 
     @web.middleware
     async def development_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:  # a 404 says it too
+            error.headers[WARNING_HEADER] = WARNING
+            raise
         response.headers[WARNING_HEADER] = WARNING
         return response
 

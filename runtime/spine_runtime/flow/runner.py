@@ -34,7 +34,7 @@ from spine_runtime.config.flow import (
     shared_group,
     shared_subscription,
 )
-from spine_runtime.config.twin import THING_NAME_PATTERN
+from spine_runtime.config.names import THING_NAME_PATTERN
 from spine_runtime.flow.expressions import ExpressionError
 from spine_runtime.flow.http import HttpClient, HttpFailure
 from spine_runtime.flow.link import FlowLink, Received

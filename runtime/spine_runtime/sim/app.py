@@ -132,8 +132,8 @@ class SimApp:
         if self.s7 is not None:
             async with _naming("S7", config.s7.host, config.s7.port):
                 self.s7.start()
-        # asyncua's address space is half a million objects: a full collection of them takes
-        # about 0.2 s, a stall of two ticks. They live as long as the process, so the
+        # asyncua's types and address space are over a hundred thousand objects: a full
+        # collection of them stalls a tick. They live as long as the process, so the
         # collector may as well stop visiting them.
         gc.collect()
         gc.freeze()
