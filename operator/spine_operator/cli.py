@@ -4,6 +4,7 @@ spine run [--namespace NS]... [--health-port 8080] [--metrics-port 9090]
 spine render -f FILE_OR_DIR [-f ...]
 spine render-crds [--check] [--dir crds]
 spine up -f FILE_OR_DIR [-f ...] [--state-dir .state] [--ports fixed|auto] [--plc C=HOST:PORT]
+spine token [--state-dir .state] [--namespace NS] [--user NAME] [--role ROLE]... [--lifetime S]
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def _up(args: argparse.Namespace) -> int:
     )
 
 
+def _token(args: argparse.Namespace) -> int:
+    from spine_operator.local.token import TokenError, local_token
+
+    try:
+        print(local_token(args.state_dir, args.namespace, args.user, args.role, args.lifetime))
+    except TokenError as error:
+        print(f"spine token: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _plc_mapping(text: str) -> tuple[str, str]:
     name, separator, address = text.partition("=")
     if not separator or not name or not address:
@@ -174,6 +186,22 @@ def parser() -> argparse.ArgumentParser:
         help="live: redraw values in place; plain: print lines; auto: live on a terminal",
     )
     local.set_defaults(handler=_up)
+
+    token = commands.add_parser(
+        "token",
+        help="print a token from the development issuer of a running `spine up`",
+        description="Sign an access token with the keys of the development OIDC issuer that "
+        "`spine up` runs for a Spine with `auth`, for the audience and roles claim of that "
+        "Spine. For development only: anyone who can read the state directory can do this.",
+    )
+    token.add_argument("--state-dir", type=Path, default=Path(".state"))
+    token.add_argument("--namespace", help="the namespace whose Spine (default: the only one)")
+    token.add_argument("--user", default="developer", help="the token's subject (sub)")
+    token.add_argument(
+        "--role", action="append", default=[], help="a role the token carries (repeat)"
+    )
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(handler=_token)
 
     crds = commands.add_parser("render-crds", help="regenerate crds/ from the API models")
     crds.add_argument("--dir", type=Path, default=Path("crds"))

@@ -258,14 +258,16 @@ def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
     return planned(flow.plan_flows(dataclasses.replace(flow_inputs, logins=secrets)))
 
 
-def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
-    """The namespace's proxy and catalog with every ServiceRegistration (and `auth`): inline
-    specs and those in ConfigMaps among the files are validated; others (at URLs, in ConfigMaps
-    elsewhere) are read only by the operator."""
-    namespace = spine["metadata"]["namespace"]
-    registrations = inputs.get("ServiceRegistration", namespace)
+def registration_sources(
+    namespace: str,
+    registrations: list[dict[str, Any]],
+    config_maps: dict[tuple[str, str], dict[str, Any]],
+) -> tuple[dict[tuple[str, str], proxy.SpecSource], list[str]]:
+    """What the operator would read for these registrations without a cluster: each API's spec
+    (inline, or in a ConfigMap among the files) by (registration, api id), and the names of the
+    MQTT APIs' login Secrets. Specs at URLs are read only by the operator."""
     specs: dict[tuple[str, str], proxy.SpecSource] = {}
-    logins: dict[str, SecretInput] = {}
+    login_secrets: list[str] = []
     for item in registrations:
         try:
             spec = ServiceRegistrationSpec.model_validate(item.get("spec") or {})
@@ -276,14 +278,33 @@ def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
             if api.spec.value is not None:
                 specs[(name, api.id)] = api.spec.value.encode()
             ref = api.spec.config_map_key_ref
-            config_map = inputs.config_maps.get((namespace, ref.name)) if ref else None
+            config_map = config_maps.get((namespace, ref.name)) if ref else None
             if ref is not None and config_map is not None:
                 value = (config_map.get("data") or {}).get(ref.key)
                 if value is not None:
                     specs[(name, api.id)] = str(value).encode()
             if api.access is not None:
-                secret = labels.registration_login_secret_name(name, api.id)
-                logins[secret] = placeholder(secret, ("username", "password"))
+                login_secrets.append(labels.registration_login_secret_name(name, api.id))
+    return specs, login_secrets
+
+
+def refused_registrations(plan: Plan) -> list[str]:
+    """The plan's refused ServiceRegistrations, each with the operator's words."""
+    return [
+        f"ServiceRegistration {name}: {verdict.message}"
+        for name, verdict in plan.facts.get("registrations", {}).items()
+        if verdict.reason != cond.RECONCILED
+    ]
+
+
+def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -> Plan:
+    """The namespace's proxy and catalog with every ServiceRegistration (and `auth`): inline
+    specs and those in ConfigMaps among the files are validated; others (at URLs, in ConfigMaps
+    elsewhere) are read only by the operator."""
+    namespace = spine["metadata"]["namespace"]
+    registrations = inputs.get("ServiceRegistration", namespace)
+    specs, login_secrets = registration_sources(namespace, registrations, inputs.config_maps)
+    logins = {secret: placeholder(secret, ("username", "password")) for secret in login_secrets}
     spine_spec = SpineSpec.model_validate(spine.get("spec") or {})
     tls = spine_spec.proxy.tls
     proxy_inputs = proxy.ProxyPlanInputs(
@@ -303,11 +324,7 @@ def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         else None,
     )
     plan = planned(proxy.plan_proxy(proxy_inputs))
-    refused = [
-        f"ServiceRegistration {name}: {verdict.message}"
-        for name, verdict in plan.facts.get("registrations", {}).items()
-        if verdict.reason != cond.RECONCILED
-    ]
+    refused = refused_registrations(plan)
     if refused:
         raise RenderError("; ".join(refused))
     return plan

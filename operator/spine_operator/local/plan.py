@@ -35,6 +35,9 @@ class NamespacePlan:
     model_bodies: list[dict[str, Any]] = field(default_factory=list)
     gateways: list[Resource] = field(default_factory=list)
     flow_bodies: list[dict[str, Any]] = field(default_factory=list)
+    registration_bodies: list[dict[str, Any]] = field(default_factory=list)
+    # ConfigMaps among the files, by (namespace, name): a registration's spec may be in one.
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def twin_namespace(self) -> str:
@@ -51,7 +54,7 @@ class LocalPlan:
 
 
 # Kinds `spine up` runs; any other kind of the API is reported and skipped.
-RUNNABLE = ("Spine", "TwinModel", "Gateway", "Flow")
+RUNNABLE = ("Spine", "TwinModel", "Gateway", "Flow", "ServiceRegistration")
 
 
 def _namespace(resource: Resource) -> str:
@@ -62,7 +65,9 @@ def _name(resource: Resource) -> str:
     return str((resource.body.get("metadata") or {}).get("name") or "")
 
 
-def plan_local_run(resources: list[Resource]) -> LocalPlan:
+def plan_local_run(
+    resources: list[Resource], config_maps: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> LocalPlan:
     """Group and validate the resources; RenderError lists every problem."""
     problems: list[str] = []
     skipped: list[str] = []
@@ -113,6 +118,12 @@ def plan_local_run(resources: list[Resource]) -> LocalPlan:
         plan.models = selection.accepted
         plan.gateways = kinds.get("Gateway", [])
         plan.flow_bodies = [_as_item(resource) for resource in kinds.get("Flow", [])]
+        plan.registration_bodies = [
+            _as_item(resource) for resource in kinds.get("ServiceRegistration", [])
+        ]
+        plan.config_maps = {
+            key: body for key, body in (config_maps or {}).items() if key[0] == namespace
+        }
         plans.append(plan)
     if problems:
         raise RenderError("\n".join(problems))

@@ -140,11 +140,21 @@ def prepare_namespace(
     """Write every file the namespace's workloads read; returns them, not yet started."""
     namespace = plan.namespace
     state_dir = state_root / namespace
+    gateway_ports: dict[str, int] = {}
+    if plan.registration_bodies or plan.spine.auth is not None:
+        gateway_ports = {
+            "proxy_port": ports.take("proxy"),
+            "proxy_admin_port": ports.take("proxy-admin"),
+            "proxy_exporter_port": ports.take("proxy-exporter"),
+            "proxy_peers_port": ports.take("proxy-peers"),
+            "catalog_port": ports.take("catalog"),
+        }
     env = Environment.for_local(
         state_dir,
         broker_port=ports.take("broker"),
         twin_port=ports.take("twin"),
         flow_port=ports.take("flow") if plan.flow_bodies else 0,
+        **gateway_ports,
     )
     admin_dir = Path(env.broker_secrets_dir)
     admin_password = read_or_make(admin_dir / "password", broker_build.generate_password)

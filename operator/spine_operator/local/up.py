@@ -30,6 +30,7 @@ from spine_operator.local.broker import MissingProgram, mosquitto_binary
 from spine_operator.local.gateways import prepare_gateways
 from spine_operator.local.plan import LocalPlan, plan_local_run
 from spine_operator.local.ports import PortInUse, Ports
+from spine_operator.local.proxy import LocalIssuer, needs_proxy, prepare_issuer, prepare_proxy
 from spine_operator.local.screen import Screen, ValueTable, table_lines
 from spine_operator.local.stack import DEMO_USERNAME, HOST, NamespaceRun, prepare_namespace
 from spine_operator.local.statefile import (
@@ -40,7 +41,7 @@ from spine_operator.local.statefile import (
     write_state,
 )
 from spine_operator.local.supervisor import Supervisor, Workload, WorkloadFailed
-from spine_operator.render import RenderError, load_resources
+from spine_operator.render import RenderError, load_config_maps, load_resources
 
 ADMIN_CONNECT_SECONDS = 15.0
 REFRESH_SECONDS = 1.0
@@ -72,7 +73,7 @@ def up(options: UpOptions) -> int:
     """The `spine up` command; returns the exit code (0 after Ctrl-C, 1 on any failure)."""
     try:
         check_programs()
-        plan = plan_local_run(load_resources(options.files))
+        plan = plan_local_run(load_resources(options.files), load_config_maps(options.files))
     except MissingProgram as error:
         print(f"spine up: {error}", file=sys.stderr)
         return 1
@@ -92,14 +93,14 @@ def up(options: UpOptions) -> int:
         screen.line(f"Stopped what an earlier spine up left running: {', '.join(leftovers)}")
     created_state_dir = not state_dir.exists()
     try:
-        runs = prepare(plan, options)
+        prepared = prepare(plan, options)
     except (PortInUse, MissingProgram, StateDirInUse) as error:
         print(f"spine up: {error}", file=sys.stderr)
         return 1
     except RenderError as error:
         print(f"spine up: invalid input\n{error}", file=sys.stderr)
         return 1
-    local = LocalRun(runs, plan, screen, options, created_state_dir)
+    local = LocalRun(prepared, plan, screen, options, created_state_dir)
     return asyncio.run(local.serve())
 
 
@@ -120,20 +121,38 @@ def claim(directory: Path) -> Path:
     return directory
 
 
-def prepare(plan: LocalPlan, options: UpOptions) -> list[NamespaceRun]:
+# Where the development issuer keeps its keys: beside the namespaces, shared by them.
+ISSUER_DIR = "dev-issuer"
+
+
+@dataclass
+class Prepared:
+    runs: list[NamespaceRun]
+    issuer: LocalIssuer | None = None
+    issuer_workload: Workload | None = None
+
+
+def prepare(plan: LocalPlan, options: UpOptions) -> Prepared:
     """Write every workload's files; RenderError if the operator would refuse a resource."""
     ports = Ports(auto=options.auto_ports)
     several = len(plan.namespaces) > 1
     log_dir = claim(options.state_dir / "logs")
     for namespace_plan in plan.namespaces:
         claim(options.state_dir / namespace_plan.namespace)
-    runs, used_plcs = [], set()
+    prepared = Prepared([])
+    if any(namespace_plan.spine.auth is not None for namespace_plan in plan.namespaces):
+        prepared.issuer, prepared.issuer_workload = prepare_issuer(
+            claim(options.state_dir / ISSUER_DIR), ports, log_dir / "dev-issuer.log"
+        )
+    runs, used_plcs = prepared.runs, set()
     for namespace_plan in plan.namespaces:
         prefix = f"{namespace_plan.namespace}/" if several else ""
         run = prepare_namespace(namespace_plan, options.state_dir, log_dir, ports, prefix)
         used_plcs |= prepare_gateways(
             run, namespace_plan.gateways, ports, log_dir, options.plcs, prefix
         )
+        if needs_proxy(run):
+            run.workloads += prepare_proxy(run, prepared.issuer, log_dir, prefix)
         runs.append(run)
     unused = sorted(set(options.plcs) - used_plcs)
     if unused:
@@ -141,7 +160,7 @@ def prepare(plan: LocalPlan, options: UpOptions) -> list[NamespaceRun]:
             f"--plc {', '.join(unused)}: no Gateway has such a connection "
             "(use CONNECTION or GATEWAY/CONNECTION)"
         )
-    return runs
+    return prepared
 
 
 def shown_path(path: Path) -> str:
@@ -157,13 +176,15 @@ class LocalRun:
 
     def __init__(
         self,
-        runs: list[NamespaceRun],
+        prepared: Prepared,
         plan: LocalPlan,
         screen: Screen,
         options: UpOptions,
         created_state_dir: bool,
     ) -> None:
-        self.runs = runs
+        self.runs = prepared.runs
+        self.issuer = prepared.issuer
+        self.issuer_workload = prepared.issuer_workload
         self.plan = plan
         self.screen = screen
         self.options = options
@@ -212,6 +233,8 @@ class LocalRun:
 
     async def start_everything(self) -> None:
         self.screen.line(f"Starting Spine locally from {', '.join(map(str, self.options.files))}")
+        if self.issuer_workload is not None:
+            await self._start(self.issuer_workload)
         for run in self.runs:
             broker, *others = run.workloads
             await self._start(broker)
@@ -294,7 +317,9 @@ class LocalRun:
 
     def remove_state(self) -> None:
         """Remove only what this run wrote, then the state directory if it is empty now."""
-        for directory in [run.state_dir for run in self.runs] + [self.options.state_dir / "logs"]:
+        directories = [run.state_dir for run in self.runs]
+        directories += [self.options.state_dir / "logs", self.options.state_dir / ISSUER_DIR]
+        for directory in directories:
             if (directory / OWN_MARKER).is_file():
                 shutil.rmtree(directory, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
@@ -399,10 +424,47 @@ def header_lines(runs: list[NamespaceRun], ready_seconds: float, options: UpOpti
         for thing, simulator in run.details.get("simulators", {}).items():
             ports = ", ".join(f"{protocol} {port}" for protocol, port in simulator["ports"].items())
             rows.append(("PLC", f"simulated {thing}", f"{ports}; test API {simulator['http']}"))
+        proxy = run.details.get("proxy")
+        if proxy:
+            rows.append(("proxy", proxy["url"], "routes: " + ", ".join(proxy_paths(proxy))))
+            rows.append(("catalog", proxy["catalog"], "through the proxy, with a token"))
+            if proxy.get("issuer"):
+                rows.append(
+                    ("dev issuer", proxy["issuer"], "development only: `spine token` signs")
+                )
         lines += ["", f"Namespace {run.namespace}", *table_lines(rows)]
         if things:
             lines += ["", "Try", *try_lines(run, things[0])]
+        if proxy and proxy.get("issuer"):
+            several = sum(bool(other.details.get("proxy")) for other in runs) > 1
+            lines += proxy_try_lines(run, proxy, things[0] if things else None, options, several)
     return lines
+
+
+def proxy_paths(proxy: dict[str, Any]) -> list[str]:
+    paths = ["/catalog/"] + (["/twin/"] if proxy.get("twin") else [])
+    return paths + [f"ServiceRegistration {name}" for name in proxy["registrations"]]
+
+
+def proxy_try_lines(
+    run: NamespaceRun,
+    proxy: dict[str, Any],
+    thing: str | None,
+    options: UpOptions,
+    several: bool,
+) -> list[str]:
+    """A call the proxy admits, with a development token, and one it refuses."""
+    state = "" if options.state_dir == Path(".state") else f" --state-dir {options.state_dir}"
+    namespace = f" --namespace {run.namespace}" if several else ""
+    path = f"/api/2/things/{run.plan.twin_namespace}:{thing}" if thing else "/api/2/things"
+    twin = f"{proxy['twin']}{path}"
+    return [
+        "  # through the proxy, with a token from the development issuer:",
+        f"  TOKEN=$(spine token{state}{namespace} --user alice --role {proxy['twinReadRole']})",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" {twin}',
+        f"  curl -s {twin}    # no token: 401",
+        f"  curl -s -H \"Authorization: Bearer $TOKEN\" '{proxy['catalog']}?page=1&per_page=50'",
+    ]
 
 
 def thing_ids(run: NamespaceRun) -> list[str]:
