@@ -260,10 +260,12 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Spec)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from tests.support.processes import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = None
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
         k8s = Kubernetes()
         await k8s.create(spine(NAMESPACE, {"proxy": {"specUrlAllowList": [f"{base}/specs/"]}}))
         await k8s.create(service("maintenance-planner"))
@@ -280,6 +282,13 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         elsewhere["spec"]["apis"][0]["spec"]["url"] = f"{base}/private/orders.json"
         for item in (allowed, elsewhere):
             await k8s.create(item)
+        # The spec's server is not up yet: the registration waits, and is retried.
+        await eventually(
+            lambda: ready_reason(cluster, "maintenance") == "DependencyUnavailable", 15, "waits"
+        )
+        assert f"{base}/specs/orders.json" in conditions(cluster, "maintenance")["Ready"]["message"]
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Spec)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         await eventually(
             lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed from its URL"
         )
@@ -293,5 +302,6 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         assert spec_valid["status"] == "False" and "/private/orders.json" in spec_valid["message"]
         assert "elsewhere-orders" not in proxy_routes(cluster)
     finally:
-        server.shutdown()
-        server.server_close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
