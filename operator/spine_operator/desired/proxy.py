@@ -17,7 +17,6 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import ValidationError
 
 from spine_operator import conditions as cond
@@ -40,6 +39,7 @@ from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.twin import RUNTIME_UID
 from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, InvalidSpec, ReconcileError
+from spine_operator.yamlfiles import YamlError, load_document
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.catalog import CatalogConfig, ServiceEntry
 from spine_runtime.config.proxy import ProxyConfig
@@ -198,11 +198,13 @@ def _target_url(api: RegistrationApi, env: Environment, namespace: str) -> str:
 
 
 def _embedded(raw: bytes) -> dict[str, Any] | None:
+    """The spec for the catalog entry, read as strictly as the validator read it (aliases
+    bounded: the catalog's config is JSON, where every alias would be written out)."""
     if len(raw) > MAX_EMBEDDED_SPEC_BYTES:
         return None
     try:
-        document = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        document = load_document(raw)
+    except YamlError:
         return None
     return document if isinstance(document, dict) else None
 
@@ -334,13 +336,12 @@ def _check_registration(
         if api.expose is None:
             continue
         path = api.expose.path
-        holder = next((who for held, who in claimed.items() if _overlaps(path, held)), None)
-        if holder is not None:
-            held = next(held for held in claimed if _overlaps(path, held))
+        held = next((held for held in claimed if _overlaps(path, held)), None)
+        if held is not None:
             return _refused(
                 cond.INVALID_REFERENCE,
-                f"spec.apis[{index}].expose.path {path} overlaps {held}, which {holder} holds: "
-                "choose another path",
+                f"spec.apis[{index}].expose.path {path} overlaps {held}, which "
+                f"{claimed[held]} holds: choose another path",
             )
         mine = next((other for other in own_paths if _overlaps(path, other)), None)
         if mine is not None:
