@@ -359,7 +359,9 @@ def _check_registration(
                     backend=_target_backend(api, env, namespace),
                     roles=api.expose.roles,
                     public=api.expose.public,
-                    rate_limit=api.expose.rate_limit,
+                    rate_limit=(
+                        api.expose.rate_limit.for_proxy() if api.expose.rate_limit else None
+                    ),
                 )
             )
         except ValidationError as error:  # the target URL's parts must fit haproxy.cfg too
@@ -406,8 +408,8 @@ def _check_registration(
         entry_apis.append(
             {
                 "id": api.id,
-                "title": api.title,
-                "description": api.description,
+                "title": api.title or "",
+                "description": api.description or "",
                 "protocol": api.protocol,
                 "url": url,
                 "spec": spec_doc,
@@ -417,8 +419,8 @@ def _check_registration(
     entry: dict[str, Any] = {
         "id": name,
         "type": registration.type,
-        "title": registration.title,
-        "description": registration.description,
+        "title": registration.title or "",
+        "description": registration.description or "",
         "meta": registration.meta,
         "apis": entry_apis,
         "doc": registration.doc or "",
