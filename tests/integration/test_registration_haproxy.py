@@ -82,17 +82,19 @@ def issuer(tmp_path: Path) -> Iterator[DevIssuer]:
     running.stop()
 
 
-def planned(env: Environment, issuer: DevIssuer, service_port: int) -> Plan:
+def planned(env: Environment, issuer: DevIssuer, service_port: int, **expose: Any) -> Plan:
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     keys = tuple(oidc.jwks_to_verify_keys(jwks, ["RS256", "ES256"]))
-    return planned_with(env, issuer.issuer, service_port, keys)
+    return planned_with(env, issuer.issuer, service_port, keys, **expose)
 
 
 def planned_without_keys(env: Environment, issuer: str, service_port: int) -> Plan:
     return planned_with(env, issuer, service_port, ())
 
 
-def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) -> Plan:
+def planned_with(
+    env: Environment, issuer: str, service_port: int, keys: tuple, **expose: Any
+) -> Plan:
     spine = {
         "metadata": {"name": "default", "namespace": NAMESPACE},
         "spec": {"auth": {"issuer": issuer, "audience": "spine"}},
@@ -106,7 +108,7 @@ def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) 
                     "id": "orders",
                     "protocol": "HTTP",
                     "serviceRef": {"name": "planner", "port": service_port},
-                    "expose": {"path": "/services/orders", "roles": ["orders:read"]},
+                    "expose": {"path": "/services/orders", "roles": ["orders:read"], **expose},
                     "spec": {"mediaType": "application/json", "value": "{}"},
                 }
             ],
@@ -289,5 +291,33 @@ def test_before_the_first_keys_every_protected_route_answers_503(
                 assert answer.status_code == 503, (path, answer.text)
                 assert answer.json()["code"] == 503
             assert not service.seen and not twin.seen and not catalog.seen
+        finally:
+            haproxy.stop()
+
+
+def test_a_registrations_rate_limit_answers_429(tmp_path: Path, issuer: DevIssuer) -> None:
+    proxy_port = free_port()
+    with EchoBackend() as service:
+        env = Environment.for_local(
+            tmp_path / "state",
+            broker_port=free_port(),
+            proxy_port=proxy_port,
+            proxy_exporter_port=free_port(),
+            proxy_peers_port=free_port(),
+        )
+        plan = planned(env, issuer, service.port, rateLimit={"requests": 3, "perSeconds": 60})
+        haproxy = start_haproxy(plan, tmp_path, proxy_port)
+        try:
+            token = issuer.token("alice", ["orders:read"])
+            codes = [
+                httpx.get(
+                    f"http://127.0.0.1:{proxy_port}/services/orders/orders",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=5,
+                ).status_code
+                for _ in range(5)
+            ]
+            assert codes == [200, 200, 200, 429, 429], codes
+            assert len(service.seen) == 3
         finally:
             haproxy.stop()
