@@ -15,6 +15,7 @@ RUNTIMES = {
     "flow": "spine_runtime.flow.main",
     "sim": "spine_runtime.sim.main",
     "broker-seed": "spine_runtime.broker.seed",
+    "proxy": "spine_runtime.proxy.main",
 }
 
 
