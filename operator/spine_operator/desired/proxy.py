@@ -549,7 +549,6 @@ def haproxy_inputs(
         ),
         keys_dir=str(PurePosixPath(env.proxy_run_dir) / "keys"),
         exporter_port=env.proxy_exporter_port,
-        peers_port=env.proxy_peers_port,
         auth=proxy_auth(spec, keys),
         routes=sorted(routes, key=lambda route: route.name),
     )
