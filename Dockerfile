@@ -35,6 +35,12 @@ LABEL org.opencontainers.image.title="spine" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"
 
+# Debian's HAProxy for the proxy pod: `spine-runtime proxy` runs it as its child (master-worker),
+# the same 2.6 series the tests run against (tests/integration/test_proxy.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends haproxy=2.6.* \
+    && rm -rf /var/lib/apt/lists/*
+
 # A named user for tools that look up the current user; the numeric USER below is what
 # Kubernetes checks against runAsNonRoot.
 RUN groupadd --system --gid 10001 spine \

@@ -100,3 +100,6 @@ PROBE_SUCCEEDED = "ProbeSucceeded"  # the catalog's probe and the proxy's checks
 PROBE_FAILED = "ProbeFailed"  # the catalog's probe or the proxy's check failed; message says why
 NOT_ROUTED = "NotRouted"  # the registration is refused, so nothing probes it
 KEYS_FETCHED = "KeysFetched"  # the issuer's verification keys were fetched at the last refresh
+PROXY_CONFIG_FULL = (
+    "ProxyConfigFull"  # the proxy's config has no room for this registration's routes
+)

@@ -75,7 +75,6 @@ class Environment:
     proxy_port: int = 8443
     proxy_admin_port: int = 8080
     proxy_exporter_port: int = 8405
-    proxy_peers_port: int = 8406  # HAProxy's peers on 127.0.0.1: rate limits survive a reload
     proxy_config_dir: str = "/etc/spine"
     proxy_run_dir: str = "/var/run/spine-proxy"  # haproxy.cfg, key files, master socket
     proxy_secrets_dir: str = "/var/run/spine"
@@ -112,7 +111,6 @@ class Environment:
         proxy_port: int = 8443,
         proxy_admin_port: int = 8083,
         proxy_exporter_port: int = 8405,
-        proxy_peers_port: int = 8406,
         catalog_port: int = 8084,
     ) -> Environment:
         broker_dir = state_dir / "broker"
@@ -154,7 +152,6 @@ class Environment:
             proxy_port=proxy_port,
             proxy_admin_port=proxy_admin_port,
             proxy_exporter_port=proxy_exporter_port,
-            proxy_peers_port=proxy_peers_port,
             proxy_config_dir=str(proxy_dir / "config"),
             proxy_run_dir=str(proxy_dir / "run"),
             proxy_secrets_dir=str(proxy_dir / "secrets"),

@@ -6,9 +6,11 @@ The real catalog process serves the plan's entries and reports its probes as the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,17 +84,23 @@ def issuer(tmp_path: Path) -> Iterator[DevIssuer]:
     running.stop()
 
 
-def planned(env: Environment, issuer: DevIssuer, service_port: int) -> Plan:
+def planned(
+    env: Environment, issuer: DevIssuer, service_port: int, *extra: str, **expose: Any
+) -> Plan:
     jwks = httpx.get(issuer.jwks_uri, timeout=5).json()
     keys = tuple(oidc.jwks_to_verify_keys(jwks, ["RS256", "ES256"]))
-    return planned_with(env, issuer.issuer, service_port, keys)
+    return planned_with(env, issuer.issuer, service_port, keys, *extra, **expose)
 
 
 def planned_without_keys(env: Environment, issuer: str, service_port: int) -> Plan:
     return planned_with(env, issuer, service_port, ())
 
 
-def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) -> Plan:
+def planned_with(
+    env: Environment, issuer: str, service_port: int, keys: tuple, *extra: str, **expose: Any
+) -> Plan:
+    """A plan with the registration `planner` (and one more per name in `extra`, routed at
+    /services/<name>)."""
     spine = {
         "metadata": {"name": "default", "namespace": NAMESPACE},
         "spec": {"auth": {"issuer": issuer, "audience": "spine"}},
@@ -106,7 +114,7 @@ def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) 
                     "id": "orders",
                     "protocol": "HTTP",
                     "serviceRef": {"name": "planner", "port": service_port},
-                    "expose": {"path": "/services/orders", "roles": ["orders:read"]},
+                    "expose": {"path": "/services/orders", "roles": ["orders:read"], **expose},
                     "spec": {"mediaType": "application/json", "value": "{}"},
                 }
             ],
@@ -118,12 +126,21 @@ def planned_with(env: Environment, issuer: str, service_port: int, keys: tuple) 
         "info": {"title": "Orders", "version": "1"},
         "paths": {"/orders": {"get": {"responses": {"200": {"description": "ok"}}}}},
     }
+    registrations = [registration]
+    for name in extra:
+        more = json.loads(json.dumps(registration))
+        more["metadata"]["name"] = name
+        more["spec"]["apis"][0]["expose"]["path"] = f"/services/{name}"
+        registrations.append(more)
     result = proxy.plan_proxy(
         proxy.ProxyPlanInputs(
             spine=spine,
-            registrations=[registration],
+            registrations=registrations,
             env=env,
-            specs={("planner", "orders"): json.dumps(openapi).encode()},
+            specs={
+                (item["metadata"]["name"], "orders"): json.dumps(openapi).encode()
+                for item in registrations
+            },
             services={"planner": {}},
             keys=proxy.KeysInput(keys, 1.0, None),
             proxy_token=SecretInput(labels.PROXY_TOKEN_SECRET, {"token": "t"}),
@@ -175,7 +192,6 @@ def test_the_rendered_proxy_admits_exactly_the_roles_each_route_names(
             twin_port=twin.port,
             proxy_port=proxy_port,
             proxy_exporter_port=free_port(),
-            proxy_peers_port=free_port(),
             catalog_port=catalog.port,
         )
         haproxy = start_haproxy(planned(env, issuer, service.port), tmp_path, proxy_port)
@@ -268,7 +284,6 @@ def test_before_the_first_keys_every_protected_route_answers_503(
             twin_port=twin.port,
             proxy_port=proxy_port,
             proxy_exporter_port=free_port(),
-            proxy_peers_port=free_port(),
             catalog_port=catalog.port,
         )
         plan = planned_without_keys(env, issuer.issuer, service.port)
@@ -291,3 +306,106 @@ def test_before_the_first_keys_every_protected_route_answers_503(
             assert not service.seen and not twin.seen and not catalog.seen
         finally:
             haproxy.stop()
+
+
+def test_a_registrations_rate_limit_answers_429(tmp_path: Path, issuer: DevIssuer) -> None:
+    proxy_port = free_port()
+    with EchoBackend() as service:
+        env = Environment.for_local(
+            tmp_path / "state",
+            broker_port=free_port(),
+            proxy_port=proxy_port,
+            proxy_exporter_port=free_port(),
+        )
+        plan = planned(env, issuer, service.port, rateLimit={"requests": 3, "perSeconds": 60})
+        haproxy = start_haproxy(plan, tmp_path, proxy_port)
+        try:
+            token = issuer.token("alice", ["orders:read"])
+            codes = [
+                httpx.get(
+                    f"http://127.0.0.1:{proxy_port}/services/orders/orders",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=5,
+                ).status_code
+                for _ in range(5)
+            ]
+            assert codes == [200, 200, 200, 429, 429], codes
+            assert len(service.seen) == 3
+        finally:
+            haproxy.stop()
+
+
+async def test_the_supervisor_runs_the_plans_document_and_takes_its_pushes(
+    tmp_path: Path, issuer: DevIssuer
+) -> None:
+    """`spine-runtime proxy` on the very document the plan puts in the ConfigMap, as the pod
+    runs it; a second registration arrives by the operator's push, and the poller reads each
+    route's health from the supervisor's /status."""
+    from spine_operator.external import push_config
+    from spine_operator.poller import fetch_report, proxy_report
+    from spine_operator.statuses import reachable_condition
+
+    with EchoBackend() as service:
+        env = Environment.for_local(
+            tmp_path / "state",
+            broker_port=free_port(),
+            proxy_port=free_port(),
+            proxy_admin_port=free_port(),
+            proxy_exporter_port=free_port(),
+        )
+        plan = planned(env, issuer, service.port)
+        config_map = next(
+            o for o in plan.objects if o["metadata"]["name"] == labels.PROXY_CONFIG_NAME
+        )
+        document = ProxyConfig.model_validate_json(config_map["data"][labels.PROXY_CONFIG_FILE])
+        assert document.http.admin_token_file is not None
+        document.http.admin_token_file.parent.mkdir(parents=True, exist_ok=True)
+        document.http.admin_token_file.write_text("push-token")
+        Path(env.proxy_run_dir).mkdir(parents=True, exist_ok=True)
+        config_file = Path(env.proxy_config_dir) / labels.PROXY_CONFIG_FILE
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(config_map["data"][labels.PROXY_CONFIG_FILE])
+        supervisor = ManagedProcess(
+            [sys.executable, "-m", "spine_runtime.cli", "proxy", "--config", str(config_file)],
+            tmp_path / "supervisor.log",
+            env={"SPINE_TWIN_WRITE_TOKEN": INTERNAL_TOKEN},
+        )
+        supervisor.start().wait_for_port(env.proxy_admin_port)
+        try:
+            async with httpx.AsyncClient() as client:
+
+                async def report() -> Any:
+                    found, _ = await fetch_report(client, env.proxy_url(NAMESPACE), proxy_report)
+                    return found
+
+                async def route_up(name: str) -> bool:
+                    found = await report()
+                    return found.reachable and (found.routes.get(name) or {}).get("up") is True
+
+                for _ in range(200):  # HAProxy's first health check: 15 s at most
+                    if await route_up("planner-orders"):
+                        break
+                    await asyncio.sleep(0.075)
+                found = await report()
+                verdict = plan.facts["registrations"]["planner"]
+                assert reachable_condition(verdict, "planner", found, None, 1)["status"] == "True"
+
+                # A second registration arrives by push, as the operator delivers it.
+                second = planned(env, issuer, service.port, "billing")
+                assert second.facts["registrations"]["billing"].routes == ("billing-orders",)
+                pushed = next(
+                    o for o in second.objects if o["metadata"]["name"] == labels.PROXY_CONFIG_NAME
+                )["data"][labels.PROXY_CONFIG_FILE]
+                result = await push_config(env.proxy_url(NAMESPACE), "push-token", pushed)
+                assert result.delivered, result.message
+                token = issuer.token("alice", ["orders:read"])
+                answer = await client.get(
+                    f"http://127.0.0.1:{env.proxy_port}/services/billing/orders",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert answer.status_code == 200, answer.text
+                assert "billing-orders" in (await report()).routes
+                refused = await push_config(env.proxy_url(NAMESPACE), "wrong-token", pushed)
+                assert not refused.delivered
+        finally:
+            supervisor.stop()

@@ -260,10 +260,12 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Spec)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from tests.support.processes import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = None
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
         k8s = Kubernetes()
         await k8s.create(spine(NAMESPACE, {"proxy": {"specUrlAllowList": [f"{base}/specs/"]}}))
         await k8s.create(service("maintenance-planner"))
@@ -280,6 +282,13 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         elsewhere["spec"]["apis"][0]["spec"]["url"] = f"{base}/private/orders.json"
         for item in (allowed, elsewhere):
             await k8s.create(item)
+        # The spec's server is not up yet: the registration waits, and is retried.
+        await eventually(
+            lambda: ready_reason(cluster, "maintenance") == "DependencyUnavailable", 15, "waits"
+        )
+        assert f"{base}/specs/orders.json" in conditions(cluster, "maintenance")["Ready"]["message"]
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Spec)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         await eventually(
             lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed from its URL"
         )
@@ -293,5 +302,105 @@ async def test_a_spec_url_is_fetched_only_from_the_allow_list(cluster, operator)
         assert spec_valid["status"] == "False" and "/private/orders.json" in spec_valid["message"]
         assert "elsewhere-orders" not in proxy_routes(cluster)
     finally:
-        server.shutdown()
-        server.server_close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class StatusServer:
+    """Answers /status with a document the test sets (as the proxy or the catalog would), and
+    every other request (a config push) with 200."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        import http.server
+        import threading
+
+        self.document = document
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps(outer.document if self.path == "/status" else {}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def status_servers(monkeypatch: pytest.MonkeyPatch):
+    """A stand-in proxy and catalog /status, and the operator pointed at them, polling fast."""
+    from spine_operator import poller
+    from spine_operator.context import CONTEXT
+
+    proxy = StatusServer({"ready": True, "configDigest": "x", "routes": [], "lastError": None})
+    catalog = StatusServer({"ready": True, "entries": []})
+    monkeypatch.setattr(poller.SETTINGS, "interval", 0.2)
+    monkeypatch.setattr(
+        CONTEXT,
+        "environment",
+        CONTEXT.environment.replace(
+            proxy_host_override="127.0.0.1",
+            proxy_admin_port=proxy.port,
+            catalog_host_override="127.0.0.1",
+            catalog_port=catalog.port,
+        ),
+    )
+    yield proxy, catalog
+    proxy.close()
+    catalog.close()
+
+
+async def test_reachable_follows_the_proxys_and_the_catalogs_checks(
+    status_servers, cluster, operator
+) -> None:
+    proxy, catalog = status_servers
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    await k8s.create(service("maintenance-planner"))
+    _, registration = example()
+    registration["spec"]["apis"] = registration["spec"]["apis"][:1]
+    await k8s.create(registration)
+    await eventually(lambda: "maintenance-orders" in proxy_routes(cluster), 15, "routed")
+    await eventually(
+        lambda: stored(cluster, "apps/v1/deployments", NAMESPACE, "spine-catalog"), 10, "apps"
+    )
+    for name in ("spine-proxy", "spine-catalog"):
+        await mark_ready(k8s, cluster, name)
+    await eventually(
+        lambda: conditions(cluster, "maintenance")["Ready"]["status"] == "True", 15, "Ready"
+    )
+    proxy.document = {
+        "ready": True,
+        "routes": [{"name": "maintenance-orders", "up": False, "detail": "L4 refused"}],
+    }
+    catalog.document = {
+        "ready": True,
+        "entries": [{"id": "maintenance", "owner": "x", "reachable": True, "detail": "200"}],
+    }
+    await eventually(
+        lambda: conditions(cluster, "maintenance")["Reachable"]["status"] == "False", 10, "down"
+    )
+    reachable = conditions(cluster, "maintenance")["Reachable"]
+    assert reachable["reason"] == "ProbeFailed"
+    assert "route maintenance-orders is down: L4 refused" in reachable["message"]
+    proxy.document = {"ready": True, "routes": [{"name": "maintenance-orders", "up": True}]}
+    await eventually(
+        lambda: conditions(cluster, "maintenance")["Reachable"]["status"] == "True", 10, "up"
+    )
+    assert conditions(cluster, "maintenance")["Ready"]["status"] == "True"

@@ -479,3 +479,58 @@ def test_a_target_url_haproxy_cannot_hold_is_refused_for_that_registration_alone
     assert verdict(plan, "documented").reason == cond.INVALID_SPEC
     assert "entry.doc" in verdict(plan, "documented").message
     assert verdict(plan, "good").reason == cond.RECONCILED
+
+
+def test_when_the_proxy_config_is_full_the_youngest_registrations_wait() -> None:
+    """Each route costs HAProxy lines (a role check per array slot): past what a ConfigMap holds
+    the youngest registrations are refused, the older ones stay routed."""
+    registrations = [
+        registration(
+            f"svc-{i:03d}",
+            f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+            http_api(path=f"/services/s{i}"),
+        )
+        for i in range(420)
+    ]
+    plan = plan_of(spine({"auth": AUTH}), registrations, services={"planner": {}})
+    data = find(plan, "ConfigMap", labels.PROXY_CONFIG_NAME)["data"][labels.PROXY_CONFIG_FILE]
+    assert len(data) <= proxy.MAX_CONFIG_DOCUMENT_BYTES
+    reasons = [verdict(plan, f"svc-{i:03d}").reason for i in range(420)]
+    full = reasons.index(cond.PROXY_CONFIG_FULL)
+    assert full > 100 and set(reasons[:full]) == {cond.RECONCILED}
+    assert set(reasons[full:]) == {cond.PROXY_CONFIG_FULL}
+    assert "older registrations are routed" in verdict(plan, "svc-419").message
+    routed = {r.name for r in proxy_document(plan).routes}
+    assert "svc-000-orders" in routed and "svc-419-orders" not in routed
+    assert "svc-419" not in [e.id for e in catalog_document(plan).entries]
+
+
+def test_embedded_specs_stop_at_the_catalogs_budget_and_are_listed_by_type() -> None:
+    big = {
+        "openapi": "3.1.0",
+        "info": {"title": "Big", "version": "1", "description": "x" * 60_000},
+        "paths": {},
+    }
+    registrations = [
+        registration(f"big-{i}", f"2026-01-0{i + 1}T00:00:00Z", http_api(path=f"/big{i}"))
+        for i in range(9)
+    ]
+    specs = {(f"big-{i}", "orders"): json.dumps(big).encode() for i in range(9)}
+    plan = plan_of(spine(), registrations, specs=specs)
+    entries = {e.id: e for e in catalog_document(plan).entries}
+    embedded = [i for i in range(9) if entries[f"big-{i}"].apis[0].spec.schema_ is not None]
+    assert embedded == list(range(len(embedded))) and 3 <= len(embedded) < 9  # oldest first
+    data = find(plan, "ConfigMap", labels.CATALOG_CONFIG_NAME)["data"][labels.CATALOG_CONFIG_FILE]
+    assert len(data) <= proxy.MAX_CONFIG_DOCUMENT_BYTES
+    assert all(verdict(plan, f"big-{i}").reason == cond.RECONCILED for i in range(9))
+
+
+def test_the_proxys_route_bound_matches_its_inputs_model() -> None:
+    from spine_operator.desired.haproxy import ProxyInputs
+
+    bound = next(
+        item.max_length
+        for item in ProxyInputs.model_fields["routes"].metadata
+        if hasattr(item, "max_length")
+    )
+    assert bound == proxy.MAX_PROXY_ROUTES

@@ -87,9 +87,9 @@ def test_rendered_config_matches_the_golden_file() -> None:
         {},
         {"auth": None},
         {"routes": []},
-        {"peers_port": None, "bind_address": "::"},
+        {"bind_address": "::"},
     ],
-    ids=["full", "no-auth", "no-routes", "no-peers-ipv6"],
+    ids=["full", "no-auth", "no-routes", "ipv6"],
 )
 def test_haproxy_accepts_the_rendered_config_without_a_warning(tmp_path, changes) -> None:
     inputs = sample_inputs(keys_dir=str(tmp_path), **changes)

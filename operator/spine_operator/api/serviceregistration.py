@@ -49,7 +49,9 @@ class ServiceRef(CamelModel):
 
 class ConfigMapKeyRef(CamelModel):
     name: DnsSubdomain = Field(description="A ConfigMap in the registration's namespace.")
-    key: Annotated[str, StringConstraints(pattern=CONFIG_MAP_KEY_PATTERN, max_length=253)]
+    key: Annotated[str, StringConstraints(pattern=CONFIG_MAP_KEY_PATTERN, max_length=253)] = Field(
+        description="The ConfigMap's key that holds the document."
+    )
 
 
 class ApiSpecSource(CamelModel):
@@ -94,6 +96,16 @@ class ApiSpecSource(CamelModel):
         return self
 
 
+class RateLimitSpec(CamelModel):
+    """At most `requests` per `perSeconds` from one client address; more get 429."""
+
+    requests: int = Field(ge=1, le=1_000_000, description="Requests admitted per window.")
+    per_seconds: int = Field(ge=1, le=3600, description="The window, in seconds.")
+
+    def for_proxy(self) -> RateLimit:
+        return RateLimit(requests=self.requests, per_seconds=self.per_seconds)
+
+
 class Expose(CamelModel):
     """An HTTP API's route on the namespace's proxy: no valid token, no access (unless public)."""
 
@@ -106,7 +118,7 @@ class Expose(CamelModel):
         max_length=32,
         description="A token needs any one of these roles; empty admits any valid token.",
     )
-    rate_limit: RateLimit | None = Field(
+    rate_limit: RateLimitSpec | None = Field(
         default=None, description="At most `requests` per `perSeconds` per client address."
     )
     public: bool = Field(
@@ -148,9 +160,11 @@ class RegistrationApi(CamelModel):
     id: DnsLabel = Field(
         description="Unique in the registration; part of the route's and the login's names."
     )
-    title: Text = ""
-    description: Text = ""
-    protocol: Literal["HTTP", "MQTT"]
+    title: Text | None = Field(default=None, description="The API's title in the catalog.")
+    description: Text | None = Field(default=None, description="What the API offers.")
+    protocol: Literal["HTTP", "MQTT"] = Field(
+        description="HTTP: a route on the proxy (expose); MQTT: a broker login (access)."
+    )
     service_ref: ServiceRef | None = Field(
         default=None, description="HTTP: the Service in this namespace that serves the API."
     )
@@ -164,7 +178,11 @@ class RegistrationApi(CamelModel):
     access: Access | None = Field(
         default=None, description="MQTT: the channels the API's clients use on the broker."
     )
-    meta: dict[str, Any] = Field(default_factory=dict, json_schema_extra=cast(Any, FREE_FORM))
+    meta: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form metadata of the API in the catalog.",
+        json_schema_extra=cast(Any, FREE_FORM),
+    )
 
     @model_validator(mode="after")
     def fits_its_protocol(self) -> RegistrationApi:
@@ -193,15 +211,17 @@ class ServiceRegistrationSpec(CamelModel):
     """A service's catalog entry, its OpenAPI/AsyncAPI specs, proxy routes and broker logins."""
 
     type: ServiceType = Field(description="The service type, e.g. maintenance-planner.")
-    title: Text = ""
-    description: Text = ""
+    title: Text | None = Field(default=None, description="The service's title in the catalog.")
+    description: Text | None = Field(default=None, description="What the service does.")
     meta: dict[str, Any] = Field(
         default_factory=dict,
         description="Free-form metadata.",
         json_schema_extra=cast(Any, FREE_FORM),
     )
     doc: Url | None = Field(default=None, description="Where the service is documented.")
-    apis: list[RegistrationApi] = Field(min_length=1, max_length=32)
+    apis: list[RegistrationApi] = Field(
+        min_length=1, max_length=32, description="The service's APIs, HTTP or MQTT (1 to 32)."
+    )
     probe: Probe | None = Field(
         default=None, description="How the catalog checks that the service answers."
     )

@@ -19,6 +19,7 @@ from pydantic import Field, StringConstraints
 
 from spine_operator.desired.common import CONFIG_TEMPLATES
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, Port
+from spine_runtime.config.proxy import ROUTE_BACKEND_PREFIX
 
 # A key id from a JWKS: kept to characters that need no quoting in an HAProxy ACL.
 KEY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
@@ -136,9 +137,6 @@ class ProxyInputs(CamelModel):
     keys_dir: FilePath = Field(description="Where the supervisor writes the key files.")
     exporter_port: Port = Field(default=8405, description="HAProxy's Prometheus exporter.")
     exporter_address: BindAddress = "127.0.0.1"
-    # HAProxy's peers protocol on 127.0.0.1: on a reload the old worker hands its stick tables
-    # (rate-limit counters) to the new one. None: counters start from zero after each reload.
-    peers_port: Port | None = Field(default=8406, description="Local peers port (reloads).")
     auth: ProxyAuth | None = None
     routes: list[ProxyRoute] = Field(default_factory=list, max_length=500)
 
@@ -197,7 +195,7 @@ def render_haproxy_config(inputs: ProxyInputs) -> str:
     views = [
         _RouteView(
             route=route,
-            backend_name=f"route-{route.name}",
+            backend_name=ROUTE_BACKEND_PREFIX + route.name,
             prefix_regex=_literal_regex(route.path),
             role_checks=[] if auth is None or route.public else _role_checks(auth, route.roles),
             resolve=not _is_ip_address(route.backend.host),

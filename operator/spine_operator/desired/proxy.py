@@ -12,12 +12,12 @@ documents, their workloads and NetworkPolicies. A namespace with neither a regis
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import ValidationError
 
 from spine_operator import conditions as cond
@@ -40,6 +40,7 @@ from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.twin import RUNTIME_UID
 from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, InvalidSpec, ReconcileError
+from spine_operator.yamlfiles import YamlError, load_document
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.catalog import CatalogConfig, ServiceEntry
 from spine_runtime.config.proxy import ProxyConfig
@@ -59,6 +60,10 @@ TWIN_ENTRY_ID = "spine-twin"
 # A spec document is embedded in the catalog's config up to this size; larger ones are
 # listed by URL only, so the catalog's ConfigMap stays far below Kubernetes' 1 MiB.
 MAX_EMBEDDED_SPEC_BYTES = 64 * 1024
+MAX_EMBEDDED_TOTAL_BYTES = 384 * 1024  # all specs of one catalog together; later ones by URL
+# A ConfigMap holds at most 1 MiB; each config document stays below this, with room to spare.
+MAX_CONFIG_DOCUMENT_BYTES = 900 * 1024
+MAX_PROXY_ROUTES = 500  # ProxyInputs.routes' bound
 PROXY_LIVE_FIELDS = frozenset({"haproxyCfg", "keyFiles", "routes"})
 CATALOG_LIVE_FIELDS = frozenset({"entries", "description", "writeRole"})
 
@@ -164,6 +169,19 @@ class Selection:
     logins: list[Login] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     verdicts: dict[str, RegistrationVerdict] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)  # oldest first
+
+    def refuse(self, name: str, verdict: RegistrationVerdict) -> None:
+        """Take an accepted registration out again (its routes, logins and entry)."""
+        owner = f"ServiceRegistration/{name}"
+        self.routes = [route for route in self.routes if self.owners.get(route.name) != owner]
+        self.owners = {route: who for route, who in self.owners.items() if who != owner}
+        self.logins = [
+            login for login in self.logins if not login.username.startswith(f"service-{name}.")
+        ]
+        self.entries = [entry for entry in self.entries if entry["id"] != name]
+        self.accepted.remove(name)
+        self.verdicts[name] = verdict
 
 
 def _overlaps(one: str, other: str) -> bool:
@@ -198,11 +216,13 @@ def _target_url(api: RegistrationApi, env: Environment, namespace: str) -> str:
 
 
 def _embedded(raw: bytes) -> dict[str, Any] | None:
+    """The spec for the catalog entry, read as strictly as the validator read it (aliases
+    bounded: the catalog's config is JSON, where every alias would be written out)."""
     if len(raw) > MAX_EMBEDDED_SPEC_BYTES:
         return None
     try:
-        document = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        document = load_document(raw)
+    except YamlError:
         return None
     return document if isinstance(document, dict) else None
 
@@ -249,6 +269,7 @@ def select_registrations(inputs: ProxyPlanInputs, namespace: str, public_url: st
         selection.routes += routes
         selection.logins += logins
         selection.entries.append(entry)
+        selection.accepted.append(name)
         parts = [f"{len(routes)} routes on the proxy"] if routes else []
         if logins:
             parts.append(f"{len(logins)} broker logins")
@@ -334,13 +355,12 @@ def _check_registration(
         if api.expose is None:
             continue
         path = api.expose.path
-        holder = next((who for held, who in claimed.items() if _overlaps(path, held)), None)
-        if holder is not None:
-            held = next(held for held in claimed if _overlaps(path, held))
+        held = next((held for held in claimed if _overlaps(path, held)), None)
+        if held is not None:
             return _refused(
                 cond.INVALID_REFERENCE,
-                f"spec.apis[{index}].expose.path {path} overlaps {held}, which {holder} holds: "
-                "choose another path",
+                f"spec.apis[{index}].expose.path {path} overlaps {held}, which "
+                f"{claimed[held]} holds: choose another path",
             )
         mine = next((other for other in own_paths if _overlaps(path, other)), None)
         if mine is not None:
@@ -358,7 +378,9 @@ def _check_registration(
                     backend=_target_backend(api, env, namespace),
                     roles=api.expose.roles,
                     public=api.expose.public,
-                    rate_limit=api.expose.rate_limit,
+                    rate_limit=(
+                        api.expose.rate_limit.for_proxy() if api.expose.rate_limit else None
+                    ),
                 )
             )
         except ValidationError as error:  # the target URL's parts must fit haproxy.cfg too
@@ -405,8 +427,8 @@ def _check_registration(
         entry_apis.append(
             {
                 "id": api.id,
-                "title": api.title,
-                "description": api.description,
+                "title": api.title or "",
+                "description": api.description or "",
                 "protocol": api.protocol,
                 "url": url,
                 "spec": spec_doc,
@@ -416,8 +438,8 @@ def _check_registration(
     entry: dict[str, Any] = {
         "id": name,
         "type": registration.type,
-        "title": registration.title,
-        "description": registration.description,
+        "title": registration.title or "",
+        "description": registration.description or "",
         "meta": registration.meta,
         "apis": entry_apis,
         "doc": registration.doc or "",
@@ -527,7 +549,6 @@ def haproxy_inputs(
         ),
         keys_dir=str(PurePosixPath(env.proxy_run_dir) / "keys"),
         exporter_port=env.proxy_exporter_port,
-        peers_port=env.proxy_peers_port,
         auth=proxy_auth(spec, keys),
         routes=sorted(routes, key=lambda route: route.name),
     )
@@ -806,6 +827,81 @@ def _timestamp(seconds: float | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def within_embedding_budget(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with their specs embedded while the catalog's config has room, oldest
+    registration first; later ones list their spec by URL (and media type) only."""
+    room = MAX_EMBEDDED_TOTAL_BYTES
+    kept: list[dict[str, Any]] = []
+    for entry in entries:
+        apis = []
+        for api in entry["apis"]:
+            schema = api["spec"].get("schema")
+            if schema is not None:
+                size = len(json.dumps(schema))
+                if size > room:
+                    api = {**api, "spec": {k: v for k, v in api["spec"].items() if k != "schema"}}
+                else:
+                    room -= size
+            apis.append(api)
+        kept.append({**entry, "apis": apis})
+    return kept
+
+
+def fitting_proxy_config(
+    spec: SpineSpec,
+    env: Environment,
+    namespace: str,
+    spine_name: str,
+    inputs: ProxyPlanInputs,
+    selection: Selection,
+) -> tuple[ProxyInputs, ProxyConfig]:
+    """The proxy's inputs and config document, within a ConfigMap's size: while the rendered
+    document is too large, the youngest routed registrations are refused (ProxyConfigFull), so
+    the older ones keep their routes and the proxy keeps working."""
+    platform = platform_routes(spec, env, namespace, spine_name)
+    while True:
+        routed = [
+            name
+            for name in selection.accepted
+            if any(owner == f"ServiceRegistration/{name}" for owner in selection.owners.values())
+        ]
+        excess = len(selection.routes) + len(platform) - MAX_PROXY_ROUTES
+        if excess > 0:  # more routes than the proxy takes: the youngest wait
+            _refuse_full(selection, routed, routed[-excess:])
+            continue
+        routes = list(selection.routes)
+        owners = dict(selection.owners)
+        for route, owner in platform:
+            routes.append(route)
+            owners[route.name] = owner
+        haproxy = haproxy_inputs(spec, env, inputs.keys, routes)
+        haproxy_cfg = render_haproxy_config(haproxy)
+        size = len(haproxy_cfg)  # the document holds it escaped: never smaller
+        if size <= MAX_CONFIG_DOCUMENT_BYTES or not routed:
+            config = proxy_config(env, haproxy, haproxy_cfg, owners)
+            size = len(workload.config_document(config))
+            if size <= MAX_CONFIG_DOCUMENT_BYTES or not routed:
+                return haproxy, config
+        # Each routed registration's share of the document, to drop enough at once.
+        share = size / len(routed)
+        count = min(len(routed), int((size - MAX_CONFIG_DOCUMENT_BYTES) / share) + 1)
+        _refuse_full(selection, routed, routed[-count:])
+
+
+def _refuse_full(selection: Selection, routed: list[str], youngest: list[str]) -> None:
+    kept = len(routed) - len(youngest)
+    for name in youngest:
+        selection.refuse(
+            name,
+            RegistrationVerdict(
+                cond.PROXY_CONFIG_FULL,
+                f"The proxy has no room for this registration's routes ({MAX_PROXY_ROUTES} "
+                f"routes and a 1 MiB ConfigMap at most); {kept} older registrations are "
+                "routed. Remove routes or roles, or split the services across namespaces",
+            ),
+        )
+
+
 def proxy_wanted(inputs: ProxyPlanInputs, spec: SpineSpec) -> bool:
     """Whether the namespace pays for a proxy and a catalog: a registration, or `auth`."""
     live = [item for item in inputs.registrations if not item["metadata"].get("deletionTimestamp")]
@@ -853,21 +949,19 @@ def plan_proxy(inputs: ProxyPlanInputs) -> Plan | Refusal:
             digests[login.secret] = found.require(("password",), f"login {login.username}")
     except ReconcileError as error:
         return error
-    routes = list(selection.routes)
-    owners = dict(selection.owners)
-    for route, owner in platform_routes(spec, env, namespace, spine_name):
-        routes.append(route)
-        owners[route.name] = owner
     try:
-        haproxy = haproxy_inputs(spec, env, inputs.keys, routes)
-        haproxy_cfg = render_haproxy_config(haproxy)
-        config = proxy_config(env, haproxy, haproxy_cfg, owners)
-        entries = [twin_entry(spec, env, namespace, spine_name, public_url), *selection.entries]
+        haproxy, config = fitting_proxy_config(spec, env, namespace, spine_name, inputs, selection)
+        entries = [
+            twin_entry(spec, env, namespace, spine_name, public_url),
+            *within_embedding_budget(selection.entries),
+        ]
         catalog = catalog_config(spec, env, namespace, entries)
     except ValidationError as error:  # each registration passed alone: only their sum can fail
         return InvalidSpec(
             f"The registrations together: {describe_validation_error(error, 'registrations')}"
         )
+    routes = haproxy.routes
+    owners = {route.name: info.owner for route, info in zip(routes, config.routes, strict=True)}
     proxy_objects, proxy_checksum = build_proxy_objects(
         spec, env, namespace, spine_name, config, proxy_digests
     )

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from spine_operator import conditions as cond
 from spine_operator import labels
 from spine_operator.api.kinds import GROUP, SERVICE_REGISTRATION, VERSION
 from spine_operator.api.serviceregistration import ServiceRegistrationSpec
@@ -23,13 +24,24 @@ from spine_operator.context import CONTEXT
 from spine_operator.desired.proxy import registration_logins
 from spine_operator.reconcile.kinds import PROXIES, PROXY_KEY
 
+# A registration refused for these is retried; its Service's or ConfigMap's event may come first.
+RETRIED_REASONS = (cond.DEPENDENCY_NOT_FOUND, cond.DEPENDENCY_UNAVAILABLE)
+
 
 @kopf.on.resume(GROUP, VERSION, SERVICE_REGISTRATION.plural)
 @kopf.on.create(GROUP, VERSION, SERVICE_REGISTRATION.plural)
 @kopf.on.update(GROUP, VERSION, SERVICE_REGISTRATION.plural)
-async def registration_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+async def registration_changed(
+    namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+) -> None:
     assert namespace, "ServiceRegistration is a namespaced kind"
     await PROXIES.reconcile(namespace, PROXY_KEY, logger)
+    # The proxy as a whole was applied; this registration may still wait for something no
+    # event announces (a spec URL that did not answer): kopf retries it with backoff.
+    outcome = PROXIES.outcomes.get((namespace, PROXY_KEY))
+    verdict = outcome.fact("registrations", {}).get(name) if outcome is not None else None
+    if verdict is not None and verdict.reason in RETRIED_REASONS:
+        raise kopf.TemporaryError(verdict.message, delay=CONTEXT.retry_delay)
 
 
 @kopf.on.event(GROUP, VERSION, SERVICE_REGISTRATION.plural)

@@ -19,6 +19,9 @@ from spine_runtime.config.base import CamelModel, HttpSettings, SafeLine
 # A key file written into the keys directory: `<sha256 prefix>.pem`, as VerifyKey.file_name().
 KEY_FILE_PATTERN = r"^[0-9a-f]{32}\.pem$"
 KeyFileName = Annotated[str, StringConstraints(pattern=KEY_FILE_PATTERN)]
+# haproxy.cfg names each route's backend `route-<route name>` and its one server `<route name>`;
+# the supervisor finds a route's health in HAProxy's stats by these names.
+ROUTE_BACKEND_PREFIX = "route-"
 
 
 class HaproxyProcess(CamelModel):
