@@ -140,7 +140,59 @@ def test_the_screen_says_where_everything_is(spine_up: SpineUp, line: PressLine)
     assert "simulated press-1" in screen and "Try" in screen
     assert "\x1b[" not in screen  # not a terminal: plain lines, no cursor movement
     roles = sorted(p["role"] for p in spine_up.state()["processes"])
-    assert roles == ["broker", "flow", "gateway", "sim", "twin"]
+    assert roles == ["broker", "catalog", "flow", "gateway", "issuer", "proxy", "sim", "twin"]
+    assert "TOKEN=$(spine token " in screen and "development only" in screen
+
+
+def spine_token(spine_up: SpineUp, *roles: str) -> str:
+    """A token from `spine token`, as the screen tells the user to get one."""
+    command = [sys.executable, "-m", "spine_operator.cli", "token", "--state-dir"]
+    command += [str(spine_up.state_dir), "--user", "alice"]
+    for role in roles:
+        command += ["--role", role]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_twin_and_the_catalog_answer_through_the_proxy_to_a_development_token(
+    spine_up: SpineUp, line: PressLine
+) -> None:
+    """The README's demo: the twin API through the proxy with a token from the development
+    issuer; refused without one or without the role; the catalog lists the registration."""
+    import httpx
+
+    proxy = spine_up.state()["namespaces"]["plant-a"]["proxy"]
+    thing = f"{proxy['twin']}/api/2/things/{line.thing_id}"
+    reader = spine_token(spine_up, "spine:twin:read")
+    answer = httpx.get(thing, headers={"Authorization": f"Bearer {reader}"}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["thingId"] == line.thing_id
+
+    refused = httpx.get(thing, timeout=5)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert refused.json()["code"] == 401
+
+    stranger = spine_token(spine_up, "spine:twin:reader")  # only looks like the right role
+    answer = httpx.get(thing, headers={"Authorization": f"Bearer {stranger}"}, timeout=5)
+    assert answer.status_code == 403
+
+    put = httpx.put(
+        f"{thing}/features/targetSpeed/desiredProperties/value",
+        json=30,
+        headers={"Authorization": f"Bearer {reader}"},
+        timeout=5,
+    )
+    assert put.status_code == 403  # writes need spine:twin:write
+
+    listing = httpx.get(
+        proxy["catalog"],
+        params={"page": 1, "per_page": 50},
+        headers={"Authorization": f"Bearer {reader}"},
+        timeout=5,
+    )
+    assert listing.status_code == 200, listing.text
+    ids = {service["id"] for service in listing.json()["services"]}
+    assert "maintenance" in ids, ids
 
 
 def test_the_flows_run_on_twin_changes_with_their_own_logins(spine_up: SpineUp) -> None:

@@ -23,7 +23,6 @@ DEFAULT_PORTS = {
     "proxy": 18443,
     "proxy-admin": 18083,
     "proxy-exporter": 18405,
-    "proxy-peers": 18406,
     "catalog": 18084,
     "issuer": 18085,
     "sim-http": 18090,

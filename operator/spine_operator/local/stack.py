@@ -146,7 +146,6 @@ def prepare_namespace(
             "proxy_port": ports.take("proxy"),
             "proxy_admin_port": ports.take("proxy-admin"),
             "proxy_exporter_port": ports.take("proxy-exporter"),
-            "proxy_peers_port": ports.take("proxy-peers"),
             "catalog_port": ports.take("catalog"),
         }
     env = Environment.for_local(
