@@ -12,23 +12,6 @@ from tests.support.gateway import StandInAcker
 from tests.support.mosquitto import LocalBroker
 
 
-@pytest.fixture(autouse=True)
-def haproxy_renderer_seam(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until the proxy branch's render_haproxy_config is merged (main has a stub that raises),
-    a stand-in that lists the routes, so plans that include the proxy can be tested. Inert
-    once the real renderer exists; remove it then."""
-    from spine_operator.desired import haproxy, proxy
-
-    try:
-        haproxy.render_haproxy_config(haproxy.ProxyInputs(keys_dir="/k"))
-    except NotImplementedError:
-        monkeypatch.setattr(
-            proxy,
-            "render_haproxy_config",
-            lambda inputs: "".join(f"# route {r.name} {r.path}\n" for r in inputs.routes),
-        )
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """A running mosquitto with the rendered default config and a seeded admin login."""
