@@ -61,6 +61,7 @@ def snapshot(plane: ControlPlane, namespace: str) -> dict[tuple[str, str], dict[
                 "uid": item["metadata"]["uid"],
                 "resourceVersion": item["metadata"]["resourceVersion"],
                 "data": item.get("data"),
+                "status": item.get("status"),  # so a failure shows what was written
             }
     return found
 
@@ -132,7 +133,9 @@ def test_an_operator_restart_on_a_settled_cluster_writes_nothing(
     while time.monotonic() < deadline:
         now = snapshot(control_plane, namespace)
         changed = [key for key, seen in before.items() if now.get(key) != seen]
-        assert not changed, f"an unchanged resource was written on resume: {changed}"
+        assert not changed, "an unchanged resource was written on resume: " + "; ".join(
+            f"{key}: {before[key]} -> {now.get(key)}" for key in changed
+        )
         time.sleep(0.2)
 
 
