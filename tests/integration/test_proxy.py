@@ -374,6 +374,8 @@ def test_scope_claim_matches_whole_words(proxy, issuer, backend) -> None:
 def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, issuer, backend):
     base = module_inputs(proxy, issuer, backend)
     assert proxy.get(ORDERS, issuer.token("rsa-2")).status == 401
+    old_token = issuer.token("rsa-1", subject="before-rotation")
+    assert proxy.get(ORDERS, old_token).status == 200  # verified once: in the worker's cache
     backend.slow("/api/slow", 1.5)
     in_flight: dict[str, object] = {}
 
@@ -393,6 +395,7 @@ def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, is
     with pushed(proxy, rotated, restore=base):
         assert proxy.get(ORDERS, issuer.token("rsa-2")).status == 200
         assert proxy.get(ORDERS, issuer.token("rsa-1")).status == 401
+        assert proxy.get(ORDERS, old_token).status == 401  # the reload emptied the cache
         assert not old_key_file.exists()  # pruned after the reload
         caller.join(timeout=10)
         answer = in_flight.get("answer")
@@ -478,3 +481,13 @@ async def test_a_changed_config_file_is_applied_without_a_push(proxy, issuer, ba
     finally:
         proxy.config_path.write_text(json.dumps(proxy.document(base)))
         await eventually(lambda: proxy.get("/late").status == 404, 10, "the route gone again")
+
+
+def test_a_verified_token_does_not_vouch_for_a_changed_one(proxy, issuer) -> None:
+    """The verification cache is keyed by the whole token: any changed byte is verified anew."""
+    token = issuer.token(subject="cached", roles=["offline_access"])
+    assert proxy.get(ORDERS, token).status == 403  # signature verified (and cached), no role
+    forged = tampered(token, realm_access={"roles": ["spine:read"]})
+    assert proxy.get(ORDERS, forged).status == 401
+    header, payload, signature = token.split(".")
+    assert proxy.get(ORDERS, f"{header}.{payload}.{signature[:-4]}AAAA").status == 401
