@@ -67,6 +67,11 @@ def sample_inputs(keys_dir: str = "/var/run/spine-proxy/keys", **changes: object
                 backend=ProxyBackend(host="catalog.plant-a.svc", port=8080),
                 rate_limit=RateLimit(requests=50, per_seconds=1),
             ),
+            ProxyRoute(
+                name="console",
+                path="/",
+                backend=ProxyBackend(host="10.0.0.7", port=8443, tls=True, path_prefix="/ui"),
+            ),
         ],
     )
     return inputs.model_copy(update=changes)
