@@ -9,7 +9,8 @@ from __future__ import annotations
 from spine_runtime.config.proxy import RouteInfo
 from spine_runtime.proxy.haproxy import current_worker_pids, route_health
 
-SHOW_PROC_AFTER_RELOAD = """#<PID>          <type>          <reloads>       <uptime>        <version>
+SHOW_PROC_AFTER_RELOAD = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
 20727           master          1 [failed: 0]   0d00h00m02s     2.6.12-1+deb12u4
 # workers
 20821           worker          0               0d00h00m01s     2.6.12-1+deb12u4
