@@ -491,3 +491,20 @@ def test_a_verified_token_does_not_vouch_for_a_changed_one(proxy, issuer) -> Non
     assert proxy.get(ORDERS, forged).status == 401
     header, payload, signature = token.split(".")
     assert proxy.get(ORDERS, f"{header}.{payload}.{signature[:-4]}AAAA").status == 401
+
+
+def test_a_refused_config_at_start_serves_nothing_until_a_good_push(tmp_path, issuer, backend):
+    """Fail-closed from the first second: no HAProxy runs on a config it refuses."""
+    fresh = LocalProxy(tmp_path, env={"SPINE_TEST_BACKEND_TOKEN": BACKEND_TOKEN})
+    inputs = module_inputs(fresh, issuer, backend)
+    try:
+        fresh.start(inputs, haproxy_cfg="global\n    no-such-directive\n")
+        status = fresh.status()
+        assert status["ready"] is False and "no-such-directive" in status["lastError"]
+        with pytest.raises(httpx.ConnectError):
+            fresh.get(ORDERS, issuer.token())
+        assert fresh.push(inputs).status_code == 200
+        assert fresh.status()["ready"] is True and fresh.status()["lastError"] is None
+        assert fresh.get(ORDERS, issuer.token()).status == 200
+    finally:
+        fresh.stop()

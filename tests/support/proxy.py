@@ -217,8 +217,10 @@ class LocalProxy:
         )
         return config.to_wire()
 
-    def start(self, inputs: ProxyInputs) -> LocalProxy:
-        self.config_path.write_text(json.dumps(self.document(inputs)))
+    def start(self, inputs: ProxyInputs, haproxy_cfg: str | None = None) -> LocalProxy:
+        """Start and wait until ready; with a `haproxy_cfg` HAProxy refuses, only until the
+        admin endpoint answers."""
+        self.config_path.write_text(json.dumps(self.document(inputs, haproxy_cfg)))
         argv = [
             sys.executable,
             "-m",
@@ -229,6 +231,8 @@ class LocalProxy:
         ]
         self.process = ManagedProcess(argv, self.state_dir / "proxy.log", env=self.env).start()
         self.process.wait_for_port(self.admin_port)
+        if haproxy_cfg is not None:
+            return self
         self.process.wait_for_port(self.port)
         wait_until(lambda: self.status()["ready"], 10, "the proxy to report ready")
         return self
