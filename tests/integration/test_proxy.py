@@ -151,7 +151,6 @@ def with_header(token: str, **header: object) -> str:
 
 # ---- the attack matrix -------------------------------------------------------------------------
 
-NOW = int(time.time())
 ATTACKS = {
     # name: (token factory, expected status)
     "no token": (lambda i, p: None, 401),
@@ -387,7 +386,7 @@ def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, is
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.3)  # the request is at the backend now (it answers after 1.5 s)
+    wait_until(lambda: "/api/slow" in backend.handler.delayed, 5, "the slow request at the backend")
     rotated = base.model_copy(deep=True)
     assert rotated.auth is not None
     rotated.auth.keys = issuer.verify_keys("rsa-2", "ec-1")
