@@ -29,7 +29,7 @@ from spine_operator.desired.haproxy import (
     ProxyRoute,
     RateLimit,
 )
-from tests.support.processes import eventually, free_port, wait_until
+from tests.support.processes import eventually, free_port, port_open, wait_until
 from tests.support.proxy import (
     AUDIENCE,
     HAPROXY,
@@ -505,5 +505,17 @@ def test_a_refused_config_at_start_serves_nothing_until_a_good_push(tmp_path, is
         assert fresh.push(inputs).status_code == 200
         assert fresh.status()["ready"] is True and fresh.status()["lastError"] is None
         assert fresh.get(ORDERS, issuer.token()).status == 200
+    finally:
+        fresh.stop()
+
+
+def test_haproxy_does_not_outlive_a_killed_supervisor(tmp_path, issuer, backend) -> None:
+    fresh = LocalProxy(tmp_path)
+    try:
+        fresh.start(module_inputs(fresh, issuer, backend))
+        assert port_open(fresh.port)
+        assert fresh.process is not None
+        fresh.process.kill()  # SIGKILL: the supervisor cannot stop HAProxy itself
+        wait_until(lambda: not port_open(fresh.port), 10, "HAProxy to stop with its supervisor")
     finally:
         fresh.stop()
