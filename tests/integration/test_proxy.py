@@ -105,6 +105,12 @@ def module_inputs(proxy: LocalProxy, issuer: TokenIssuer, backend: EchoBackend, 
                 path="/dead",
                 backend=ProxyBackend(host="127.0.0.1", port=free_port()),
             ),
+            ProxyRoute(
+                name="unresolved",
+                path="/unresolved",
+                public=True,
+                backend=ProxyBackend(host="no-such-service.invalid", port=8080),
+            ),
         ],
     )
 
@@ -519,3 +525,13 @@ def test_haproxy_does_not_outlive_a_killed_supervisor(tmp_path, issuer, backend)
         wait_until(lambda: not port_open(fresh.port), 10, "HAProxy to stop with its supervisor")
     finally:
         fresh.stop()
+
+
+def test_a_backend_name_that_does_not_resolve_is_503_for_its_route_only(proxy, issuer) -> None:
+    """The config with that name was accepted (zero-warning would refuse a name resolved at
+    start); only its route answers 503, in JSON."""
+    answer = proxy.get("/unresolved/x")
+    assert answer.status == 503 and answer.body["code"] == 503, answer.body
+    assert proxy.get(ORDERS, issuer.token()).status == 200
+    routes = {route["name"]: route for route in proxy.status()["routes"]}
+    assert routes["unresolved"]["up"] is not True
