@@ -29,7 +29,7 @@ from spine_operator.desired.haproxy import (
     ProxyRoute,
     RateLimit,
 )
-from tests.support.processes import eventually, free_port, wait_until
+from tests.support.processes import eventually, free_port, port_open, wait_until
 from tests.support.proxy import (
     AUDIENCE,
     HAPROXY,
@@ -105,6 +105,12 @@ def module_inputs(proxy: LocalProxy, issuer: TokenIssuer, backend: EchoBackend, 
                 path="/dead",
                 backend=ProxyBackend(host="127.0.0.1", port=free_port()),
             ),
+            ProxyRoute(
+                name="unresolved",
+                path="/unresolved",
+                public=True,
+                backend=ProxyBackend(host="no-such-service.invalid", port=8080),
+            ),
         ],
     )
 
@@ -151,7 +157,6 @@ def with_header(token: str, **header: object) -> str:
 
 # ---- the attack matrix -------------------------------------------------------------------------
 
-NOW = int(time.time())
 ATTACKS = {
     # name: (token factory, expected status)
     "no token": (lambda i, p: None, 401),
@@ -374,6 +379,8 @@ def test_scope_claim_matches_whole_words(proxy, issuer, backend) -> None:
 def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, issuer, backend):
     base = module_inputs(proxy, issuer, backend)
     assert proxy.get(ORDERS, issuer.token("rsa-2")).status == 401
+    old_token = issuer.token("rsa-1", subject="before-rotation")
+    assert proxy.get(ORDERS, old_token).status == 200  # verified once: in the worker's cache
     backend.slow("/api/slow", 1.5)
     in_flight: dict[str, object] = {}
 
@@ -385,7 +392,7 @@ def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, is
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.3)  # the request is at the backend now (it answers after 1.5 s)
+    wait_until(lambda: "/api/slow" in backend.handler.delayed, 5, "the slow request at the backend")
     rotated = base.model_copy(deep=True)
     assert rotated.auth is not None
     rotated.auth.keys = issuer.verify_keys("rsa-2", "ec-1")
@@ -393,6 +400,7 @@ def test_rotated_key_works_after_a_push_and_in_flight_request_finishes(proxy, is
     with pushed(proxy, rotated, restore=base):
         assert proxy.get(ORDERS, issuer.token("rsa-2")).status == 200
         assert proxy.get(ORDERS, issuer.token("rsa-1")).status == 401
+        assert proxy.get(ORDERS, old_token).status == 401  # the reload emptied the cache
         assert not old_key_file.exists()  # pruned after the reload
         caller.join(timeout=10)
         answer = in_flight.get("answer")
@@ -478,3 +486,52 @@ async def test_a_changed_config_file_is_applied_without_a_push(proxy, issuer, ba
     finally:
         proxy.config_path.write_text(json.dumps(proxy.document(base)))
         await eventually(lambda: proxy.get("/late").status == 404, 10, "the route gone again")
+
+
+def test_a_verified_token_does_not_vouch_for_a_changed_one(proxy, issuer) -> None:
+    """The verification cache is keyed by the whole token: any changed byte is verified anew."""
+    token = issuer.token(subject="cached", roles=["offline_access"])
+    assert proxy.get(ORDERS, token).status == 403  # signature verified (and cached), no role
+    forged = tampered(token, realm_access={"roles": ["spine:read"]})
+    assert proxy.get(ORDERS, forged).status == 401
+    header, payload, signature = token.split(".")
+    assert proxy.get(ORDERS, f"{header}.{payload}.{signature[:-4]}AAAA").status == 401
+
+
+def test_a_refused_config_at_start_serves_nothing_until_a_good_push(tmp_path, issuer, backend):
+    """Fail-closed from the first second: no HAProxy runs on a config it refuses."""
+    fresh = LocalProxy(tmp_path, env={"SPINE_TEST_BACKEND_TOKEN": BACKEND_TOKEN})
+    inputs = module_inputs(fresh, issuer, backend)
+    try:
+        fresh.start(inputs, haproxy_cfg="global\n    no-such-directive\n")
+        status = fresh.status()
+        assert status["ready"] is False and "no-such-directive" in status["lastError"]
+        with pytest.raises(httpx.ConnectError):
+            fresh.get(ORDERS, issuer.token())
+        assert fresh.push(inputs).status_code == 200
+        assert fresh.status()["ready"] is True and fresh.status()["lastError"] is None
+        assert fresh.get(ORDERS, issuer.token()).status == 200
+    finally:
+        fresh.stop()
+
+
+def test_haproxy_does_not_outlive_a_killed_supervisor(tmp_path, issuer, backend) -> None:
+    fresh = LocalProxy(tmp_path)
+    try:
+        fresh.start(module_inputs(fresh, issuer, backend))
+        assert port_open(fresh.port)
+        assert fresh.process is not None
+        fresh.process.kill()  # SIGKILL: the supervisor cannot stop HAProxy itself
+        wait_until(lambda: not port_open(fresh.port), 10, "HAProxy to stop with its supervisor")
+    finally:
+        fresh.stop()
+
+
+def test_a_backend_name_that_does_not_resolve_is_503_for_its_route_only(proxy, issuer) -> None:
+    """The config with that name was accepted (zero-warning would refuse a name resolved at
+    start); only its route answers 503, in JSON."""
+    answer = proxy.get("/unresolved/x")
+    assert answer.status == 503 and answer.body["code"] == 503, answer.body
+    assert proxy.get(ORDERS, issuer.token()).status == 200
+    routes = {route["name"]: route for route in proxy.status()["routes"]}
+    assert routes["unresolved"]["up"] is not True

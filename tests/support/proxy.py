@@ -95,6 +95,7 @@ class TokenIssuer:
 class _EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     delay_paths: dict[str, float] = {}
+    delayed: list[str] = []
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -102,6 +103,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         delay = next((s for p, s in self.delay_paths.items() if self.path.startswith(p)), 0.0)
         if delay:
+            self.delayed.append(self.path)  # a test can wait until its request is here
             time.sleep(delay)
         body = json.dumps(
             {
@@ -131,7 +133,7 @@ class EchoBackend:
     """Answers every request with {"path", "method", "headers"}; `slow(prefix, s)` delays some."""
 
     def __init__(self) -> None:
-        handler = type("Handler", (_EchoHandler,), {"delay_paths": {}})
+        handler = type("Handler", (_EchoHandler,), {"delay_paths": {}, "delayed": []})
         self.handler = handler
         self.server = _QuietServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
@@ -217,8 +219,10 @@ class LocalProxy:
         )
         return config.to_wire()
 
-    def start(self, inputs: ProxyInputs) -> LocalProxy:
-        self.config_path.write_text(json.dumps(self.document(inputs)))
+    def start(self, inputs: ProxyInputs, haproxy_cfg: str | None = None) -> LocalProxy:
+        """Start and wait until ready; with a `haproxy_cfg` HAProxy refuses, only until the
+        admin endpoint answers."""
+        self.config_path.write_text(json.dumps(self.document(inputs, haproxy_cfg)))
         argv = [
             sys.executable,
             "-m",
@@ -229,6 +233,8 @@ class LocalProxy:
         ]
         self.process = ManagedProcess(argv, self.state_dir / "proxy.log", env=self.env).start()
         self.process.wait_for_port(self.admin_port)
+        if haproxy_cfg is not None:
+            return self
         self.process.wait_for_port(self.port)
         wait_until(lambda: self.status()["ready"], 10, "the proxy to report ready")
         return self

@@ -67,6 +67,11 @@ def sample_inputs(keys_dir: str = "/var/run/spine-proxy/keys", **changes: object
                 backend=ProxyBackend(host="catalog.plant-a.svc", port=8080),
                 rate_limit=RateLimit(requests=50, per_seconds=1),
             ),
+            ProxyRoute(
+                name="console",
+                path="/",
+                backend=ProxyBackend(host="10.0.0.7", port=8443, tls=True, path_prefix="/ui"),
+            ),
         ],
     )
     return inputs.model_copy(update=changes)
@@ -221,3 +226,47 @@ def test_a_readable_error_names_the_field() -> None:
 def test_haproxy_is_on_path_for_the_check_above() -> None:
     """So a missing haproxy shows up as a failure in CI, not only as a skip."""
     assert Path(HAPROXY).exists() or shutil.which("haproxy"), "install Debian's haproxy"
+
+
+@pytest.mark.skipif(not Path(HAPROXY).exists(), reason="Debian haproxy is not installed")
+def test_haproxy_accepts_the_tls_listener(tmp_path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy.plant-a")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    bundle = tmp_path / "tls.pem"
+    bundle.write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    inputs = sample_inputs(keys_dir=str(tmp_path), tls_cert_file=str(bundle))
+    for verify_key in inputs.auth.keys:  # type: ignore[union-attr]
+        (tmp_path / verify_key.file_name()).write_text(verify_key.pem)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(render_haproxy_config(inputs))
+    assert f"ssl crt {bundle} alpn h2,http/1.1" in config.read_text()
+    check = subprocess.run(
+        [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+    )
+    output = check.stdout + check.stderr
+    assert check.returncode == 0 and "WARNING" not in output, output

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import ctypes
 import hashlib
 import logging
 import os
@@ -30,11 +31,19 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 30.0
 RELOAD_TIMEOUT_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 10.0
-SOFT_STOP_SECONDS = 10.0
+SOFT_STOP_SECONDS = 8.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MASTER_CLI_TIMEOUT_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 1.0
 KEY_FILE = re.compile(KEY_FILE_PATTERN)
 KEY_REFERENCE = re.compile(r'jwt_verify\([A-Z0-9]+,"([^"]+)"\)')
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: Linux sends HAProxy's master SIGTERM if the supervisor dies
+    (SIGKILL, OOM), so no HAProxy outlives it holding the ports."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class MasterCliError(RuntimeError):
@@ -235,6 +244,7 @@ class HaproxySupervisor:
             str(settings.config_file),
             stdin=asyncio.subprocess.DEVNULL,
             env=dict(os.environ),
+            preexec_fn=_terminate_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -246,6 +256,9 @@ class HaproxySupervisor:
                     log.info("Started HAProxy (master PID %s)", self.process.pid)
                     return
             await asyncio.sleep(0.05)
+        # Not left running behind our back: a later start would find the ports taken.
+        self.process.kill()
+        await self.process.wait()
         raise RuntimeError("HAProxy started no worker in time")
 
     async def _reload(self, config: ProxyConfig) -> None:
