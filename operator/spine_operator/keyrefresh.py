@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from spine_operator.api.spine import AuthSpec
+from spine_operator.desired.haproxy import VerifyKey
 from spine_operator.desired.proxy import KeysInput
 from spine_operator.oidc import KeyCache, KeyState
 
@@ -38,6 +39,8 @@ class KeyRefresher:
     def __init__(self, cache: KeyCache | None = None) -> None:
         self.cache = cache or KeyCache()
         self.watched: dict[str, Watched] = {}
+        # (namespace, issuer, jwks URI) whose keys this operator run has fetched or tried to.
+        self.primed: set[tuple[str, str, str | None]] = set()
         self.on_change: Callable[[str], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -45,6 +48,7 @@ class KeyRefresher:
     def reset(self) -> None:
         """Forget an earlier operator run in this process (tests start several)."""
         self.watched.clear()
+        self.primed.clear()
         self.cache = type(self.cache)()
 
     def inputs(self, namespace: str) -> KeysInput:
@@ -65,6 +69,23 @@ class KeyRefresher:
                 self.cache.forget(namespace)
             self.watched[namespace] = Watched(auth)
             self._wake.set()
+
+    async def prime(self, namespace: str, deployed: Sequence[VerifyKey]) -> None:
+        """Before a namespace's first proxy plan in this operator run (or for a new issuer):
+        the keys the running proxy already has are the last good ones, then one fetch. So an
+        operator restart neither renders a proxy without keys (every route 503) until the
+        refresher's first round, nor drops the keys while the issuer is down."""
+        watched = self.watched.get(namespace)
+        if watched is None:
+            return
+        auth = watched.auth
+        source = (namespace, auth.issuer, auth.jwks_uri)
+        if source in self.primed:
+            return
+        self.primed.add(source)
+        allowed = [key for key in deployed if key.alg in auth.algorithms]
+        self.cache.seed(namespace, auth.issuer, auth.jwks_uri, allowed)
+        await self.refresh(namespace, notify=False)
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -88,7 +109,7 @@ class KeyRefresher:
         due = [ns for ns, watched in self.watched.items() if watched.due <= now]
         await asyncio.gather(*(self.refresh(namespace) for namespace in due))
 
-    async def refresh(self, namespace: str) -> None:
+    async def refresh(self, namespace: str, notify: bool = True) -> None:
         watched = self.watched.get(namespace)
         if watched is None:
             return
@@ -104,7 +125,7 @@ class KeyRefresher:
             return
         if state.error:
             log.warning("Keys of %s (namespace %s): %s", auth.issuer, namespace, state.error)
-        if _fingerprint(state) != before and self.on_change is not None:
+        if notify and _fingerprint(state) != before and self.on_change is not None:
             try:
                 await self.on_change(namespace)
             except Exception:

@@ -187,6 +187,16 @@ class KeyCache:
         self._states.pop(key, None)
         self._sources.pop(key, None)
 
+    def seed(
+        self, key: Hashable, issuer: str, jwks_uri: str | None, keys: Sequence[VerifyKey]
+    ) -> None:
+        """Take keys fetched by an earlier run (the running proxy's) as the last good ones,
+        unless this cache has fetched for `key` already."""
+        if key in self._states or not keys:
+            return
+        self._states[key] = KeyState(tuple(keys), None, None)
+        self._sources[key] = (issuer, jwks_uri)
+
     def _last_good(
         self, key: Hashable, source: tuple[str, str | None], algorithms: Sequence[str]
     ) -> KeyState:

@@ -11,6 +11,7 @@ import pytest
 
 from spine_operator import conditions as cond
 from spine_operator.api.spine import AuthSpec
+from spine_operator.desired import proxy
 from spine_operator.desired.haproxy import VerifyKey
 from spine_operator.desired.plan import Plan
 from spine_operator.desired.proxy import ApiVerdict, RegistrationVerdict
@@ -25,6 +26,9 @@ from spine_operator.poller import (
 )
 from spine_operator.reconcile.core import Outcome
 from spine_operator.statuses import keys_conditions, registration_status
+from tests.unit.test_build_proxy import AUTH
+from tests.unit.test_build_proxy import inputs as proxy_inputs
+from tests.unit.test_build_proxy import spine as spine_with
 
 READY_DEPLOYMENT = {
     "metadata": {"generation": 1},
@@ -197,3 +201,30 @@ async def test_a_key_change_reconciles_the_namespace_and_an_outage_keeps_the_key
     assert refresher.inputs("plant-a").error == "timed out"
     refresher.watch("plant-a", None)  # auth removed: forgotten
     assert refresher.inputs("plant-a").keys == () and "plant-a" not in refresher.watched
+
+
+async def test_after_an_operator_restart_the_running_proxys_keys_stay_while_the_issuer_is_down(
+    unused_tcp_port: int,
+) -> None:
+    """The first proxy plan of an operator run starts from the keys the applied proxy config
+    names (never an empty set, which makes every route 503), then tries the issuer once; an
+    issuer that does not answer leaves those keys and an error (the Spine is Degraded)."""
+    key = VerifyKey(kid="k1", alg="RS256", pem=PEM)
+    other = VerifyKey(kid="k2", alg="ES256", pem=PEM.replace("MFkw", "MFkx"))
+    keys = proxy.KeysInput((key, other), 1.0, None)
+    applied = proxy.plan_proxy(proxy_inputs(spine_with({"auth": AUTH}), [], keys=keys))
+    assert isinstance(applied, Plan)
+    config_map = next(o for o in applied.objects if o["metadata"]["name"] == "spine-proxy-config")
+    assert proxy.deployed_keys(config_map) == [key, other]
+    assert proxy.deployed_keys(None) == [] and proxy.deployed_keys({"data": {}}) == []
+
+    refresher = KeyRefresher()
+    issuer = f"http://127.0.0.1:{unused_tcp_port}"  # nothing listens: refused at once
+    refresher.watch("plant-a", AuthSpec(issuer=issuer, audience=["spine"], algorithms=["RS256"]))
+    await refresher.prime("plant-a", proxy.deployed_keys(config_map))
+    state = refresher.inputs("plant-a")
+    assert state.keys == (key,)  # ES256 is no longer allowed: not kept
+    assert state.error and issuer in state.error
+    calls_before = refresher.cache.state("plant-a")
+    await refresher.prime("plant-a", [])  # once per run and issuer
+    assert refresher.cache.state("plant-a") is calls_before

@@ -64,7 +64,7 @@ MAX_EMBEDDED_TOTAL_BYTES = 384 * 1024  # all specs of one catalog together; late
 # A ConfigMap holds at most 1 MiB; each config document stays below this, with room to spare.
 MAX_CONFIG_DOCUMENT_BYTES = 900 * 1024
 MAX_PROXY_ROUTES = 500  # ProxyInputs.routes' bound
-PROXY_LIVE_FIELDS = frozenset({"haproxyCfg", "keyFiles", "routes"})
+PROXY_LIVE_FIELDS = frozenset({"haproxyCfg", "keyFiles", "keys", "routes"})
 CATALOG_LIVE_FIELDS = frozenset({"entries", "description", "writeRole"})
 
 # What gather found for one API's spec document: its bytes, why it could not be read, or None
@@ -554,6 +554,22 @@ def haproxy_inputs(
     )
 
 
+def deployed_keys(config_map: dict[str, Any] | None) -> list[VerifyKey]:
+    """The keys in a proxy ConfigMap the operator applied earlier (none if it cannot tell)."""
+    raw = ((config_map or {}).get("data") or {}).get(labels.PROXY_CONFIG_FILE)
+    if not raw:
+        return []
+    try:
+        config = ProxyConfig.model_validate_json(raw)
+        return [
+            VerifyKey(kid=key.kid, alg=key.alg, pem=config.key_files[key.file])  # type: ignore[arg-type]
+            for key in config.keys
+            if key.file in config.key_files
+        ]
+    except (ValidationError, ValueError):
+        return []
+
+
 def proxy_config(
     env: Environment, inputs: ProxyInputs, haproxy_cfg: str, owners: dict[str, str]
 ) -> ProxyConfig:
@@ -576,6 +592,7 @@ def proxy_config(
             },
             "haproxyCfg": haproxy_cfg,
             "keyFiles": {key.file_name(): key.pem for key in keys},
+            "keys": [{"kid": key.kid, "alg": key.alg, "file": key.file_name()} for key in keys],
             "routes": [
                 {"name": route.name, "path": route.path, "owner": owners.get(route.name)}
                 for route in inputs.routes

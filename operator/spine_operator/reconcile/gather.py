@@ -307,6 +307,9 @@ async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPla
     if spec.proxy.tls is not None:
         found = await k8s.get("v1", "Secret", namespace, spec.proxy.tls.secret_name)
         tls = SecretInput.of(spec.proxy.tls.secret_name, found, "spec.proxy.tls.secretName")
+    if spec.auth is not None:
+        deployed = await k8s.get("v1", "ConfigMap", namespace, labels.PROXY_CONFIG_NAME)
+        await CONTEXT.keys.prime(namespace, proxy.deployed_keys(deployed))
     twin_tokens = await k8s.get("v1", "Secret", namespace, labels.TWIN_TOKENS_SECRET)
     existing_proxy = await k8s.get("apps/v1", "Deployment", namespace, labels.PROXY_NAME)
     existing_catalog = await k8s.get("apps/v1", "Deployment", namespace, labels.CATALOG_NAME)

@@ -47,6 +47,15 @@ class RouteInfo(CamelModel):
     )
 
 
+class KeyInfo(CamelModel):
+    """Which key a key file holds: the operator reads it back from the running proxy's config
+    after a restart, so the proxy keeps its keys until the issuer answers again."""
+
+    kid: SafeLine
+    alg: SafeLine
+    file: KeyFileName
+
+
 class ProxyConfig(CamelModel):
     http: HttpSettings = Field(default_factory=HttpSettings)
     haproxy: HaproxyProcess
@@ -54,4 +63,5 @@ class ProxyConfig(CamelModel):
     key_files: dict[KeyFileName, str] = Field(
         default_factory=dict, max_length=64, description="Public keys (SPKI PEM) by file name."
     )
+    keys: list[KeyInfo] = Field(default_factory=list, max_length=64)
     routes: list[RouteInfo] = Field(default_factory=list, max_length=500)
