@@ -86,6 +86,14 @@ def process_names(state: dict[str, Any]) -> dict[int, str]:
     return names
 
 
+def command_name(pid: int) -> str:
+    """A process spine up did not start itself (HAProxy's master and worker): its program."""
+    try:
+        return f"{(Path('/proc') / str(pid) / 'comm').read_text().strip()} (pid {pid})"
+    except OSError:
+        return f"pid {pid}"
+
+
 @dataclass
 class Run:
     ready_seconds: float = 0.0
@@ -168,7 +176,7 @@ def measure(seconds: float) -> Run:
                 run.total_rss_mib.append(sum(rss.values()))
                 run.total_pss_mib.append(sum(pss_kib(pid) for pid in pids) / 1024)
                 for pid, mib in rss.items():
-                    name = names.get(pid, f"pid {pid}")
+                    name = names.get(pid) or command_name(pid)
                     run.per_process_mib[name] = max(run.per_process_mib.get(name, 0.0), mib)
                 time.sleep(1.0)
             stopping = time.monotonic()
@@ -198,7 +206,9 @@ def report(runs: list[Run], seconds: float) -> str:
         "",
         "What it measures: `spine up -f examples/press-line --ports auto` as a subprocess "
         "(mosquitto, the twin, the flow engine with the example's four flows, one press "
-        "simulator serving Modbus TCP, OPC UA and S7, the gateway), after installation "
+        "simulator serving Modbus TCP, OPC UA and S7, the gateway, and the API gateway of the "
+        "example's ServiceRegistration and `auth`: the proxy's supervisor with HAProxy's "
+        "master and worker, the catalog and the development issuer), after installation "
         "(`make install`). Memory is the sum of VmRSS over "
         "`spine up` and every process below it, sampled once a second for "
         f"{seconds:g} s after the first value; PSS splits shared pages (libpython, libssl) "
@@ -242,17 +252,25 @@ WHERE_IT_GOES = [
     "Start-up is far inside its minute; its seconds vary with the load of the 2 cores, which",
     "other sessions share (builds and tests ran beside these runs), so they are noisy. Memory",
     "is not inside issue 10's 300 MiB of summed RSS (earlier reports read it as 300 MB, 286",
-    "MiB); the PSS sum, which counts each shared page (libpython, libssl, the wheels'",
-    "libraries) once, is.",
+    "MiB), nor is the PSS sum, which counts each shared page (libpython, libssl, the wheels'",
+    "libraries) once.",
     "",
-    "Before the cuts below the sum was 420 MiB (sim 129, gateway 86, spine up 74, flow engine",
-    "64, twin 58, broker 9; measured 2026-12-04 on the same machine). What changed: the press",
+    "The example now has a ServiceRegistration and a Spine with `auth` (issue 13), so the",
+    "demo runs the API gateway too: the proxy's supervisor and HAProxy's master and worker,",
+    "the catalog and the development issuer, about 175 MiB of RSS together, and `spine up`",
+    "itself holds about 20 MiB more (the spec validators and the key conversion it renders",
+    "with). Without the registration and `auth` the press line is the 357 MiB below; a",
+    "namespace that uses neither runs none of these processes, in a cluster too.",
+    "",
+    "Before the cuts below the press line's sum was 420 MiB (sim 129, gateway 86, spine up",
+    "74, flow engine 64, twin 58, broker 9; measured 2026-12-04 here). What changed: the press",
     "simulator serves a trimmed OPC UA standard address space, 300 of asyncua's 6,200 nodes",
     "read from `runtime/spine_runtime/sim/opcua_nodeset.bin` instead of asyncua's 25 generated",
     "modules (-50 MiB; its OPC UA server starts in 0.1 s instead of 1.2 s); the gateway and",
     "the flow engine check name patterns without importing the twin's value checks (RE2, and",
     "for the gateway jsonschema: -5 and -3 MiB); the runtimes import PyYAML only for a YAML",
-    "config (about -1 MiB each for the twin, the flow engine and the gateway).",
+    "config (about -1 MiB each for the twin, the flow engine and the gateway). After them:",
+    "357 MiB (sim 79, gateway 80, spine up 71, flow engine 60, twin 57, broker 9).",
     "",
     "Where the rest goes: every Python runtime pays about 50 MiB before it does anything (the",
     "interpreter 11, asyncio with ssl 9, pydantic and the config models 19, aiohttp 10,",
