@@ -711,6 +711,12 @@ class FlowLogin(CamelModel):
 
     username: SafeLine
     password_file: Path = Field(description="File holding the password (a mounted Secret key).")
+    client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")] | None = Field(
+        default=None,
+        description="The one client id the broker lets this login use (the operator binds "
+        "each flow's login to `flow-<flow>`); the engine connects with exactly it. Unset: "
+        "`flow-<flow>-<instance>`, for a login bound to no client id.",
+    )
 
     def password(self) -> str:
         return self.password_file.read_text().strip()
