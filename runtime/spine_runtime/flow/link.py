@@ -76,7 +76,6 @@ class FlowLink:
         receive_maximum: int = 100,
         keepalive: int = 30,
         tls_ca_file: str | None = None,
-        read_holdoff: float = 0.0,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.subscriptions = list(subscriptions)
@@ -113,8 +112,6 @@ class FlowLink:
         self.last_error: str | None = None
         self._paused = False
         self._closing = False
-        self.read_holdoff = read_holdoff
-        self._holding = False
 
     # Connection --------------------------------------------------------------------------
 
@@ -144,9 +141,6 @@ class FlowLink:
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
         self._cork(client._connection._protocol)
         self._frame(client._connection._protocol)
-        self._holding = False
-        if self.read_holdoff > 0:
-            self._hold_reads(client._connection._protocol)
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
@@ -251,38 +245,6 @@ class FlowLink:
 
         protocol._read_packet = read_packets
         protocol._spine_framed = True
-
-    def _hold_reads(self, protocol: Any) -> None:
-        """After each read, leave the socket alone for `read_holdoff` seconds, so that at a low
-        rate one wakeup (epoll, read, the worker's turn, one write) carries several messages
-        instead of one: those fixed costs were most of the CPU per message at 2,000 msg/s
-        (benchmarks/reports/flow.md). It delays a message by at most the holdoff."""
-        reader = protocol._hard_reader
-        if getattr(reader, "_spine_held", False):
-            return
-        loop = asyncio.get_running_loop()
-        feed = reader.feed_data
-
-        def feed_data(data: bytes) -> None:
-            feed(data)
-            if self._holding or self._paused:
-                return
-            transport = protocol._transport
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
-                self._holding = True
-                loop.call_later(self.read_holdoff, self._end_hold)
-
-        reader.feed_data = feed_data
-        reader._spine_held = True
-
-    def _end_hold(self) -> None:
-        self._holding = False
-        if not self._paused:
-            transport = self._transport()
-            if transport is not None and not transport.is_closing():
-                with contextlib.suppress(RuntimeError):
-                    transport.resume_reading()
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
