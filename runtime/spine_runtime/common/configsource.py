@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from spine_runtime.config.base import PATTERN_HINTS
@@ -56,17 +55,26 @@ def _readable(problem: Any) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-class _NoAliasLoader(yaml.SafeLoader):
+def _load_yaml(raw: bytes | str) -> Any:
     """YAML without anchors and aliases: a config needs none, and a few nested aliases expand
-    into an exponential amount of work for the validation that walks the document."""
+    into an exponential amount of work for the validation that walks the document. PyYAML is
+    imported here, for a YAML document only: the operator renders JSON, and the import costs
+    a runtime about 1 MiB of memory."""
+    import yaml
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a config", event.start_mark
-            )
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(raw, Loader=NoAliasLoader)  # a SafeLoader
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid JSON or YAML: {error}") from None
 
 
 def parse_config(model: type[M], raw: bytes | str) -> M:
@@ -76,9 +84,7 @@ def parse_config(model: type[M], raw: bytes | str) -> M:
             # JSON (what the operator renders and pushes) first: far cheaper than YAML.
             data = json.loads(raw)
         except ValueError:
-            data = yaml.load(raw, Loader=_NoAliasLoader)  # a SafeLoader
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid JSON or YAML: {error}") from None
+            data = _load_yaml(raw)
     except RecursionError:
         raise ConfigError("the document is nested too deeply") from None
     if not isinstance(data, dict):

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import (
     ConfigDict,
     Field,
@@ -294,6 +293,8 @@ class ValidateStep(CamelModel):
         if self.json_schema is None and self.model is None:
             raise PydanticCustomError("validate", "validate needs schema or model")
         if self.json_schema is not None:
+            import jsonschema  # only with a validate step (see flow/steps.py)
+
             try:
                 jsonschema.Draft202012Validator.check_schema(self.json_schema)
             except jsonschema.SchemaError as error:
