@@ -50,6 +50,7 @@ class _DirectProtocol(MQTTProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         BaseMQTTProtocol.connection_made(self, transport)  # not MQTTProtocol's: no read task
         self._unparsed = b""
+        self.after_read: Callable[[], None] | None = None  # set by FlowLink at CONNACK
 
     def data_received(self, data: bytes) -> None:
         buffer = self._unparsed + data if self._unparsed else data
@@ -62,6 +63,8 @@ class _DirectProtocol(MQTTProtocol):
             self._transport.close()  # a malformed length: what gmqtt's read loop does
             return
         self._unparsed = buffer[parsed:]
+        if self.after_read is not None:
+            self.after_read()
 
     def eof_received(self) -> bool:
         return False  # close: gmqtt's read loop did so on an empty read
@@ -142,6 +145,9 @@ class FlowLink:
         self.pending: dict[int, Outgoing] = {}  # by packet id, sent, not yet acknowledged
         self.waiting: collections.deque[Outgoing] = collections.deque()  # not sent yet
         self.last_error: str | None = None
+        # Called after each chunk read, once its packets were handed over (FlowRunner's
+        # synchronous batch); what it publishes is written at once, not a loop turn later.
+        self.after_read: Callable[[], None] | None = None
         self._paused = False
         self._closing = False
 
@@ -226,8 +232,14 @@ class FlowLink:
             if soon is None and later is None:
                 later = loop.call_later(ACK_DELAY, flush)
 
+        def flush_now() -> None:
+            if soon is not None:
+                soon.cancel()
+                flush()
+
         protocol.write_data = write_data
         protocol.write_lazily = write_lazily
+        protocol._spine_flush_now = flush_now
         protocol._spine_corked = True
 
     def _frame(self, protocol: Any) -> None:
@@ -277,6 +289,15 @@ class FlowLink:
 
         protocol._read_packet = read_packets
         protocol._spine_framed = True
+        if isinstance(protocol, _DirectProtocol):
+            flush_now = protocol._spine_flush_now
+
+            def after_read() -> None:
+                if self.after_read is not None:
+                    self.after_read()
+                flush_now()
+
+            protocol.after_read = after_read
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()

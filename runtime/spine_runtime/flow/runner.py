@@ -165,6 +165,8 @@ class FlowRunner:
             tls_ca_file=str(engine.broker.tls_ca_file) if engine.broker.tls_ca_file else None,
         )
         self.reads_source = bool(source_topics)
+        self.sync_steps = not any(step.is_async for step in self.steps)
+        self.link.after_read = self._after_read
         if self.ack_topic is not None:
             self.twin = TwinWriter(
                 self.name,
@@ -253,7 +255,8 @@ class FlowRunner:
                 self.link.pause()
         inbox.append(Origin(self, message, message.payload, time.monotonic()))
         self.count_received += 1
-        self.wake.set()
+        if not self.sync_steps:
+            self.wake.set()  # else _after_read runs it, once the link has read the chunk
 
     def submit_http(self, body: bytes) -> asyncio.Future[tuple[str, str]] | None:
         """Queue an HTTP request's body; None when the flow cannot take more now."""
@@ -285,36 +288,72 @@ class FlowRunner:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            room = self.flow.max_in_flight - len(self.in_order)
-            if room <= 0:
+            if self.flow.max_in_flight - len(self.in_order) <= 0:
                 # What frees room (PUBACKs, the twin's acks) arrives on the source's connection.
                 self.link.resume()
                 self.room.clear()
                 await self.room.wait()
                 continue
-            count = min(len(self.inbox), room, BATCH_MAX)
-            batch = [self.inbox.popleft() for _ in range(count)]
-            if len(self.inbox) < self.inbox_limit // 2 and self.accepting:
-                self.link.resume()
+            batch = self._take_batch()
             try:
                 await self._process(batch)
             except Exception as error:  # a bug must not stop the flow: say it, keep going
-                log.exception("Flow %s failed on a batch", self.name)
-                self._record_error("engine", f"internal error: {error}")
-                for origin in batch:
-                    if not origin.done:
-                        origin.release()
+                self._failed_batch(batch, error)
 
-    async def _process(self, batch: list[Origin]) -> None:
-        now = time.time()
-        self.last_message_at = now
+    def _take_batch(self) -> list[Origin]:
+        room = self.flow.max_in_flight - len(self.in_order)
+        count = min(len(self.inbox), room, BATCH_MAX)
+        batch = [self.inbox.popleft() for _ in range(count)]
+        if len(self.inbox) < self.inbox_limit // 2 and self.accepting:
+            self.link.resume()
+        return batch
+
+    def _failed_batch(self, batch: list[Origin], error: Exception) -> None:
+        log.exception("Flow %s failed on a batch", self.name)
+        self._record_error("engine", f"internal error: {error}")
+        for origin in batch:
+            if not origin.done:
+                origin.release()
+
+    def _after_read(self) -> None:
+        """Called by the link after each chunk it read. A flow whose steps are all synchronous
+        runs what arrived right here, in the same turn of the event loop, instead of waking
+        its worker task for it (a task switch and a loop turn per wakeup, which at 2,000
+        msg/s is per message or two). The worker takes over what does not fit (no room).
+        The worker never waits inside a batch of such a flow, so the two never interleave."""
+        if not self.sync_steps or not self.inbox:
+            return
+        if self.flow.max_in_flight - len(self.in_order) > 0:
+            batch = self._take_batch()
+            try:
+                self._process_now(batch)
+            except Exception as error:  # a bug must not stop the flow: say it, keep going
+                self._failed_batch(batch, error)
+        if self.inbox:
+            self.wake.set()
+
+    def _begin(self, batch: list[Origin]) -> list[tuple[Origin, Any]]:
+        self.last_message_at = time.time()
         pairs: list[tuple[Origin, Any]] = []
         for origin in batch:
             self.in_order.append(origin)
             message = self._decode(origin)
             if message is not _SKIP:
                 pairs.append((origin, message))
-        await self._run_from(0, pairs)
+        return pairs
+
+    async def _process(self, batch: list[Origin]) -> None:
+        await self._run_from(0, self._begin(batch))
+        for origin in batch:
+            origin.release()
+
+    def _process_now(self, batch: list[Origin]) -> None:
+        pairs = self._begin(batch)
+        for step in self.steps:
+            if not pairs:
+                break
+            pairs = step.run(pairs, self._failer(step))
+        self._deliver(pairs)
         for origin in batch:
             origin.release()
 
@@ -366,6 +405,9 @@ class FlowRunner:
                 pairs = await step.run_async(pairs, fail)
             else:
                 pairs = step.run(pairs, fail)
+        self._deliver(pairs)
+
+    def _deliver(self, pairs: list[tuple[Any, Any]]) -> None:
         for origin, message in pairs:
             detached = origin is None
             if detached:
