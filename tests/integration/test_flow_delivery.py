@@ -6,6 +6,7 @@ under a 100k burst, calls that enrich or time out, and twin writes the twin ackn
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.api.twinmodel import TwinModelSpec
 from tests.support.flow import Collector, FlowEngineHandle, publish_all, start_flow_engine
@@ -120,6 +123,47 @@ async def test_sigkill_of_the_engine_loses_nothing_at_qos1(
             ) from None
         duplicates = out.count() - total
         assert duplicates >= 0
+    finally:
+        engine.stop()
+
+
+def connack(broker: LocalBroker, username: str, password: str, client_id: str) -> str:
+    """The CONNACK reason the broker gives this login under this client id (MQTT v5)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    outcome: list[str] = []
+    client.on_connect = lambda c, u, f, reason, p=None: outcome.append(str(reason))
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        wait_until(lambda: outcome, 5, "a CONNACK")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return outcome[0]
+
+
+async def test_a_flows_login_connects_only_under_its_own_client_id(
+    tmp_path: Path, broker: LocalBroker, collector_factory: Any
+):
+    engine = await start_flow_engine(tmp_path / "engine", broker, [relay("bound")])
+    out = collector_factory(["spine/flows/bound/out"])
+    password = (engine.state_dir / "flow-bound.password").read_text()
+    try:
+        # One connection per flow, under the id its login is bound to.
+        assert engine.config["flows"][0]["login"]["clientId"] == "flow-bound"
+        connected = re.findall(r"New client connected from \S+ as (flow-bound\S*)", broker.log())
+        assert set(connected) == {"flow-bound"}, connected
+        for other in ("flow-bound-out", "flow-bound-test", "twin", "gateway-press-1"):
+            assert connack(broker, "flow-bound", password, other) == "Not authorized", other
+        # Nothing took the flow's session over: it still relays.
+        publish_all(engine, "in/bound", numbered(50))
+        wait_until(
+            lambda: seqs(out, "spine/flows/bound/out") == set(range(50)),
+            20,
+            "the flow to relay after the refused logins",
+        )
+        assert engine.flow_status("bound")["connected"]
     finally:
         engine.stop()
 
@@ -295,7 +339,7 @@ async def test_twin_sink_writes_a_property_the_twin_acknowledges(
 async def test_two_replicas_split_a_flows_input(
     tmp_path: Path, broker: LocalBroker, collector_factory: Any
 ):
-    first = await start_flow_engine(tmp_path / "one", broker, [relay("split")])
+    first = await start_flow_engine(tmp_path / "one", broker, [relay("split")], bound=False)
     config = json.loads(json.dumps(first.config))
     config["instance"] = "replica-2"
     second = FlowEngineHandle(

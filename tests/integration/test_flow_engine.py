@@ -120,8 +120,14 @@ async def test_bad_input_goes_to_the_dead_letter_topic_and_the_flow_keeps_runnin
         assert letters[2]["topic"] == "plant/press-1/temperature"
         status = engine.flow_status("press-alarms")
         assert status["deadLetters"] == 4 and status["lastError"]["step"] == "ratio"
-        assert (
-            engine.metric("spine_flow_dead_letters_total", flow="press-alarms", step="ratio") == 2
+        # Counters reach /metrics on the engine's 0.1 s tick, after /status has them.
+        wait_until(
+            lambda: (
+                engine.metric("spine_flow_dead_letters_total", flow="press-alarms", step="ratio")
+                == 2
+            ),
+            5,
+            "the dead letters in /metrics",
         )
     finally:
         collector.stop()

@@ -1,8 +1,8 @@
 """Start the flow engine (`spine-runtime flow`) for a test or a benchmark, on a real mosquitto.
 
 `await start_flow_engine(tmp_path, broker, [flow, ...])` gives each flow its own broker login
-with exactly the topics its spec declares (`flow_login()`: what the operator half will create
-through the broker-access module), writes the engine's config file and runs
+with exactly the topics its spec declares, bound to its client id (the operator's own
+`flow_login()`), writes the engine's config file and runs
 `python -m spine_runtime.cli flow --config FILE` on a free port. `FlowEngineHandle` reads
 /status and /metrics, pushes a new config, SIGKILLs and restarts the engine.
 `Collector` is an MQTT v5 subscriber (admin login) that keeps what arrives, for assertions.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import os
 import secrets
@@ -27,8 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.brokeraccess import BrokerAdmin, Login
-from spine_runtime.config.flow import FlowSpec, shared_group
-from spine_runtime.flow.twin import twin_acl_topics
+from spine_operator.desired.flow import flow_login as operator_flow_login
+from spine_runtime.config.flow import FlowSpec
 from tests.support.metrics import scrape_metric
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -39,17 +40,11 @@ TWIN_NAMESPACE = "plant_a"
 DEVICE_LOGIN = Login("test-device", publish=("#",), description="test devices")
 
 
-def flow_login(name: str, spec: dict[str, Any]) -> Login:
-    """The broker login a flow needs: its source and sink topics, its dead letters, and the
-    twin's topics when it writes the twin."""
-    parsed = FlowSpec.model_validate(spec)
-    twin_publish, twin_subscribe = twin_acl_topics(name)
-    return Login(
-        f"flow-{name}",
-        publish=tuple(parsed.publish_topics(name, twin_publish)),
-        subscribe=tuple(parsed.subscribe_topics(twin_subscribe, shared_group(name))),
-        description=f"Spine flow {name}",
-    )
+def flow_login(name: str, spec: dict[str, Any], bound: bool = True) -> Login:
+    """The broker login the operator gives a flow; `bound=False` lets it connect under any
+    client id (engines that share a flow's input each need their own)."""
+    login = operator_flow_login(name, FlowSpec.model_validate(spec))
+    return login if bound else dataclasses.replace(login, client_id=None)
 
 
 async def ensure_logins(broker: LocalBroker, logins: list[Login]) -> dict[str, str]:
@@ -171,16 +166,17 @@ def engine_config(
     flows: list[dict[str, Any]],
     passwords: dict[str, str],
     token_file: Path,
+    logins: list[Login],
     **overrides: Any,
 ) -> dict[str, Any]:
     rendered = []
-    for flow in flows:
-        username = f"flow-{flow['name']}"
-        password_file = state_dir / f"{username}.password"
-        password_file.write_text(passwords[username])
-        rendered.append(
-            {**flow, "login": {"username": username, "passwordFile": str(password_file)}}
-        )
+    for flow, login in zip(flows, logins, strict=True):
+        password_file = state_dir / f"{login.username}.password"
+        password_file.write_text(passwords[login.username])
+        document = {"username": login.username, "passwordFile": str(password_file)}
+        if login.client_id:
+            document["clientId"] = login.client_id
+        rendered.append({**flow, "login": document})
     return {
         "broker": {"host": broker.host, "port": broker.port},
         "http": {"host": "127.0.0.1", "port": http_port, "adminTokenFile": str(token_file)},
@@ -196,13 +192,16 @@ async def start_flow_engine(
     broker: LocalBroker,
     flows: list[dict[str, Any]],
     wait: bool = True,
+    bound: bool = True,
     **overrides: Any,
 ) -> FlowEngineHandle:
     """Create each flow's login, write the engine's config, start it and wait until every flow
-    is connected. Each flow dict is a spec plus `name`."""
+    is connected. Each flow dict is a spec plus `name`; `bound=False` for logins that engines
+    sharing a flow's input use under client ids of their own."""
     state_dir.mkdir(parents=True, exist_ok=True)
     logins = [
-        flow_login(flow["name"], {k: v for k, v in flow.items() if k != "name"}) for flow in flows
+        flow_login(flow["name"], {k: v for k, v in flow.items() if k != "name"}, bound)
+        for flow in flows
     ]
     passwords = await ensure_logins(broker, [*logins, DEVICE_LOGIN])
     handle = FlowEngineHandle(
@@ -215,7 +214,9 @@ async def start_flow_engine(
     token_file = state_dir / "admin-token"
     token_file.write_text(handle.token)
     handle.write_config(
-        engine_config(broker, state_dir, handle.port, flows, passwords, token_file, **overrides)
+        engine_config(
+            broker, state_dir, handle.port, flows, passwords, token_file, logins, **overrides
+        )
     )
     return handle.start(wait=wait)
 

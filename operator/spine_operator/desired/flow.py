@@ -43,10 +43,12 @@ def flow_login(name: str, spec: FlowSpec) -> Login:
     """Exactly the flow's topics: its source (also as a shared subscription, so replicas can
     split it), its sinks, its dead letters, and its twin updates and their acks.
 
-    Not bound to one client id: the engine opens two connections per flow (source, sinks)."""
+    Bound to one client id, its username, like every login: the engine runs each flow on one
+    connection (source and sinks) under exactly that id."""
     twin_publish, twin_acks = twin_acl_topics(name)
     return Login(
         flow_username(name),
+        client_id=flow_username(name),
         publish=tuple(spec.publish_topics(name, twin_publish)),
         subscribe=tuple(spec.subscribe_topics(twin_acks, shared_group(name))),
         description=f"Spine flow {name}",
@@ -160,7 +162,11 @@ def select_flows(
         document = {
             **resolved,
             "name": name,
-            "login": {"username": login.username, "passwordFile": login_file(inputs.env, name)},
+            "login": {
+                "username": login.username,
+                "passwordFile": login_file(inputs.env, name),
+                "clientId": login.client_id,
+            },
         }
         try:
             engine_config(spec, inputs.env, namespace, [document])
@@ -272,6 +278,10 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         checksum=checksum,
     )
     deployment = workload.build_deployment(labels.FLOW_ENGINE_NAME, namespace, template, 1)
+    # Each flow's login is bound to one client id: a new pod beside the old one (a rolling
+    # update) would take every flow's session over and be taken over in turn until the old pod
+    # stopped. The old pod stops first; a QoS 1 source queues in its session meanwhile.
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
     network_policy = workload.build_ingress_policy(
         labels.FLOW_ENGINE_NAME,
         namespace,

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import (
     ConfigDict,
     Field,
@@ -294,6 +293,8 @@ class ValidateStep(CamelModel):
         if self.json_schema is None and self.model is None:
             raise PydanticCustomError("validate", "validate needs schema or model")
         if self.json_schema is not None:
+            import jsonschema  # only with a validate step (see flow/steps.py)
+
             try:
                 jsonschema.Draft202012Validator.check_schema(self.json_schema)
             except jsonschema.SchemaError as error:
@@ -711,6 +712,12 @@ class FlowLogin(CamelModel):
 
     username: SafeLine
     password_file: Path = Field(description="File holding the password (a mounted Secret key).")
+    client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")] | None = Field(
+        default=None,
+        description="The one client id the broker lets this login use (the operator binds "
+        "each flow's login to `flow-<flow>`); the engine connects with exactly it. Unset: "
+        "`flow-<flow>-<instance>`, for a login bound to no client id.",
+    )
 
     def password(self) -> str:
         return self.password_file.read_text().strip()

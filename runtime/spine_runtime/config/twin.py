@@ -14,11 +14,9 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
-import jsonschema
-import jsonschema.validators
 import re2
 from pydantic import (
     Field,
@@ -32,6 +30,9 @@ from pydantic import (
 )
 
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, HttpSettings, MqttSettings
+
+if TYPE_CHECKING:
+    import jsonschema
 
 # The shared name patterns live apart (the gateway and the flow engine check names without
 # loading the twin's value checks); the twin's importers keep finding them here.
@@ -182,9 +183,11 @@ class PropertySchema(CamelModel):
         if schema_depth(self) > MAX_SCHEMA_DEPTH:
             raise ValueError(f"nested more than {MAX_SCHEMA_DEPTH} levels deep")
         if self.enum is not None:
-            checker = ValueSchemaValidator(property_json_schema(self, with_enum=False))
+            from jsonschema.exceptions import best_match
+
+            checker = value_schema_validator()(property_json_schema(self, with_enum=False))
             for value in self.enum:
-                error = jsonschema.exceptions.best_match(checker.iter_errors(value))
+                error = best_match(checker.iter_errors(value))
                 if error is not None:
                     raise ValueError(
                         f"enum value {value!r} does not fit the schema: {error.message}"
@@ -326,21 +329,35 @@ def _pattern_keyword(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[jsonschema.ValidationError]:
     """JSON Schema's `pattern` (an unanchored search), evaluated with RE2."""
+    from jsonschema import ValidationError
+
     if not validator.is_type(instance, "string"):
         return
     try:
         found = compiled_pattern(pattern).search(instance)
     except re2.error:
-        yield jsonschema.ValidationError(f"pattern {pattern[:200]!r} cannot be evaluated")
+        yield ValidationError(f"pattern {pattern[:200]!r} cannot be evaluated")
         return
     if found is None:
-        yield jsonschema.ValidationError(f"{instance[:200]!r} does not match {pattern[:200]!r}")
+        yield ValidationError(f"{instance[:200]!r} does not match {pattern[:200]!r}")
 
 
-# Draft 2020-12 with `pattern` in linear time: what every value check of the twin uses.
-ValueSchemaValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
-)
+@functools.cache
+def value_schema_validator() -> Any:
+    """Draft 2020-12 with `pattern` in linear time: what every value check of the twin uses.
+    Built on first use: jsonschema is ~4 MiB of memory that the flow engine and the gateway,
+    which import this module for its names and patterns, mostly do not need."""
+    import jsonschema.validators
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, {"pattern": _pattern_keyword}
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ValueSchemaValidator":  # the name the twin and the tests import
+        return value_schema_validator()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _camel(name: str) -> str:

@@ -28,13 +28,51 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gmqtt import Client, Message
+import gmqtt.mqtt.connection
+from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.package import Package
+from gmqtt.mqtt.protocol import BaseMQTTProtocol, MQTTProtocol
 
 log = logging.getLogger(__name__)
 
 # Packet ids the broker's window leaves free for our own bookkeeping (gmqtt refuses the last).
 WINDOW_MARGIN = 2
+# How long a PUBACK of ours may wait for a packet to travel with (see FlowLink.ack).
+ACK_DELAY = 0.005
+
+
+class _DirectProtocol(MQTTProtocol):
+    """gmqtt's protocol without its reader task: each chunk the event loop reads is split into
+    packets right in `data_received`. gmqtt feeds a StreamReader that wakes a task per read,
+    which at 2,000 msg/s, a read or two per message, cost a task switch and a future each."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        BaseMQTTProtocol.connection_made(self, transport)  # not MQTTProtocol's: no read task
+        self._unparsed = b""
+        self.after_read: Callable[[], None] | None = None  # set by FlowLink at CONNACK
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._unparsed + data if self._unparsed else data
+        if self._connection is None:  # nothing is sent before CONNECT; kept to be safe
+            self._unparsed = buffer
+            return
+        parsed = self._read_packet(buffer)
+        if parsed < 0:
+            self._unparsed = b""
+            self._transport.close()  # a malformed length: what gmqtt's read loop does
+            return
+        self._unparsed = buffer[parsed:]
+        if self.after_read is not None:
+            self.after_read()
+
+    def eof_received(self) -> bool:
+        return False  # close: gmqtt's read loop did so on an empty read
+
+
+# gmqtt builds its protocol from this module-level name; every gmqtt client in the process
+# is a FlowLink (the engine's and the benchmark driver's).
+gmqtt.mqtt.connection.MQTTProtocol = _DirectProtocol
 
 
 @dataclass(slots=True)
@@ -107,6 +145,9 @@ class FlowLink:
         self.pending: dict[int, Outgoing] = {}  # by packet id, sent, not yet acknowledged
         self.waiting: collections.deque[Outgoing] = collections.deque()  # not sent yet
         self.last_error: str | None = None
+        # Called after each chunk read, once its packets were handed over (FlowRunner's
+        # synchronous batch); what it publishes is written at once, not a loop turn later.
+        self.after_read: Callable[[], None] | None = None
         self._paused = False
         self._closing = False
 
@@ -137,6 +178,7 @@ class FlowLink:
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
         self._cork(client._connection._protocol)
+        self._frame(client._connection._protocol)
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
@@ -161,8 +203,15 @@ class FlowLink:
             return
         loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
+        soon: asyncio.Handle | None = None
+        later: asyncio.TimerHandle | None = None
 
         def flush() -> None:
+            nonlocal soon, later
+            soon = None
+            if later is not None:
+                later.cancel()
+                later = None
             transport = protocol._transport
             data = b"".join(chunks)
             chunks.clear()
@@ -171,12 +220,84 @@ class FlowLink:
                 protocol._connection._last_data_out = time.monotonic()
 
         def write_data(data: bytes) -> None:
-            if not chunks:
-                loop.call_soon(flush)
+            nonlocal soon
+            if soon is None:
+                soon = loop.call_soon(flush)
             chunks.append(bytes(data))
 
+        def write_lazily(data: bytes) -> None:
+            """Send with the next packet written anyway, or within ACK_DELAY."""
+            nonlocal later
+            chunks.append(data)
+            if soon is None and later is None:
+                later = loop.call_later(ACK_DELAY, flush)
+
+        def flush_now() -> None:
+            if soon is not None:
+                soon.cancel()
+                flush()
+
         protocol.write_data = write_data
+        protocol.write_lazily = write_lazily
+        protocol._spine_flush_now = flush_now
         protocol._spine_corked = True
+
+    def _frame(self, protocol: Any) -> None:
+        """Split the byte stream into packets here and hand PUBLISH and PUBACK straight to
+        this link's parsers: gmqtt wraps each packet in an object, stamps the time and routes
+        it through a generic handler with debug logging, per packet (benchmarks/reports/
+        flow.md). Installed from CONNACK on, within gmqtt's own read loop, so the packets
+        stay in order; others (SUBACK, PINGRESP, DISCONNECT) still go to gmqtt."""
+        if getattr(protocol, "_spine_framed", False):
+            return
+        connection = protocol._connection
+        handler = self._handler
+        gmqtt_read_packet = protocol._read_packet
+        on_publish, on_puback = self._on_publish_packet, self._on_puback
+
+        def read_packets(data: bytes) -> int:
+            if handler.current_connection is not connection:
+                return int(gmqtt_read_packet(data))  # superseded: gmqtt drops what it reads
+            connection._last_data_in = time.monotonic()
+            position, size = 0, len(data)
+            while size - position >= 2:
+                length, shift, index = 0, 0, position + 1
+                while True:  # the remaining length, a variable byte integer
+                    if index >= size:
+                        return position
+                    byte = data[index]
+                    index += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        return -1  # malformed: gmqtt's read loop drops the connection
+                end = index + length
+                if end > size:
+                    return position
+                command = data[position]
+                kind = command & 0xF0
+                if kind == 0x30:
+                    on_publish(command, data[index:end])
+                elif kind == 0x40:
+                    on_puback(command, data[index:end])
+                else:
+                    connection.put_package(Package(command, data[index:end]))
+                position = end
+            return position
+
+        protocol._read_packet = read_packets
+        protocol._spine_framed = True
+        if isinstance(protocol, _DirectProtocol):
+            flush_now = protocol._spine_flush_now
+
+            def after_read() -> None:
+                if self.after_read is not None:
+                    self.after_read()
+                flush_now()
+
+            protocol.after_read = after_read
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
@@ -243,11 +364,16 @@ class FlowLink:
         self.on_message(Received(topic, packet, 1, mid, self.generation))
 
     def ack(self, message: Received) -> None:
-        """PUBACK a QoS 1 message, unless it came on a connection that is gone."""
+        """PUBACK a QoS 1 message, unless it came on a connection that is gone. The PUBACK
+        goes with the next packet written anyway (at 2,000 msg/s, the next message's
+        publish), or within ACK_DELAY: a write of its own per message cost more CPU than
+        the flow's step. A later ack only holds a slot of the broker's window longer."""
         if message.mid is None or message.generation != self.generation:
             return
         if self.connected.is_set():
-            self._handler._send_puback(message.mid)
+            self.client._connection._protocol.write_lazily(
+                b"\x40\x02" + message.mid.to_bytes(2, "big")
+            )
 
     # Publishing --------------------------------------------------------------------------
 
@@ -279,15 +405,17 @@ class FlowLink:
             self.waiting.append(item)
             self._update_window()
             return
-        connection = self.client._connection
-        try:
-            mid, package = connection.publish(
-                Message(item.topic, item.payload, item.qos, item.retain)
-            )
-        except OverflowError:  # the broker's window is full: send when a PUBACK frees it
-            self.waiting.append(item)
-            self._update_window()
-            return
+        protocol = self.client._connection._protocol
+        mid = 0
+        if item.qos:
+            try:
+                mid = self._handler.id_generator.next_id()
+            except OverflowError:  # the broker's window is full: send when a PUBACK frees it
+                self.waiting.append(item)
+                self._update_window()
+                return
+        package = publish_packet(item.topic, item.payload, item.qos, item.retain, mid)
+        protocol.write_data(package)
         if item.qos == 0:
             item.done(True)
             return
@@ -323,3 +451,27 @@ class FlowLink:
             self.window_open.set()
         else:
             self.window_open.clear()
+
+
+def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, mid: int) -> bytes:
+    """An MQTT v5 PUBLISH without properties, built in one go (gmqtt's builder extends a
+    bytearray field by field and logs at debug level twice per packet)."""
+    name = topic.encode()
+    remaining = 2 + len(name) + (2 if qos else 0) + 1 + len(payload)
+    length = bytearray()
+    while True:
+        remaining, byte = remaining >> 7, remaining & 0x7F
+        length.append(byte | 0x80 if remaining else byte)
+        if not remaining:
+            break
+    return b"".join(
+        (
+            bytes((0x30 | (qos << 1) | (1 if retain else 0),)),
+            length,
+            len(name).to_bytes(2, "big"),
+            name,
+            mid.to_bytes(2, "big") if qos else b"",
+            b"\x00",  # no properties
+            payload,
+        )
+    )

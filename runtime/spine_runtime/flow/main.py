@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -48,6 +49,11 @@ async def run(config_path: Path) -> int:
 
     await server.start()
     await engine.start()
+    # What is loaded by now (the config models, aiohttp, gmqtt, jlens: some 50,000 objects)
+    # lives as long as the process; a full collection visiting it all stalled every flow for
+    # about 30 ms, the largest part of the p99 at 2,000 msg/s (benchmarks/reports/flow.md).
+    gc.collect()
+    gc.freeze()
     watcher = asyncio.create_task(source.watch(CONFIG_POLL_SECONDS), name="flow-config-watch")
     await stop.wait()
     log.info("Stopping the flow engine")

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
 import orjson
 
 from spine_runtime.config.flow import Step
@@ -118,10 +117,15 @@ class ValidateRunner(StepRunner):
     def __init__(self, step: Step, on_error: str, timeout: float) -> None:
         super().__init__(step, on_error, timeout)
         assert step.validate_ is not None and step.validate_.json_schema is not None
+        # Imported by the first validate step only: jsonschema and what it loads are ~4 MiB
+        # of the engine's memory, which a namespace without validate steps does not need.
+        import jsonschema
+
         self.validator = jsonschema.Draft202012Validator(step.validate_.json_schema)
+        self.best_match = jsonschema.exceptions.best_match
 
     def handle(self, message: Any, bindings: dict[str, Any] | None) -> Any:
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(message))
+        error = self.best_match(self.validator.iter_errors(message))
         if error is not None:
             where = "/" + "/".join(str(part) for part in error.absolute_path)
             raise StepError(f"invalid at {where}: {error.message[:300]}")
