@@ -7,16 +7,14 @@ then probes and the broker connection. Exit codes: 0 after a signal, 2 for an un
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 from spine_runtime.catalog.api import add_routes
 from spine_runtime.catalog.service import CatalogService
-from spine_runtime.common.configsource import ConfigError, ConfigSource
+from spine_runtime.common.configsource import ConfigSource
+from spine_runtime.common.entrypoint import runtime_main, stop_event
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.catalog import CatalogConfig
 
@@ -40,10 +38,7 @@ async def run(config_path: Path) -> int:
     )
     add_routes(server.app, service)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
 
     await service.start()
     await server.start()
@@ -57,18 +52,6 @@ async def run(config_path: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="spine-runtime catalog", description="Run the service catalog."
+    return runtime_main(
+        argv, name="catalog", description="Run the service catalog.", run=run, log=log
     )
-    parser.add_argument("--config", required=True, type=Path, help="the catalog's config file")
-    args = parser.parse_args(argv)
-    level = os.environ.get("SPINE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(run(args.config))
-    except ConfigError as error:
-        log.error("Cannot use the config %s: %s", args.config, error)
-        return 2
-    except OSError as error:
-        log.error("Cannot start the catalog: %s", error)
-        return 2

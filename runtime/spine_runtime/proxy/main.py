@@ -11,11 +11,8 @@ unusable config file.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spine_runtime.common.configsource import ConfigError, ConfigSource
+from spine_runtime.common.entrypoint import runtime_main, stop_event
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.proxy import ProxyConfig
 from spine_runtime.proxy.haproxy import HaproxySupervisor
@@ -75,10 +73,7 @@ async def run(config_path: Path) -> int:
         exporter_url=source.current.haproxy.exporter_url,
         metrics=metrics,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
 
     try:
         await supervisor.apply(source.current)
@@ -102,18 +97,6 @@ async def run(config_path: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="spine-runtime proxy", description="Run HAProxy with the operator's config."
+    return runtime_main(
+        argv, name="proxy", description="Run HAProxy with the operator's config.", run=run, log=log
     )
-    parser.add_argument("--config", required=True, type=Path, help="the supervisor's config file")
-    args = parser.parse_args(argv)
-    level = os.environ.get("SPINE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(run(args.config))
-    except ConfigError as error:
-        log.error("Cannot use the config %s: %s", args.config, error)
-        return 2
-    except OSError as error:
-        log.error("Cannot start the proxy: %s", error)
-        return 2
