@@ -404,3 +404,49 @@ async def test_reachable_follows_the_proxys_and_the_catalogs_checks(
         lambda: conditions(cluster, "maintenance")["Reachable"]["status"] == "True", 10, "up"
     )
     assert conditions(cluster, "maintenance")["Ready"]["status"] == "True"
+
+
+async def test_a_new_twin_write_token_rolls_the_proxy_that_sends_it(
+    cluster, operator, tmp_path
+) -> None:
+    """The proxy sends the twin's write token on authorised twin writes, from its environment:
+    when someone rotates the token, the proxy's pods must restart to pick the new one up, on a
+    namespace where nothing else is pending (every workload ready, the Spine Ready)."""
+    from tests.integration.test_spine_operator import mark_statefulset_ready
+    from tests.support.devissuer import DevIssuer
+
+    issuer = DevIssuer(tmp_path / "issuer").start()
+    try:
+        k8s = Kubernetes()
+        await k8s.create(spine(NAMESPACE, {"auth": {"issuer": issuer.issuer, "audience": "spine"}}))
+        checksum_key = "spine.iiot.dev/config-checksum"
+
+        def checksum() -> str | None:
+            try:
+                deployment = stored(cluster, "apps/v1/deployments", NAMESPACE, "spine-proxy")
+            except KeyError:
+                return None
+            return str(deployment["spec"]["template"]["metadata"]["annotations"][checksum_key])
+
+        await eventually(lambda: proxy_key_files(cluster, NAMESPACE), 20, "keys in the config")
+        for statefulset in ("spine-broker", "spine-twin"):
+            await mark_statefulset_ready(k8s, cluster, NAMESPACE, statefulset)
+        for deployment in ("spine-proxy", "spine-catalog"):
+            await eventually(
+                lambda name=deployment: stored(cluster, "apps/v1/deployments", NAMESPACE, name),
+                10,
+                f"Deployment {deployment}",
+            )
+            await mark_ready(k8s, cluster, deployment)
+        await eventually(
+            lambda: spine_conditions(cluster, NAMESPACE).get("Ready", {}).get("status") == "True",
+            20,
+            "the Spine Ready, nothing left to retry",
+        )
+        before = checksum()
+        await k8s.patch_merge(
+            "v1", "Secret", NAMESPACE, "spine-twin-tokens", {"stringData": {"write": "rotated"}}
+        )
+        await eventually(lambda: checksum() != before, 10, "the proxy to roll with the new token")
+    finally:
+        issuer.stop()

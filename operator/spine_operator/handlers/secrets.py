@@ -41,11 +41,9 @@ async def secret_changed(
     if not namespace or type is None:
         return  # the initial listing: every resource's resume handler runs with these values
     digest = secret_data_digest(secret_values(dict(body))) if type != "DELETED" else None
-    users = {
-        user
-        for index in ("spine_secrets", "gateway_secrets")
-        for user in kwargs[index].get((namespace, name), [])
-    }
+    users = set(kwargs["gateway_secrets"].get((namespace, name), []))
+    for spine_users in kwargs["spine_secrets"].get((namespace, name), []):
+        users.update(spine_users)  # one Secret of a Spine's may feed several aggregates
     for kind, user in sorted(users):
         reconciler = BY_KIND[kind]
         if not secret_is_news(reconciler.outcomes.get((namespace, user)), name, digest):

@@ -58,16 +58,25 @@ async def spine_deleted(
 @kopf.index(GROUP, VERSION, SPINE.plural)
 def spine_secrets(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
-) -> dict[Any, tuple[str, str]]:
-    """(namespace, Secret name) -> (kind, name) of what mounts it: the Spine's broker, or the
-    namespace's twin."""
-    found = {(namespace, secret): (SPINES.kind, name) for secret in spine_secret_names(dict(spec))}
+) -> dict[Any, tuple[tuple[str, str], ...]]:
+    """(namespace, Secret name) -> (kind, name) of each aggregate that uses it: the Spine's
+    broker, the namespace's twin, its proxy (the twin's write token reaches the proxy's
+    environment, so a new one must roll the proxy too)."""
+    found: dict[Any, tuple[tuple[str, str], ...]] = {}
+
+    def used_by(secret: str, kind: str, key: str) -> None:
+        found[(namespace, secret)] = (*found.get((namespace, secret), ()), (kind, key))
+
+    for secret in spine_secret_names(dict(spec)):
+        used_by(secret, SPINES.kind, name)
     for secret in (labels.TWIN_TOKENS_SECRET, labels.login_secret_name(TWIN_USERNAME)):
-        found[(namespace, secret)] = (TWINS.kind, TWIN_KEY)
+        used_by(secret, TWINS.kind, TWIN_KEY)
     tls = ((dict(spec).get("proxy") or {}).get("tls") or {}).get("secretName")
     for proxy_secret in (labels.PROXY_TOKEN_SECRET, labels.CATALOG_TOKEN_SECRET, tls):
         if isinstance(proxy_secret, str):
-            found[(namespace, proxy_secret)] = (PROXIES.kind, PROXY_KEY)
+            used_by(proxy_secret, PROXIES.kind, PROXY_KEY)
+    if dict(spec).get("auth") is not None:
+        used_by(labels.TWIN_TOKENS_SECRET, PROXIES.kind, PROXY_KEY)
     return found
 
 
