@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from spine_operator.metrics import OperatorMetrics
 from spine_runtime.gateway.metrics import GatewayMetrics
+from spine_runtime.proxy.metrics import ProxyMetrics
 from spine_runtime.twin.metrics import TwinMetrics
 from tests.support.helm import kustomize, template
 
@@ -52,7 +53,7 @@ PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "deriv", "max", "min", "count", "and", "or", "unless",
     "histogram_quantile", "vector", "absent", "on", "ignoring", "without", "le", "avg",
     "label_values", "job", "namespace", "result", "ready", "kind", "gateway", "connection",
-    "spine", "bool",
+    "spine", "bool", "pod",
 }  # fmt: skip
 
 
@@ -70,10 +71,11 @@ def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def exported_metrics() -> set[str]:
-    """Every sample name the operator, the gateway and the twin expose, from their metrics."""
+    """Every sample name the operator, the gateway, the twin and the proxy expose."""
     registries = [
         GatewayMetrics().registry,
         TwinMetrics().registry,
+        ProxyMetrics().registry,
     ]
     operator_registry = CollectorRegistry()
     OperatorMetrics(operator_registry)
@@ -195,7 +197,12 @@ def test_podmonitors_select_the_pods_the_operator_renders() -> None:
         if doc and doc["kind"] in {"StatefulSet", "Deployment"}
     ]
     monitors = [obj for obj in kustomize(MONITORING) if obj["kind"] == "PodMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"spine-gateways", "spine-twins"}
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "spine-gateways",
+        "spine-twins",
+        "spine-proxies",
+        "spine-catalogs",
+    }
     matched = set()
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -212,7 +219,7 @@ def test_podmonitors_select_the_pods_the_operator_renders() -> None:
         assert selector["app.kubernetes.io/component"] != "broker"
     # `spine render` shows gateways and brokers; the twin's StatefulSet uses the same labels
     # and port name (operator/spine_operator/build/twin.py) but is not rendered offline yet.
-    assert "spine-gateways" in matched
+    assert {"spine-gateways", "spine-proxies", "spine-catalogs"} <= matched
 
 
 # The dashboard -----------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def test_monitors_and_rules_decode_strictly_into_prometheus_operator_types(tmp_p
     for path in (overlay, chart):
         result = run_promcheck(path)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "4 checked, 0 failed" in result.stdout, result.stdout
+        assert "6 checked, 0 failed" in result.stdout, result.stdout
 
 
 def test_promcheck_refuses_a_misspelt_field(tmp_path: Path) -> None:
