@@ -180,7 +180,7 @@ def test_every_value_takes_effect(everything: list[dict]) -> None:
     assert ports == {"health": 8080, "metrics": 9191}
     monitor = find(everything, "ServiceMonitor", "spine-operator")
     assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
-    for name in ("spine-gateways", "spine-twins"):
+    for name in ("spine-gateways", "spine-twins", "spine-proxies", "spine-catalogs"):
         pod_monitor = find(everything, "PodMonitor", name)
         assert pod_monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "20s"
         assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -209,6 +209,8 @@ def test_monitoring_overlay_is_the_install_plus_monitors_rules_and_dashboard(
         ("ServiceMonitor", OPERATOR),
         ("PodMonitor", "spine-gateways"),
         ("PodMonitor", "spine-twins"),
+        ("PodMonitor", "spine-proxies"),
+        ("PodMonitor", "spine-catalogs"),
         ("PrometheusRule", "spine"),
         ("ConfigMap", "spine-dashboards"),
     }
