@@ -17,6 +17,7 @@ RUNTIMES = {
     "sim": "spine_runtime.sim.main",
     "broker-seed": "spine_runtime.broker.seed",
     "dev-issuer": "spine_runtime.devissuer.main",  # development only
+    "host": "spine_runtime.host.main",  # several of the above in one process (spine up)
     "proxy": "spine_runtime.proxy.main",
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from spine_runtime.catalog.api import add_routes
 from spine_runtime.catalog.service import CatalogService
 from spine_runtime.common.configsource import ConfigSource
-from spine_runtime.common.entrypoint import runtime_main, stop_event
+from spine_runtime.common.entrypoint import runtime_main
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.catalog import CatalogConfig
 
@@ -25,7 +25,7 @@ log = logging.getLogger("spine_runtime.catalog")
 CONFIG_POLL_SECONDS = 0.25
 
 
-async def run(config_path: Path) -> int:
+async def run(config_path: Path, stop: asyncio.Event) -> int:
     source = ConfigSource(CatalogConfig, config_path)
     service = CatalogService(source.current, config_digest=lambda: source.digest)
     source.on_change = service.apply_config
@@ -37,8 +37,6 @@ async def run(config_path: Path) -> int:
         config_source=source,
     )
     add_routes(server.app, service)
-
-    stop = stop_event()
 
     await service.start()
     await server.start()

@@ -2,8 +2,9 @@
 
 Parses `--config`, sets logging from SPINE_LOG_LEVEL, runs the runtime's coroutine, and turns an
 unusable config or a port it cannot bind into exit code 2 with one log line (kubelet and
-`spine up` show it); `stop_event` is set by SIGTERM or SIGINT. Used by the catalog and the proxy
-supervisor.
+`spine up` show it). A runtime's `run(config_path, stop)` returns once `stop` is set: here by
+SIGTERM or SIGINT (`stop_event`), in `spine-runtime host` by the host. Used by the catalog, the
+proxy supervisor and the twin.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from spine_runtime.common.configsource import ConfigError
+from spine_runtime.common.hosting import LOG_FORMAT
 
 
 def stop_event() -> asyncio.Event:
@@ -33,16 +35,23 @@ def runtime_main(
     *,
     name: str,
     description: str,
-    run: Callable[[Path], Awaitable[int]],
+    run: Callable[[Path, asyncio.Event], Awaitable[int]],
     log: logging.Logger,
+    quiet_loggers: dict[str, int] | None = None,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"spine-runtime {name}", description=description)
     parser.add_argument("--config", required=True, type=Path, help=f"the {name}'s config file")
     args = parser.parse_args(argv)
     level = os.environ.get("SPINE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for logger, quiet in (quiet_loggers or {}).items():
+        logging.getLogger(logger).setLevel(quiet)
+
+    async def until_signalled() -> int:
+        return await run(args.config, stop_event())
+
     try:
-        return asyncio.run(run(args.config))  # type: ignore[arg-type]
+        return asyncio.run(until_signalled())
     except ConfigError as error:
         log.error("Cannot use the config %s: %s", args.config, error)
         return 2

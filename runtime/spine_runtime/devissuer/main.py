@@ -1,23 +1,28 @@
 """`spine-runtime dev-issuer`: serve a development OIDC issuer's discovery document and JWKS.
 
 DEVELOPMENT ONLY: every answer carries `X-Spine-Development-Only`, and the discovery document
-says so too. `spine up` and the integration tests start it; `--rotate` adds a signing key (the
+says so too. `spine up` and the integration tests start it (`--config FILE` takes the serving
+flags from a JSON file, as `spine-runtime host` runs it); `--rotate` adds a signing key (the
 running server publishes it at once) and `--mint SUBJECT` prints a token, then both exit.
-Exit codes: 0 after a clean stop, 1 if the port cannot be bound, 2 for bad flags.
+Exit codes: 0 after a clean stop, 1 if the port cannot be bound, 2 for bad flags or config.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from spine_runtime.common.configsource import ConfigError
+from spine_runtime.common.entrypoint import stop_event
+from spine_runtime.common.hosting import LOG_FORMAT
 from spine_runtime.devissuer.keys import ALGORITHM, mint_token, public_jwks, rotate_key
 
 log = logging.getLogger("spine_runtime.devissuer")
@@ -67,7 +72,8 @@ def build_app(state_dir: Path, issuer: str) -> web.Application:
     return app
 
 
-async def serve(state_dir: Path, host: str, port: int, issuer: str) -> int:
+async def serve(state_dir: Path, host: str, port: int, issuer: str, stop: asyncio.Event) -> int:
+    """Serve until `stop` is set; OSError if the port cannot be bound."""
     public_jwks(state_dir)  # makes the first key before anyone asks
     runner = web.AppRunner(build_app(state_dir, issuer), access_log=None)
     await runner.setup()
@@ -76,21 +82,43 @@ async def serve(state_dir: Path, host: str, port: int, issuer: str) -> int:
     except OSError as error:
         log.error("Cannot listen on %s:%s: %s", host, port, error)
         await runner.cleanup()
-        return 1
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_requested.set)
+        raise
     log.warning(
         "Development OIDC issuer %s serving on %s:%s (never use it in production)",
         issuer,
         host,
         port,
     )
-    await stop_requested.wait()
+    await stop.wait()
     await runner.cleanup()
     log.info("Stopped")
     return 0
+
+
+def read_config(config_path: Path) -> dict[str, Any]:
+    """`--config FILE`: the serving flags as one JSON object (how `spine-runtime host` runs it):
+    {"stateDir": ..., "host": "127.0.0.1", "port": N, "issuer": URL}; ConfigError if unusable."""
+    try:
+        document = json.loads(config_path.read_bytes())
+    except ValueError as error:
+        raise ConfigError(f"not JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("stateDir"), str):
+        raise ConfigError("stateDir: a directory is required")
+    port = document.get("port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError("port: required, 1-65535")
+    host = str(document.get("host") or "127.0.0.1")
+    return {
+        "state_dir": Path(document["stateDir"]),
+        "host": host,
+        "port": port,
+        "issuer": str(document.get("issuer") or f"http://{host}:{port}"),
+    }
+
+
+async def run(config_path: Path, stop: asyncio.Event) -> int:
+    """Serve what the config file says until `stop` is set."""
+    return await serve(**read_config(config_path), stop=stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        required=True,
-        help="its keys live in STATE_DIR/dev-issuer/ (mode 0600)",
+        help="its keys live in STATE_DIR/dev-issuer/ (mode 0600); required without --config",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="serve with the settings of this JSON file (stateDir, host, port, issuer) instead",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="required to serve")
@@ -121,7 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level="INFO", format=LOG_FORMAT)
+    if args.config is not None:
+        try:
+            return asyncio.run(until_signalled(run, args.config))
+        except ConfigError as error:
+            log.error("Cannot use the config %s: %s", args.config, error)
+            return 2
+        except OSError:
+            return 1
+    if args.state_dir is None:
+        parser.error("--state-dir or --config is required")
     if args.rotate:
         print(rotate_key(args.state_dir))
         return 0
@@ -141,7 +183,20 @@ def main(argv: list[str]) -> int:
             )
         )
         return 0
-    return asyncio.run(serve(args.state_dir, args.host, args.port, issuer))
+
+    async def serve_until_signalled() -> int:
+        return await serve(args.state_dir, args.host, args.port, issuer, stop_event())
+
+    try:
+        return asyncio.run(serve_until_signalled())
+    except OSError:
+        return 1
+
+
+async def until_signalled(
+    runner: Callable[[Path, asyncio.Event], Awaitable[int]], config_path: Path
+) -> int:
+    return await runner(config_path, stop_event())
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 from spine_runtime.common.configsource import ConfigError, parse_config
+from spine_runtime.common.entrypoint import stop_event
+from spine_runtime.common.hosting import LOG_FORMAT
 from spine_runtime.config.gateway import GatewayConfig
 from spine_runtime.gateway.app import Gateway
 
@@ -32,23 +33,25 @@ QUIET_LOGGERS = {
 
 def configure_logging() -> None:
     level = os.environ.get("SPINE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(QUIET_LOGGERS[name])
 
 
-async def serve(config: GatewayConfig, config_path: Path) -> None:
-    gateway = Gateway(config, config_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+def read_config(config_path: Path) -> GatewayConfig:
+    """The gateway's config; OSError or ConfigError (the log says which field) otherwise."""
+    return parse_config(GatewayConfig, config_path.read_bytes())
+
+
+async def run(config_path: Path, stop: asyncio.Event) -> int:
+    gateway = Gateway(read_config(config_path), config_path)
     await gateway.start()
     try:
         await stop.wait()
         log.info("Stopping on a signal")
     finally:
         await gateway.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        config = parse_config(GatewayConfig, args.config.read_bytes())
+        read_config(args.config)
     except OSError as error:
         log.error("Cannot read config %s: %s", args.config, error)
         return 2
     except ConfigError as error:
         log.error("Invalid config %s: %s", args.config, error)
         return 2
-    asyncio.run(serve(config, args.config))
-    return 0
+
+    async def until_signalled() -> int:
+        return await run(args.config, stop_event())
+
+    return asyncio.run(until_signalled())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_runtime.common.configsource import ConfigError, digest_of
+from spine_runtime.common.hosting import environment
 from spine_runtime.config.proxy import KEY_FILE_PATTERN, ROUTE_BACKEND_PREFIX, ProxyConfig
 from spine_runtime.proxy.metrics import ProxyMetrics
 
@@ -233,7 +234,8 @@ class HaproxySupervisor:
         settings = config.haproxy
         settings.master_socket.unlink(missing_ok=True)
         # HAProxy gets the supervisor's environment: `"${VAR}"` in haproxy.cfg (a backend token)
-        # is expanded from it.
+        # is expanded from it. In `spine-runtime host`, that of this proxy's runtime only: two
+        # namespaces' proxies in one process must not see each other's tokens.
         self.process = await asyncio.create_subprocess_exec(
             str(settings.binary),
             "-W",
@@ -243,7 +245,7 @@ class HaproxySupervisor:
             "-f",
             str(settings.config_file),
             stdin=asyncio.subprocess.DEVNULL,
-            env=dict(os.environ),
+            env=environment(),
             preexec_fn=_terminate_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spine_runtime.common.configsource import ConfigError, ConfigSource
-from spine_runtime.common.entrypoint import runtime_main, stop_event
+from spine_runtime.common.entrypoint import runtime_main
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.proxy import ProxyConfig
 from spine_runtime.proxy.haproxy import HaproxySupervisor
@@ -58,7 +58,7 @@ class ProxyServer(RuntimeServer):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def run(config_path: Path) -> int:
+async def run(config_path: Path, stop: asyncio.Event) -> int:
     source = ConfigSource(ProxyConfig, config_path)
     metrics = ProxyMetrics()
     supervisor = HaproxySupervisor(metrics)
@@ -73,8 +73,6 @@ async def run(config_path: Path) -> int:
         exporter_url=source.current.haproxy.exporter_url,
         metrics=metrics,
     )
-    stop = stop_event()
-
     try:
         await supervisor.apply(source.current)
     except ConfigError as error:

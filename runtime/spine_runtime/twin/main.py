@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from pathlib import Path
 
 from spine_runtime.common.configsource import ConfigError, ConfigSource
+from spine_runtime.common.entrypoint import stop_event
+from spine_runtime.common.hosting import LOG_FORMAT
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.twin import TwinConfig
 from spine_runtime.twin.api import add_routes
@@ -27,7 +28,7 @@ log = logging.getLogger("spine_runtime.twin")
 CONFIG_POLL_SECONDS = 0.25
 
 
-async def run(config_path: Path) -> int:
+async def run(config_path: Path, stop: asyncio.Event) -> int:
     source = ConfigSource(TwinConfig, config_path)
     config = source.current
     service = TwinService(config, config_digest=lambda: source.digest)
@@ -40,11 +41,6 @@ async def run(config_path: Path) -> int:
         config_source=source,
     )
     add_routes(server.app, service)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
 
     await service.start()
     await server.start()
@@ -68,11 +64,13 @@ def main(argv: list[str]) -> int:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+
+    async def until_signalled() -> int:
+        return await run(args.config, stop_event())
+
     try:
-        return asyncio.run(run(args.config))
+        return asyncio.run(until_signalled())
     except ConfigError as error:
         log.error("Cannot use the config %s: %s", args.config, error)
         return 2

@@ -1,0 +1,1 @@
+"""`spine-runtime host`: several runtimes in one process (local runs)."""
