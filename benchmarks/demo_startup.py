@@ -7,7 +7,10 @@ tree (`spine up` and its children, from /proc) summed, sampled while it runs, an
 Ctrl-C (SIGINT) takes to stop everything. Prints the figures and writes
 benchmarks/reports/demo.md. Run from the repository root:
 
-    python -m benchmarks.demo_startup [--runs 3] [--seconds 20]
+    python -m benchmarks.demo_startup [--runs 3] [--seconds 20] [--process-per-runtime]
+
+`--process-per-runtime` measures the layout of a process per Python runtime (as pods) instead of
+`spine up`'s default, one host process for them all; the report says which it measured.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def descendants(root: int) -> list[int]:
 def process_names(state: dict[str, Any]) -> dict[int, str]:
     names = {int(state["pid"]): "spine up"}
     for process in state.get("processes") or []:
-        if process.get("pid"):
+        if process.get("pid") and not process.get("host"):  # a host's runtimes share its pid
             names[int(process["pid"])] = process["name"]
     return names
 
@@ -103,6 +106,7 @@ class Run:
     total_rss_mib: list[float] = field(default_factory=list)
     total_pss_mib: list[float] = field(default_factory=list)
     per_process_mib: dict[str, float] = field(default_factory=dict)
+    per_process_pss_mib: dict[str, float] = field(default_factory=dict)
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
@@ -142,7 +146,7 @@ def wait_for(condition: Any, timeout: float, what: str, process: subprocess.Pope
     raise TimeoutError(f"{what}: not within {timeout} s")
 
 
-def measure(seconds: float) -> Run:
+def measure(seconds: float, process_per_runtime: bool = False) -> Run:
     run = Run()
     with tempfile.TemporaryDirectory(prefix="spine-demo-") as directory:
         state_dir = Path(directory) / "state"
@@ -153,6 +157,7 @@ def measure(seconds: float) -> Run:
             [
                 *(sys.executable, "-m", "spine_operator.cli", "up", "-f", str(EXAMPLE)),
                 *("--ports", "auto", "--state-dir", str(state_dir), "--screen", "plain"),
+                *(["--process-per-runtime"] if process_per_runtime else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -174,10 +179,14 @@ def measure(seconds: float) -> Run:
                 pids = descendants(process.pid)
                 rss = {pid: status_field(pid, "VmRSS") / 1024 for pid in pids}
                 run.total_rss_mib.append(sum(rss.values()))
-                run.total_pss_mib.append(sum(pss_kib(pid) for pid in pids) / 1024)
+                pss = {pid: pss_kib(pid) / 1024 for pid in pids}
+                run.total_pss_mib.append(sum(pss.values()))
                 for pid, mib in rss.items():
                     name = names.get(pid) or command_name(pid)
                     run.per_process_mib[name] = max(run.per_process_mib.get(name, 0.0), mib)
+                    run.per_process_pss_mib[name] = max(
+                        run.per_process_pss_mib.get(name, 0.0), pss[pid]
+                    )
                 time.sleep(1.0)
             stopping = time.monotonic()
             process.send_signal(signal.SIGINT)
@@ -191,7 +200,7 @@ def measure(seconds: float) -> Run:
     return run
 
 
-def report(runs: list[Run], seconds: float) -> str:
+def report(runs: list[Run], seconds: float, process_per_runtime: bool = False) -> str:
     load = os.getloadavg()
     ready = [r.ready_seconds for r in runs]
     first = [r.first_value_seconds for r in runs]
@@ -214,7 +223,17 @@ def report(runs: list[Run], seconds: float) -> str:
         f"{seconds:g} s after the first value; PSS splits shared pages (libpython, libssl) "
         "between the processes.",
         "",
-        "Reproduce: `python -m benchmarks.demo_startup`.",
+        "Layout measured: "
+        + (
+            "`--process-per-runtime`, a process per Python runtime (as pods)."
+            if process_per_runtime
+            else "`spine up`'s default: the Python runtimes (twin, flow engine, gateway, catalog, "
+            "proxy supervisor, development issuer) in one `spine-runtime host` process; the "
+            "broker, HAProxy and the simulator in their own."
+        ),
+        "",
+        "Reproduce: `python -m benchmarks.demo_startup`"
+        + (" --process-per-runtime`." if process_per_runtime else "`."),
         "",
         "| run | all healthy | first twin value | peak RSS sum | peak PSS sum | Ctrl-C to stopped "
         "| exit |",
@@ -233,14 +252,15 @@ def report(runs: list[Run], seconds: float) -> str:
         f"RSS sum {statistics.median(peak):.0f} MiB, PSS sum {statistics.median(pss):.0f} MiB "
         f"(target: under {TARGET_MEMORY_MIB:g} MiB of RSS).",
         "",
-        "Peak RSS per process (last run):",
+        "Peak RSS and PSS per process (last run):",
         "",
-        "| process | RSS |",
-        "| --- | ---: |",
+        "| process | RSS | PSS |",
+        "| --- | ---: | ---: |",
     ]
+    last = runs[-1]
     lines += [
-        f"| {name} | {mib:.0f} MiB |"
-        for name, mib in sorted(runs[-1].per_process_mib.items(), key=lambda item: -item[1])
+        f"| {name} | {mib:.0f} MiB | {last.per_process_pss_mib.get(name, 0.0):.0f} MiB |"
+        for name, mib in sorted(last.per_process_mib.items(), key=lambda item: -item[1])
     ]
     lines += ["", *WHERE_IT_GOES]
     return "\n".join(lines) + "\n"
@@ -293,10 +313,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0, help="memory sampling per run")
+    parser.add_argument(
+        "--process-per-runtime", action="store_true", help="measure a process per runtime"
+    )
     args = parser.parse_args()
     runs = []
     for index in range(args.runs):
-        run = measure(args.seconds)
+        run = measure(args.seconds, args.process_per_runtime)
         runs.append(run)
         print(
             f"run {index + 1}: all healthy {run.ready_seconds:.1f} s, first value "
@@ -304,7 +327,7 @@ def main() -> None:
             f"(PSS {max(run.total_pss_mib):.0f} MiB), stopped in {run.stop_seconds:.1f} s",
             flush=True,
         )
-    text = report(runs, args.seconds)
+    text = report(runs, args.seconds, args.process_per_runtime)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(text)
     print(text)

@@ -4,6 +4,7 @@ spine run [--namespace NS]... [--health-port 8080] [--metrics-port 9090]
 spine render -f FILE_OR_DIR [-f ...]
 spine render-crds [--check] [--dir crds]
 spine up -f FILE_OR_DIR [-f ...] [--state-dir .state] [--ports fixed|auto] [--plc C=HOST:PORT]
+         [--process-per-runtime] [--keep-state] [--screen auto|live|plain]
 spine token [--state-dir .state] [--namespace NS] [--user NAME] [--role ROLE]... [--lifetime S]
 """
 
@@ -92,6 +93,7 @@ def _up(args: argparse.Namespace) -> int:
             keep_state=args.keep_state,
             live={"auto": None, "live": True, "plain": False}[args.screen],
             plcs=dict(args.plc),
+            process_per_runtime=args.process_per_runtime,
         )
     )
 
@@ -184,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "live", "plain"],
         default="auto",
         help="live: redraw values in place; plain: print lines; auto: live on a terminal",
+    )
+    local.add_argument(
+        "--process-per-runtime",
+        action="store_true",
+        help="run each Python runtime in a process of its own, as pods (default: the twins, "
+        "flow engines, gateways, catalogs, proxies and issuer share one, to save memory)",
     )
     local.set_defaults(handler=_up)
 

@@ -11,6 +11,7 @@ mint tokens, and the screen says so.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from spine_operator.local.supervisor import Workload
 from spine_operator.oidc import jwks_to_verify_keys
 from spine_operator.render import RenderError, refused_registrations, registration_sources
 from spine_runtime.devissuer.keys import public_jwks, signing_keys
+
+ISSUER_CONFIG = "dev-issuer.json"
 
 
 @dataclass(frozen=True)
@@ -70,20 +73,12 @@ def prepare_issuer(state_dir: Path, ports: Ports, log_path: Path) -> tuple[Local
     port = ports.take("issuer")
     issuer = LocalIssuer(f"http://{HOST}:{port}", port, state_dir)
     signing_keys(state_dir)  # makes the first key if there is none
-    argv = runtime_argv(
-        [
-            "spine-runtime",
-            "dev-issuer",
-            "--state-dir",
-            str(state_dir),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--issuer",
-            issuer.url,
-        ]
+    # Its serving flags as a config file, so `spine-runtime host` runs it like the others.
+    config_path = state_dir / ISSUER_CONFIG
+    config_path.write_text(
+        json.dumps({"stateDir": str(state_dir), "host": HOST, "port": port, "issuer": issuer.url})
     )
+    argv = runtime_argv(["spine-runtime", "dev-issuer", "--config", str(config_path)])
     workload = Workload(
         name="dev issuer",
         role="issuer",

@@ -131,6 +131,9 @@ def process_lines(workloads: list[Workload]) -> list[str]:
                 workload.address,
             )
         )
+        # A host's runtimes share its process: its pid, state and restarts are theirs.
+        for member in workload.members:
+            rows.append((f"  {member.name}", "  in " + workload.name, "", "", member.address))
     return table_lines(rows)
 
 

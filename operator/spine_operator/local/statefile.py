@@ -80,7 +80,9 @@ def stop_leftovers(path: Path, timeout: float = 10.0) -> list[str]:
     leftovers = [
         entry
         for entry in document.get("processes") or []
-        if entry.get("pid") and _same_command(int(entry["pid"]), entry.get("argv") or [])
+        if entry.get("pid")
+        and not entry.get("host")  # a runtime of a host process: the host's own entry stops it
+        and _same_command(int(entry["pid"]), entry.get("argv") or [])
     ]
     for entry in leftovers:
         os.kill(int(entry["pid"]), signal.SIGTERM)

@@ -69,6 +69,10 @@ class Workload:
     healthy_since: float | None = None
     next_start_at: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+    # A host process (`spine-runtime host`): the runtimes it runs, each with its own log, probe
+    # and address; it is healthy when every one of them is. Empty for any other workload.
+    members: list[Workload] = field(default_factory=list)
+    unhealthy: list[str] = field(default_factory=list)  # members whose last probe failed
 
     @property
     def pid(self) -> int | None:
@@ -77,15 +81,29 @@ class Workload:
     def launch(self) -> None:
         self.starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a") as log:
-            log.write(f"--- spine up: start {self.starts} of {self.name} at {time.ctime()}\n")
+        for workload in (self, *self.members):
+            workload.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with workload.log_path.open("a") as log:
+                log.write(f"--- spine up: start {self.starts} of {self.name} at {time.ctime()}\n")
         self.process = ManagedProcess(self.argv, self.log_path, env=self.env).start()
         self.state = "starting"
         self.started_at = time.monotonic()
         self.healthy_since = None
 
     def log_tail(self, characters: int = 2000) -> str:
-        return log_tail(self.log_path, characters)
+        """Its log's end; for a host, also that of each runtime its log names as failed (or
+        that did not become healthy), since the runtimes log to their own files."""
+        own = log_tail(self.log_path, characters)
+        if not self.members:
+            return own
+        tails = [own.strip()]
+        for member in self.members:
+            if f"Runtime {member.name} (" in own or member.name in self.unhealthy:
+                tails.append(
+                    f"--- {member.name} ({member.log_path}):\n"
+                    + log_tail(member.log_path, characters).strip()
+                )
+        return "\n".join(tails)
 
 
 class Supervisor:
@@ -140,9 +158,11 @@ class Supervisor:
                 self.changed.set()
                 return
             if time.monotonic() >= deadline:
+                which = f" ({', '.join(workload.unhealthy)} not)" if workload.unhealthy else ""
                 raise WorkloadFailed(
                     workload,
-                    f"not healthy within {workload.start_timeout:g} s; log {workload.log_path}",
+                    f"not healthy within {workload.start_timeout:g} s{which}; "
+                    f"log {workload.log_path}",
                 )
             await asyncio.sleep(0.05)
 

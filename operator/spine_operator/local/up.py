@@ -3,10 +3,12 @@
 Reads and validates the files as the operator would (`plan.py`), renders every workload's
 config with the operator's builders into a state directory (`stack.py`), then starts the broker,
 creates its logins through the operator's dynamic-security admin client (`BrokerAdmin`), and
-starts the twin, the PLC simulators and the gateways, each once the one before is healthy
-(`supervisor.py`). Then it shows where everything is and the live values (`screen.py`), keeps
-the processes up, and on Ctrl-C stops them and removes what it wrote. It installs nothing: a
-missing program is named with the command that installs it.
+starts the PLC simulators, then one host process running the twin, the flow engine, the gateways
+and the API gateway's runtimes of every namespace (`host.py`; `--process-per-runtime`: a
+process each, in order), each once the one before is healthy (`supervisor.py`). Then it shows
+where everything is and the live values (`screen.py`), keeps the processes up, and on Ctrl-C
+stops them and removes what it wrote. It installs nothing: a missing program is named with the
+command that installs it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
 from spine_operator.environment import find_dynsec_plugin
 from spine_operator.local.broker import MissingProgram, mosquitto_binary
 from spine_operator.local.gateways import prepare_gateways
+from spine_operator.local.host import HOSTED_ROLES, host_workload
 from spine_operator.local.plan import LocalPlan, plan_local_run
 from spine_operator.local.ports import PortInUse, Ports
 from spine_operator.local.proxy import LocalIssuer, needs_proxy, prepare_issuer, prepare_proxy
@@ -56,6 +59,8 @@ class UpOptions:
     live: bool | None = None  # None: a live screen when stdout is a terminal
     plain_every: float = 10.0
     plcs: dict[str, str] = field(default_factory=dict)  # [gateway/]connection -> HOST:PORT
+    # False: the Python runtimes share one host process (less memory); True: one each, as pods.
+    process_per_runtime: bool = False
 
 
 def check_programs() -> None:
@@ -130,6 +135,7 @@ class Prepared:
     runs: list[NamespaceRun]
     issuer: LocalIssuer | None = None
     issuer_workload: Workload | None = None
+    host: Workload | None = None  # the Python runtimes' one process, started last
 
 
 def prepare(plan: LocalPlan, options: UpOptions) -> Prepared:
@@ -154,6 +160,13 @@ def prepare(plan: LocalPlan, options: UpOptions) -> Prepared:
         if needs_proxy(run):
             run.workloads += prepare_proxy(run, prepared.issuer, log_dir, prefix)
         runs.append(run)
+    if not options.process_per_runtime:
+        hosted = [prepared.issuer_workload] if prepared.issuer_workload is not None else []
+        for run in runs:
+            hosted += [w for w in run.workloads if w.role in HOSTED_ROLES]
+            run.workloads = [w for w in run.workloads if w.role not in HOSTED_ROLES]
+        prepared.issuer_workload = None
+        prepared.host = host_workload(hosted, log_dir, options.state_dir)
     unused = sorted(set(options.plcs) - used_plcs)
     if unused:
         raise RenderError(
@@ -185,6 +198,7 @@ class LocalRun:
         self.runs = prepared.runs
         self.issuer = prepared.issuer
         self.issuer_workload = prepared.issuer_workload
+        self.host = prepared.host
         self.plan = plan
         self.screen = screen
         self.options = options
@@ -217,7 +231,11 @@ class LocalRun:
             "readySeconds": self.ready_seconds,
             "failed": self.failure,
             "namespaces": {run.namespace: namespace_document(run) for run in self.runs},
-            "processes": [process_document(w) for w in self.supervisor.workloads],
+            "processes": [
+                document
+                for workload in self.supervisor.workloads
+                for document in process_documents(workload)
+            ],
         }
 
     # start ----------------------------------------------------------------------------------
@@ -229,6 +247,8 @@ class LocalRun:
             f"  {workload.name:<24} healthy after {time.monotonic() - began:4.1f} s"
             f"  (pid {workload.pid}, {workload.address})"
         )
+        for member in workload.members:
+            self.screen.line(f"    {member.name:<22} (in pid {workload.pid}, {member.address})")
         self.save()
 
     async def start_everything(self) -> None:
@@ -246,6 +266,8 @@ class LocalRun:
                 await admin.ensure_login(login, password)
             for workload in others:
                 await self._start(workload)
+        if self.host is not None:
+            await self._start(self.host)
         self.ready_seconds = time.monotonic() - self.started
 
     # run ------------------------------------------------------------------------------------
@@ -384,6 +406,26 @@ def namespace_document(run: NamespaceRun) -> dict[str, Any]:
         },
         **run.details,
     }
+
+
+def process_documents(workload: Workload) -> list[dict[str, Any]]:
+    """The workload's entry; a host's is followed by one per runtime it runs, with the host's
+    pid and command (what `stop_leftovers` checks) and `host` naming it."""
+    documents = [process_document(workload)]
+    for member in workload.members:
+        documents.append(
+            {
+                **process_document(member),
+                "pid": workload.pid,
+                "argv": workload.argv,
+                "state": workload.state,
+                "starts": workload.starts,
+                "restarts": workload.restarts,
+                "lastExit": workload.last_exit or None,
+                "host": workload.name,
+            }
+        )
+    return documents
 
 
 def process_document(workload: Workload) -> dict[str, Any]:

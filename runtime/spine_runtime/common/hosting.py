@@ -1,10 +1,11 @@
 """What a runtime needs to know when it shares its process with others (`spine-runtime host`).
 
 The host runs each runtime in its own asyncio task with `RUNTIME_NAME` and `RUNTIME_ENVIRONMENT`
-set; every task, callback and thread (`asyncio.to_thread`) started from there inherits them
-(contextvars), so `RuntimeLogRouter` writes a runtime's log records to that runtime's own log
-file, and `environment()` gives a child program (HAProxy) the variables meant for its runtime
-only, never another namespace's. Outside the host both are unset and nothing changes.
+set; every task, callback and thread started from there inherits them (contextvars; threads
+through `threads_inherit_context`, as Python 3.14 can make them), so `RuntimeLogRouter` writes a
+runtime's log records to that runtime's own log file, and `environment()` gives a child program
+(HAProxy) the variables meant for its runtime only, never another namespace's. Outside the host
+both are unset and nothing changes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import threading
 from collections.abc import Mapping
 
 # The name the host gave the runtime whose code runs now; None outside a hosted runtime.
@@ -21,6 +23,12 @@ RUNTIME_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # Environment variables of that runtime only (a pod's `env:`), on top of the process's.
 RUNTIME_ENVIRONMENT: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
     "spine_runtime_environment"
+)
+
+# Where a child program of that runtime writes its output (a file descriptor of its log file);
+# None: the process's own stdout and stderr.
+RUNTIME_OUTPUT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "spine_runtime_output", default=None
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,6 +42,33 @@ def hosted() -> bool:
 def environment() -> dict[str, str]:
     """The environment a child program of this runtime gets: the process's, then its own."""
     return {**os.environ, **RUNTIME_ENVIRONMENT.get({})}
+
+
+def threads_inherit_context() -> None:
+    """Make every thread started from now on run in a copy of its starter's context.
+
+    Python before 3.14 starts a thread in an empty context, so a runtime's database thread
+    (`run_in_executor` on its own executor) or its MQTT client's network thread (paho's
+    `loop_start`) would log as nobody's. The host calls this once, before any runtime starts;
+    a single-runtime process does not need it."""
+    if getattr(threading.Thread.start, "inherits_context", False):
+        return
+    original_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        context = contextvars.copy_context()
+        run = self.run
+        self.run = lambda: context.run(run)  # type: ignore[method-assign]
+        original_start(self)
+
+    start.inherits_context = True  # type: ignore[attr-defined]
+    threading.Thread.start = start  # type: ignore[method-assign]
+
+
+def child_output() -> int | None:
+    """stdout and stderr for a child program of this runtime (HAProxy's own log lines): the
+    runtime's log file in the host, else inherited (None)."""
+    return RUNTIME_OUTPUT.get()
 
 
 class RuntimeLogRouter(logging.Handler):

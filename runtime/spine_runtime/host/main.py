@@ -33,7 +33,9 @@ from spine_runtime.common.hosting import (
     LOG_FORMAT,
     RUNTIME_ENVIRONMENT,
     RUNTIME_NAME,
+    RUNTIME_OUTPUT,
     RuntimeLogRouter,
+    threads_inherit_context,
 )
 
 log = logging.getLogger("spine_runtime.host")
@@ -119,6 +121,14 @@ def read_env_file(path: Path) -> dict[str, str]:
     return environment
 
 
+# Each runtime's log file, open for appending, for its child programs' output.
+_outputs: dict[str, int] = {}
+
+
+def output_of(name: str) -> int | None:
+    return _outputs.get(name)
+
+
 def configure_logging(runtimes: list[HostedRuntime], modules: dict[str, ModuleType]) -> None:
     """The host's own records to stderr; each runtime's to its --log file (or to stderr marked
     with its name); the quiet library loggers of every runtime's kind, as its own main sets."""
@@ -131,8 +141,11 @@ def configure_logging(runtimes: list[HostedRuntime], modules: dict[str, ModuleTy
         handler: logging.Handler
         if runtime.log_path is not None:
             runtime.log_path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(runtime.log_path, encoding="utf-8")
-            handler.setFormatter(formatter)
+            file_handler = logging.FileHandler(runtime.log_path, encoding="utf-8")
+            file_handler.setFormatter(formatter)
+            assert file_handler.stream is not None  # opened at once (delay=False)
+            _outputs[runtime.name] = file_handler.stream.fileno()
+            handler = file_handler
         else:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(
@@ -159,6 +172,7 @@ class RuntimeFailed(Exception):
 async def run_one(runtime: HostedRuntime, module: ModuleType, stop: asyncio.Event) -> int:
     """One runtime in its own task, whose context every record and child program sees."""
     RUNTIME_NAME.set(runtime.name)
+    RUNTIME_OUTPUT.set(output_of(runtime.name))
     own_log = getattr(module, "log", log)
     try:
         if runtime.env_file is not None:
@@ -257,4 +271,5 @@ def main(argv: list[str]) -> int:
         runtime.name: importlib.import_module(HOSTABLE[runtime.kind]) for runtime in runtimes
     }
     configure_logging(runtimes, modules)
+    threads_inherit_context()
     return run_on_fastest_loop(host(runtimes, modules))

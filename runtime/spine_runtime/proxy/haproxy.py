@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_runtime.common.configsource import ConfigError, digest_of
-from spine_runtime.common.hosting import environment
+from spine_runtime.common.hosting import child_output, environment
 from spine_runtime.config.proxy import KEY_FILE_PATTERN, ROUTE_BACKEND_PREFIX, ProxyConfig
 from spine_runtime.proxy.metrics import ProxyMetrics
 
@@ -212,6 +212,7 @@ class HaproxySupervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            env=environment(),  # as HAProxy will run it
         )
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
@@ -245,6 +246,8 @@ class HaproxySupervisor:
             "-f",
             str(settings.config_file),
             stdin=asyncio.subprocess.DEVNULL,
+            stdout=child_output(),
+            stderr=child_output(),
             env=environment(),
             preexec_fn=_terminate_with_parent,
         )
