@@ -139,8 +139,25 @@ def test_the_screen_says_where_everything_is(spine_up: SpineUp, line: PressLine)
     assert f"curl -s {line.twin_url}/api/2/things/{line.thing_id}" in screen
     assert "simulated press-1" in screen and "Try" in screen
     assert "\x1b[" not in screen  # not a terminal: plain lines, no cursor movement
-    roles = sorted(p["role"] for p in spine_up.state()["processes"])
-    assert roles == ["broker", "catalog", "flow", "gateway", "issuer", "proxy", "sim", "twin"]
+    processes = spine_up.state()["processes"]
+    roles = sorted(p["role"] for p in processes)
+    assert roles == [
+        *("broker", "catalog", "flow", "gateway", "host", "issuer", "proxy", "sim", "twin")
+    ]
+    # The Python runtimes share one host process; the broker and the PLC simulator do not.
+    host = spine_up.entry("host")
+    hosted = [p for p in processes if p.get("host") == host["name"]]
+    assert sorted(p["role"] for p in hosted) == [
+        "catalog",
+        "flow",
+        "gateway",
+        "issuer",
+        "proxy",
+        "twin",
+    ]
+    assert {p["pid"] for p in hosted} == {host["pid"]}
+    assert len({host["pid"], spine_up.pid("broker"), spine_up.pid("sim")}) == 3
+    assert f"(in pid {host['pid']}, {line.twin_url})" in screen
     assert "TOKEN=$(spine token " in screen and "development only" in screen
 
 

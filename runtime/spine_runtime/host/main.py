@@ -199,6 +199,16 @@ async def host(runtimes: list[HostedRuntime], modules: dict[str, ModuleType]) ->
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        return await run_all(runtimes, modules, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def run_all(
+    runtimes: list[HostedRuntime], modules: dict[str, ModuleType], stop: asyncio.Event
+) -> int:
     tasks = {
         asyncio.create_task(
             run_one(runtime, modules[runtime.name], stop), name=f"host-{runtime.name}"
