@@ -194,11 +194,11 @@ def test_up_names_a_plc_mapping_that_matches_no_connection(tmp_path) -> None:
 
 
 def test_up_says_what_to_install_when_mosquitto_is_missing(tmp_path, monkeypatch, capsys) -> None:
-    from spine_operator.local import broker
+    from spine_operator.local import programs
     from spine_operator.local.up import UpOptions, up
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no mosquitto here
-    monkeypatch.setattr(broker, "MOSQUITTO_FALLBACKS", ())
+    monkeypatch.setattr(programs, "MOSQUITTO_FALLBACKS", ())
     assert up(UpOptions([ROOT / "examples" / "press-line"], state_dir=tmp_path / "state")) == 1
     message = capsys.readouterr().err
     assert message.startswith("spine up: mosquitto is not installed")

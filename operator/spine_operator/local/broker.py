@@ -21,11 +21,8 @@ from pathlib import Path
 from spine_operator.api.spine import BrokerSpec
 from spine_operator.desired.broker import ADMIN_USERNAME, render_mosquitto_conf
 from spine_operator.environment import Environment
+from spine_operator.local.programs import mosquitto_binary
 from spine_runtime.broker.seed import seed_file
-
-
-class MissingProgram(RuntimeError):
-    """A program the local run needs is not installed; the message says how to get it."""
 
 
 @dataclass(frozen=True)
@@ -37,26 +34,11 @@ class LocalBrokerFiles:
     admin_password: str
 
 
-# Debian installs mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
-MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
-
-
 def line_buffered() -> list[str]:
     """mosquitto logs to stdout through C stdio, block-buffered into a file: the last lines
     before a crash (SIGKILL) would be lost. coreutils' stdbuf makes it flush every line."""
     stdbuf = shutil.which("stdbuf")
     return [stdbuf, "-oL", "-eL"] if stdbuf else []
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (path for path in MOSQUITTO_FALLBACKS if Path(path).exists()), None
-    )
-    if found is None:
-        raise MissingProgram(
-            "mosquitto is not installed: run `sudo apt-get install mosquitto` (Debian/Ubuntu)"
-        )
-    return found
 
 
 def _hand_to_mosquitto_user(*paths: Path) -> None:

@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from spine_operator.local.probes import EveryMemberHealthy
 from spine_operator.local.stack import runtime_env
 from spine_operator.local.supervisor import Workload
 
@@ -67,27 +68,11 @@ def host_workload(workloads: list[Workload], log_dir: Path, state_root: Path) ->
         role="host",
         argv=argv,
         log_path=log_dir / "runtimes.log",
-        probe=_never,
+        probe=lambda: asyncio.sleep(0, False),  # replaced below: it needs the workload
         address=f"{len(workloads)} runtimes in one process",
         env=runtime_env(),
         start_timeout=max(workload.start_timeout for workload in workloads),
         members=list(workloads),
     )
-
-    async def every_runtime_healthy() -> bool:
-        results = await asyncio.gather(
-            *(member.probe() for member in host.members), return_exceptions=True
-        )
-        host.unhealthy = [
-            member.name
-            for member, result in zip(host.members, results, strict=True)
-            if result is not True
-        ]
-        return not host.unhealthy
-
-    host.probe = every_runtime_healthy
+    host.probe = EveryMemberHealthy(host)
     return host
-
-
-async def _never() -> bool:  # pragma: no cover - replaced at once
-    return False

@@ -24,9 +24,9 @@ from spine_operator.desired import proxy as proxy_build
 from spine_operator.desired import twin as twin_build
 from spine_operator.desired.logins import build_login_secret, generate_password
 from spine_operator.desired.plan import SecretInput
-from spine_operator.local.broker import MissingProgram
 from spine_operator.local.materialize import write_config_map, write_secret
 from spine_operator.local.ports import Ports
+from spine_operator.local.programs import MissingProgram
 from spine_operator.local.stack import (
     HOST,
     NamespaceRun,

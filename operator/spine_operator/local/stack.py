@@ -10,7 +10,6 @@ Secrets already in the state directory are reused, so a kept state directory run
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import secrets
@@ -19,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 import spine_runtime
 from spine_operator import labels
@@ -41,11 +38,11 @@ from spine_operator.local.broker import prepare_local_broker
 from spine_operator.local.materialize import write_config_map, write_secret
 from spine_operator.local.plan import NamespacePlan
 from spine_operator.local.ports import Ports
+from spine_operator.local.probes import HOST, HttpProbe, TcpProbe
+from spine_operator.local.runview import DEMO_USERNAME
 from spine_operator.local.supervisor import Probe, Workload
 from spine_operator.render import RenderError
 
-HOST = "127.0.0.1"
-DEMO_USERNAME = "spine-demo"
 # Where `spine_runtime` lives: the children run the same code as this process.
 RUNTIME_ROOT = Path(spine_runtime.__file__).resolve().parents[1]
 
@@ -74,24 +71,12 @@ def runtime_env() -> dict[str, str]:
 
 def http_probe(url: str) -> Probe:
     """Healthy when `url` answers 200."""
-
-    async def probe() -> bool:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            return (await client.get(url)).status_code == 200
-
-    return probe
+    return HttpProbe(url)
 
 
 def tcp_probe(port: int, host: str = HOST) -> Probe:
     """Healthy when the port accepts a connection (mosquitto has no HTTP endpoint)."""
-
-    async def probe() -> bool:
-        _, writer = await asyncio.open_connection(host, port)
-        writer.close()
-        await writer.wait_closed()
-        return True
-
-    return probe
+    return TcpProbe(port, host)
 
 
 def read_or_make(path: Path, make: Callable[[], str]) -> str:

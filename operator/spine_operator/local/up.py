@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,25 +28,22 @@ from typing import Any
 
 import httpx
 
+import spine_operator
 from spine_operator.broker_admin import BrokerAccessError, BrokerAdmin
-from spine_operator.environment import find_dynsec_plugin
-from spine_operator.local.broker import MissingProgram, mosquitto_binary
-from spine_operator.local.gateways import prepare_gateways
-from spine_operator.local.host import HOSTED_ROLES, host_workload
-from spine_operator.local.plan import LocalPlan, plan_local_run
-from spine_operator.local.ports import PortInUse, Ports
-from spine_operator.local.proxy import LocalIssuer, needs_proxy, prepare_issuer, prepare_proxy
-from spine_operator.local.screen import Screen, ValueTable, table_lines
-from spine_operator.local.stack import DEMO_USERNAME, HOST, NamespaceRun, prepare_namespace
-from spine_operator.local.statefile import (
-    FILE_NAME,
-    StateDirInUse,
-    command_line,
-    stop_leftovers,
-    write_state,
+from spine_operator.local.probes import HOST
+from spine_operator.local.programs import MissingProgram, check_programs
+from spine_operator.local.runview import (
+    DEMO_USERNAME,
+    DESCRIPTION_FILE,
+    ISSUER_DIR,
+    OWN_MARKER,
+    RunDescription,
+    RunView,
+    read_description,
 )
+from spine_operator.local.screen import Screen, ValueTable, table_lines
+from spine_operator.local.statefile import FILE_NAME, command_line, write_state
 from spine_operator.local.supervisor import Supervisor, Workload, WorkloadFailed
-from spine_operator.render import RenderError, load_config_maps, load_resources
 
 ADMIN_CONNECT_SECONDS = 15.0
 REFRESH_SECONDS = 1.0
@@ -63,117 +62,64 @@ class UpOptions:
     process_per_runtime: bool = False
 
 
-def check_programs() -> None:
-    """MissingProgram naming what to install, before anything is written."""
-    mosquitto_binary()
-    plugin = find_dynsec_plugin()
-    if not Path(plugin).exists():
-        raise MissingProgram(
-            f"mosquitto's dynamic-security plugin is missing ({plugin}): it comes with "
-            "mosquitto 2.0 or newer; on Debian/Ubuntu run `sudo apt-get install mosquitto`"
-        )
-
-
 def up(options: UpOptions) -> int:
-    """The `spine up` command; returns the exit code (0 after Ctrl-C, 1 on any failure)."""
+    """The `spine up` command; returns the exit code (0 after Ctrl-C, 1 on any failure).
+
+    Renders in a short-lived child (`prepare.py`), so this process, which lives as long as the
+    run, never holds the API models, builders, jinja2 and spec validators (about 50 MiB)."""
     try:
         check_programs()
-        plan = plan_local_run(load_resources(options.files), load_config_maps(options.files))
     except MissingProgram as error:
         print(f"spine up: {error}", file=sys.stderr)
         return 1
-    except RenderError as error:
-        print(f"spine up: invalid input\n{error}", file=sys.stderr)
+    created_state_dir = not options.state_dir.exists()
+    description_path = options.state_dir / DESCRIPTION_FILE
+    sys.stdout.flush()
+    rendered = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spine_operator.local.prepare",
+            json.dumps(options_document(options)),
+            str(description_path),
+        ],
+        check=False,
+        env={**os.environ, "PYTHONPATH": child_python_path()},  # the same spine_operator
+    )
+    if rendered.returncode != 0:
         return 1
-    state_dir = options.state_dir
     try:
-        leftovers = stop_leftovers(state_dir / FILE_NAME)
-    except StateDirInUse as error:
-        print(f"spine up: {error}", file=sys.stderr)
-        return 1
+        description = read_description(description_path)
+    finally:
+        description_path.unlink(missing_ok=True)
     screen = Screen(live=options.live, plain_every=options.plain_every)
-    for line in plan.skipped:
-        screen.line(f"Skipped {line}")
-    if leftovers:
-        screen.line(f"Stopped what an earlier spine up left running: {', '.join(leftovers)}")
-    created_state_dir = not state_dir.exists()
-    try:
-        prepared = prepare(plan, options)
-    except (PortInUse, MissingProgram, StateDirInUse) as error:
-        print(f"spine up: {error}", file=sys.stderr)
-        return 1
-    except RenderError as error:
-        print(f"spine up: invalid input\n{error}", file=sys.stderr)
-        return 1
-    local = LocalRun(prepared, plan, screen, options, created_state_dir)
+    local = LocalRun(description, screen, options, created_state_dir)
     return asyncio.run(local.serve())
 
 
-# In every directory spine up makes: only a directory holding it is ever written or removed.
-OWN_MARKER = ".made-by-spine-up"
+def options_document(options: UpOptions) -> dict[str, Any]:
+    return {
+        "files": [str(path) for path in options.files],
+        "stateDir": str(options.state_dir),
+        "autoPorts": options.auto_ports,
+        "plcs": options.plcs,
+        "processPerRuntime": options.process_per_runtime,
+    }
 
 
-def claim(directory: Path) -> Path:
-    """A directory spine up may write into and later remove: a new one, or one an earlier
-    spine up made. A directory of the user's is refused, never written into nor deleted."""
-    if directory.exists() and not (directory / OWN_MARKER).is_file():
-        raise StateDirInUse(
-            f"{directory} exists and was not made by spine up; choose another --state-dir "
-            "(spine up writes and later removes a folder per namespace and logs/ in it)"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / OWN_MARKER).touch()
-    return directory
+def options_of(document: dict[str, Any]) -> UpOptions:
+    return UpOptions(
+        files=[Path(path) for path in document["files"]],
+        state_dir=Path(document["stateDir"]),
+        auto_ports=bool(document["autoPorts"]),
+        plcs=dict(document["plcs"]),
+        process_per_runtime=bool(document["processPerRuntime"]),
+    )
 
 
-# Where the development issuer keeps its keys: beside the namespaces, shared by them.
-ISSUER_DIR = "dev-issuer"
-
-
-@dataclass
-class Prepared:
-    runs: list[NamespaceRun]
-    issuer: LocalIssuer | None = None
-    issuer_workload: Workload | None = None
-    host: Workload | None = None  # the Python runtimes' one process, started last
-
-
-def prepare(plan: LocalPlan, options: UpOptions) -> Prepared:
-    """Write every workload's files; RenderError if the operator would refuse a resource."""
-    ports = Ports(auto=options.auto_ports)
-    several = len(plan.namespaces) > 1
-    log_dir = claim(options.state_dir / "logs")
-    for namespace_plan in plan.namespaces:
-        claim(options.state_dir / namespace_plan.namespace)
-    prepared = Prepared([])
-    if any(namespace_plan.spine.auth is not None for namespace_plan in plan.namespaces):
-        prepared.issuer, prepared.issuer_workload = prepare_issuer(
-            claim(options.state_dir / ISSUER_DIR), ports, log_dir / "dev-issuer.log"
-        )
-    runs, used_plcs = prepared.runs, set()
-    for namespace_plan in plan.namespaces:
-        prefix = f"{namespace_plan.namespace}/" if several else ""
-        run = prepare_namespace(namespace_plan, options.state_dir, log_dir, ports, prefix)
-        used_plcs |= prepare_gateways(
-            run, namespace_plan.gateways, ports, log_dir, options.plcs, prefix
-        )
-        if needs_proxy(run):
-            run.workloads += prepare_proxy(run, prepared.issuer, log_dir, prefix)
-        runs.append(run)
-    if not options.process_per_runtime:
-        hosted = [prepared.issuer_workload] if prepared.issuer_workload is not None else []
-        for run in runs:
-            hosted += [w for w in run.workloads if w.role in HOSTED_ROLES]
-            run.workloads = [w for w in run.workloads if w.role not in HOSTED_ROLES]
-        prepared.issuer_workload = None
-        prepared.host = host_workload(hosted, log_dir, options.state_dir)
-    unused = sorted(set(options.plcs) - used_plcs)
-    if unused:
-        raise RenderError(
-            f"--plc {', '.join(unused)}: no Gateway has such a connection "
-            "(use CONNECTION or GATEWAY/CONNECTION)"
-        )
-    return prepared
+def child_python_path() -> str:
+    root = str(Path(spine_operator.__file__).resolve().parents[1])
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 
 
 def shown_path(path: Path) -> str:
@@ -189,17 +135,14 @@ class LocalRun:
 
     def __init__(
         self,
-        prepared: Prepared,
-        plan: LocalPlan,
+        prepared: RunDescription,
         screen: Screen,
         options: UpOptions,
         created_state_dir: bool,
     ) -> None:
         self.runs = prepared.runs
-        self.issuer = prepared.issuer
         self.issuer_workload = prepared.issuer_workload
         self.host = prepared.host
-        self.plan = plan
         self.screen = screen
         self.options = options
         self.created_state_dir = created_state_dir
@@ -258,7 +201,7 @@ class LocalRun:
         for run in self.runs:
             broker, *others = run.workloads
             await self._start(broker)
-            admin = BrokerAdmin(HOST, run.env.broker_port, run.admin_username, run.admin_password)
+            admin = BrokerAdmin(HOST, run.broker_port, run.admin_username, run.admin_password)
             self.admins.append(admin)
             await admin.start()
             await admin.wait_connected(ADMIN_CONNECT_SECONDS)
@@ -360,7 +303,7 @@ class LocalRun:
                 await asyncio.sleep(REFRESH_SECONDS)
 
 
-async def read_values(client: httpx.AsyncClient, runs: list[NamespaceRun]) -> ValueTable:
+async def read_values(client: httpx.AsyncClient, runs: list[RunView]) -> ValueTable:
     """One GET per twin: the current features of every thing."""
     several = len(runs) > 1
     things: list[str] = []
@@ -368,13 +311,12 @@ async def read_values(client: httpx.AsyncClient, runs: list[NamespaceRun]) -> Va
     values: dict[str, dict[str, Any]] = {}
     errors = []
     for run in runs:
-        for _, model in run.plan.models:
-            for name, schema in model.properties.items():
-                properties.setdefault(name, schema.unit or "")
-        ids = [f"{run.plan.twin_namespace}:{name}" for name in run.plan.thing_names()]
+        for name, unit in run.properties:
+            properties.setdefault(name, unit)
+        ids = run.thing_ids()
         if not ids:
             continue
-        column = {f"{run.plan.twin_namespace}:{name}": name for name in run.plan.thing_names()}
+        column = {f"{run.twin_namespace}:{name}": name for name in run.things}
         things += [f"{run.namespace}/{name}" if several else name for name in column.values()]
         try:
             response = await client.get(
@@ -390,17 +332,17 @@ async def read_values(client: httpx.AsyncClient, runs: list[NamespaceRun]) -> Va
     return ValueTable(things, list(properties.items()), values, "; ".join(errors))
 
 
-def namespace_document(run: NamespaceRun) -> dict[str, Any]:
+def namespace_document(run: RunView) -> dict[str, Any]:
     return {
         "twin": {
             "url": run.twin_url,
-            "thingNamespace": run.plan.twin_namespace,
-            "things": run.plan.thing_names(),
+            "thingNamespace": run.twin_namespace,
+            "things": run.things,
             "writeTokenFile": str(run.write_token_file.resolve()),
         },
         "broker": {
             "host": HOST,
-            "port": run.env.broker_port,
+            "port": run.broker_port,
             "demoUsername": DEMO_USERNAME,
             "demoPasswordFile": str(run.demo_password_file.resolve()),
         },
@@ -445,19 +387,19 @@ def process_document(workload: Workload) -> dict[str, Any]:
     }
 
 
-def header_lines(runs: list[NamespaceRun], ready_seconds: float, options: UpOptions) -> list[str]:
+def header_lines(runs: list[RunView], ready_seconds: float, options: UpOptions) -> list[str]:
     lines = [
         "",
         f"Spine is up on {HOST}: everything healthy after {ready_seconds:.1f} s. "
         f"Logs: {shown_path(options.state_dir / 'logs')}/",
     ]
     for run in runs:
-        things = run.plan.thing_names()
+        things = run.things
         rows = [
-            ("twin API", run.twin_url, "things " + ", ".join(thing_ids(run))),
+            ("twin API", run.twin_url, "things " + ", ".join(run.thing_ids())),
             (
                 "MQTT broker",
-                f"{HOST}:{run.env.broker_port}",
+                f"{HOST}:{run.broker_port}",
                 f"demo login {DEMO_USERNAME}, password {run.demo_password} (reads spine/#)",
             ),
         ]
@@ -489,7 +431,7 @@ def proxy_paths(proxy: dict[str, Any]) -> list[str]:
 
 
 def proxy_try_lines(
-    run: NamespaceRun,
+    run: RunView,
     proxy: dict[str, Any],
     thing: str | None,
     options: UpOptions,
@@ -498,7 +440,7 @@ def proxy_try_lines(
     """A call the proxy admits, with a development token, and one it refuses."""
     state = "" if options.state_dir == Path(".state") else f" --state-dir {options.state_dir}"
     namespace = f" --namespace {run.namespace}" if several else ""
-    path = f"/api/2/things/{run.plan.twin_namespace}:{thing}" if thing else "/api/2/things"
+    path = f"/api/2/things/{run.twin_namespace}:{thing}" if thing else "/api/2/things"
     twin = f"{proxy['twin']}{path}"
     return [
         "  # through the proxy, with a token from the development issuer:",
@@ -509,18 +451,14 @@ def proxy_try_lines(
     ]
 
 
-def thing_ids(run: NamespaceRun) -> list[str]:
-    return [f"{run.plan.twin_namespace}:{name}" for name in run.plan.thing_names()]
-
-
-def try_lines(run: NamespaceRun, thing: str) -> list[str]:
-    thing_id = f"{run.plan.twin_namespace}:{thing}"
+def try_lines(run: RunView, thing: str) -> list[str]:
+    thing_id = f"{run.twin_namespace}:{thing}"
     url = f"{run.twin_url}/api/2/things/{thing_id}"
     lines = [
         f"  curl -s {url}",
         f"  curl -sN -H 'Accept: text/event-stream' '{run.twin_url}/api/2/things?ids={thing_id}'",
     ]
-    writable = writable_example(run)
+    writable = run.writable
     if writable is not None:
         prop, value = writable
         lines += [
@@ -530,20 +468,7 @@ def try_lines(run: NamespaceRun, thing: str) -> list[str]:
             f"    {url}/features/{prop}/desiredProperties/value",
         ]
     lines.append(
-        f"  mosquitto_sub -h {HOST} -p {run.env.broker_port} -i {DEMO_USERNAME} -u {DEMO_USERNAME} "
+        f"  mosquitto_sub -h {HOST} -p {run.broker_port} -i {DEMO_USERNAME} -u {DEMO_USERNAME} "
         f"-P {run.demo_password} -t 'spine/#' -v"
     )
     return lines
-
-
-def writable_example(run: NamespaceRun) -> tuple[str, int | float] | None:
-    """A writable numeric property and a value in its range, for the PUT example."""
-    for _, model in run.plan.models:
-        for name, schema in model.properties.items():
-            if schema.read_only or schema.type not in ("integer", "number"):
-                continue
-            low = schema.minimum if schema.minimum is not None else 0
-            high = schema.maximum if schema.maximum is not None else low + 100
-            value = low + (high - low) * 3 / 4
-            return name, round(value) if schema.type == "integer" else value
-    return None
