@@ -281,3 +281,56 @@ def test_a_broker_started_through_stdbuf_is_still_recognised_as_a_leftover() -> 
     argv = ["/usr/bin/stdbuf", "-oL", "-eL", "/usr/sbin/mosquitto", "-c", "/s/mosquitto.conf"]
     assert exec_argv(argv) == ["/usr/sbin/mosquitto", "-c", "/s/mosquitto.conf"]
     assert exec_argv(["/usr/sbin/mosquitto", "-c", "x"]) == ["/usr/sbin/mosquitto", "-c", "x"]
+
+
+def issuer_workload(tmp_path: Path, name: str, document: dict[str, object]) -> Workload:
+    """A development issuer as `spine up` describes it: `spine-runtime dev-issuer --config`."""
+    import json
+
+    from spine_operator.local.probes import HttpProbe
+    from spine_operator.local.stack import runtime_argv, runtime_env
+
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(document))
+    url = f"http://127.0.0.1:{document.get('port')}"
+    return Workload(
+        name,
+        "issuer",
+        runtime_argv(["spine-runtime", "dev-issuer", "--config", str(config)]),
+        tmp_path / "logs" / f"{name}.log",
+        HttpProbe(f"{url}/healthz"),
+        address=url,
+        env=runtime_env(),
+        start_timeout=20,
+    )
+
+
+async def test_the_host_process_is_healthy_when_every_runtime_is_and_names_the_one_that_fails(
+    tmp_path: Path,
+) -> None:
+    from spine_operator.local.host import host_workload
+    from spine_operator.local.processes import free_ports
+
+    ports = free_ports(2)
+    good = [
+        issuer_workload(tmp_path, f"issuer {n}", {"stateDir": str(tmp_path / str(n)), "port": p})
+        for n, p in enumerate(ports)
+    ]
+    supervisor = Supervisor()
+    host = host_workload(good, tmp_path / "logs", tmp_path)
+    try:
+        await supervisor.start(host)
+        assert host.state == "running" and not host.unhealthy
+        await asyncio.wait_for(supervisor.stop_all(), 30)
+        assert host.process is not None and host.process.returncode == 0, host.log_tail()
+    finally:
+        await supervisor.stop_all()
+
+    broken = issuer_workload(tmp_path, "broken issuer", {"port": ports[0]})  # no stateDir
+    host = host_workload([good[1], broken], tmp_path / "logs", tmp_path)
+    with pytest.raises(WorkloadFailed, match=r"exited at start \(exit code 2\)") as failure:
+        await Supervisor().start(host)
+    tail = failure.value.workload.log_tail()
+    assert "Runtime broken issuer (dev-issuer) cannot use its config" in tail
+    assert "--- broken issuer (" in tail and "stateDir: a directory is required" in tail
+    assert "--- issuer 1 (" not in tail  # only the failing runtime's log

@@ -59,3 +59,22 @@ def test_the_simulators_opcua_server_starts_without_asyncuas_generated_nodeset()
     )
     assert "asyncua.server.internal_server" in loaded
     assert ASYNCUA_STANDARD_NODESET not in loaded
+
+
+def test_the_long_lived_spine_up_holds_no_builders_nor_spec_validators() -> None:
+    """`spine up` renders in a short-lived child (local/prepare.py); what supervises the run
+    for hours imports only the supervisor, the screen, the probes and the broker admin."""
+    loaded = modules_loaded_by("import spine_operator.cli, spine_operator.local.up")
+    heavy = {
+        "pydantic",
+        "jsonschema",
+        "cryptography",
+        "yaml",
+        "spine_operator.api",
+        "spine_operator.render",
+        "spine_operator.desired.twin",
+        "spine_operator.desired.proxy",
+        "spine_operator.local.stack",
+        "spine_operator.local.prepare",
+    }
+    assert loaded & heavy == set()

@@ -97,12 +97,15 @@ class Workload:
         if not self.members:
             return own
         tails = [own.strip()]
-        for member in self.members:
-            if f"Runtime {member.name} (" in own or member.name in self.unhealthy:
-                tails.append(
-                    f"--- {member.name} ({member.log_path}):\n"
-                    + log_tail(member.log_path, characters).strip()
-                )
+        latest = own[max(own.rfind("--- spine up: start"), 0) :]  # not an earlier start's
+        failed = [member for member in self.members if f"Runtime {member.name} (" in latest]
+        if not failed:  # still running, but not healthy in time
+            failed = [member for member in self.members if member.name in self.unhealthy]
+        for member in failed:
+            tails.append(
+                f"--- {member.name} ({member.log_path}):\n"
+                + log_tail(member.log_path, characters).strip()
+            )
         return "\n".join(tails)
 
 
