@@ -334,3 +334,26 @@ async def test_the_host_process_is_healthy_when_every_runtime_is_and_names_the_o
     assert "Runtime broken issuer (dev-issuer) cannot use its config" in tail
     assert "--- broken issuer (" in tail and "stateDir: a directory is required" in tail
     assert "--- issuer 1 (" not in tail  # only the failing runtime's log
+
+
+def test_the_screen_lists_a_hosts_runtimes_with_the_pid_they_share(tmp_path: Path) -> None:
+    from spine_operator.local.screen import process_lines
+
+    broker = workload(tmp_path, SLEEPER, "broker")
+    host = workload(tmp_path, SLEEPER, "runtimes")
+    host.members = [workload(tmp_path, SLEEPER, "twin"), workload(tmp_path, SLEEPER, "proxy")]
+    host.members[0].address = "http://127.0.0.1:18080"
+    try:
+        for process in (broker, host):
+            process.launch()
+        host.state = "running"
+        lines = process_lines([broker, host])
+    finally:
+        for process in (broker, host):
+            assert process.process is not None
+            process.process.stop()
+    rows = [line.split() for line in lines]
+    assert rows[2][:3] == ["runtimes", "running", str(host.pid)]
+    assert rows[3] == ["twin", "in", "runtimes", str(host.pid), "http://127.0.0.1:18080"]
+    assert rows[4] == ["proxy", "in", "runtimes", str(host.pid)]
+    assert str(broker.pid) != str(host.pid)

@@ -133,7 +133,8 @@ def process_lines(workloads: list[Workload]) -> list[str]:
         )
         # A host's runtimes share its process: its pid, state and restarts are theirs.
         for member in workload.members:
-            rows.append((f"  {member.name}", "  in " + workload.name, "", "", member.address))
+            pid = str(workload.pid or "-")
+            rows.append((f"  {member.name}", f"in {workload.name}", pid, "", member.address))
     return table_lines(rows)
 
 
