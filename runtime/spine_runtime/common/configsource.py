@@ -19,15 +19,12 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from spine_runtime.common.errors import ConfigError
 from spine_runtime.config.base import PATTERN_HINTS
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A config document that cannot be used; the message names the field and the reason."""
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:

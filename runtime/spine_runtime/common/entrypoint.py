@@ -17,7 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from spine_runtime.common.configsource import ConfigError
+from spine_runtime.common.errors import ConfigError
 from spine_runtime.common.hosting import LOG_FORMAT
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from spine_runtime.common.configsource import ConfigError
 from spine_runtime.common.entrypoint import stop_event
+from spine_runtime.common.errors import ConfigError
 from spine_runtime.common.hosting import LOG_FORMAT
 from spine_runtime.devissuer.keys import ALGORITHM, mint_token, public_jwks, rotate_key
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from spine_runtime.common.configsource import ConfigError
+from spine_runtime.common.errors import ConfigError
 from spine_runtime.common.hosting import (
     LOG_FORMAT,
     RUNTIME_ENVIRONMENT,
