@@ -1,7 +1,8 @@
 """`spine-runtime <name> --config FILE`: start one data-plane process.
 
-The container image's pods run this with the config file the operator mounts; `spine up` and the
-tests run it as a child process the same way. Each runtime module exposes `main(argv)`.
+The container image's pods run this with the config file the operator mounts; the tests run it
+as a child process the same way, and `spine up` runs `spine-runtime host --run KIND=CONFIG ...`,
+several runtimes in one process (`host/main.py`). Each runtime module exposes `main(argv)`.
 """
 
 from __future__ import annotations
