@@ -164,6 +164,8 @@ Runner = Callable[[Path, asyncio.Event], Awaitable[int]]
 
 
 class RuntimeFailed(Exception):
+    """A hosted runtime could not start or failed: which one, the exit code it means, why."""
+
     def __init__(self, runtime: HostedRuntime, code: int, reason: str) -> None:
         super().__init__(f"{runtime.name}: {reason}")
         self.runtime, self.code, self.reason = runtime, code, reason
