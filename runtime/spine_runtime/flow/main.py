@@ -1,7 +1,8 @@
 """`spine-runtime flow --config FILE`: run the flow engine until SIGTERM or SIGINT.
 
 Wires the config source (file watch plus the operator's push), the engine, and the runtime
-server with /healthz, /metrics, /status and the HTTP sources; runs on uvloop where installed
+server with /healthz, /metrics, /status and the HTTP sources (the lean one, without aiohttp:
+benchmarks/reports/flow.md); runs on uvloop where installed
 (it cut the engine's CPU per message by about a third here). Exit codes: 0 after a signal,
 2 for an unusable config.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_runtime.common.configsource import ConfigError, ConfigSource
-from spine_runtime.common.server import RuntimeServer
+from spine_runtime.common.leanserver import LeanServer
 from spine_runtime.config.flow import FlowEngineConfig
 from spine_runtime.flow.engine import FlowEngine
 
@@ -33,14 +34,14 @@ async def run(config_path: Path) -> int:
     source = ConfigSource(FlowEngineConfig, config_path)
     engine = FlowEngine(source.current)
     source.on_change = engine.apply
-    server = RuntimeServer(
+    server = LeanServer(
         source.current.http,
         engine.metrics.registry,
         status=lambda: {**engine.status(), "configDigest": source.digest},
         healthy=engine.healthy,
         config_source=source,
     )
-    engine.add_routes(server.app)
+    engine.add_routes(server)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
