@@ -50,9 +50,10 @@ TRANSFORM = (
 PAD = "x" * 90  # brings the input to about 200 bytes, as in the issue's figures
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of the process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:
@@ -87,6 +88,7 @@ class Run:
     duplicates: int
     seconds: float
     cpu_us: float | None
+    kernel_us: float | None  # the part of cpu_us spent in the kernel (stime)
     p50_ms: float
     p99_ms: float
     longest_gap_ms: float
@@ -98,17 +100,19 @@ class Run:
 
     def line(self) -> str:
         cpu = f"{self.cpu_us:6.1f}" if self.cpu_us is not None else "     -"
+        kernel = f"{self.kernel_us:6.1f}" if self.kernel_us is not None else "     -"
         return (
             f"| {self.label:7} | {self.qos} | {self.target:6} | {self.achieved:8.0f} | "
             f"{self.delivered_per_second:8.0f} | "
-            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | "
+            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | {kernel} | "
             f"{self.p50_ms:6.2f} | {self.p99_ms:7.2f} |"
         )
 
 
 HEADER = (
     "| path    | QoS | target/s | published/s | delivered/s | sent | lost | dup | "
-    "engine CPU µs/msg | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "engine CPU µs/msg | of which kernel | p50 ms | p99 ms |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -217,7 +221,7 @@ def run_once(
     receiver = Receiver(
         broker, passwords["bench-receiver"], out_topic, qos, workdir / f"{label}-{qos}-{rate}.txt"
     )
-    cpu_before = cpu_seconds(engine_pid) if engine_pid else 0.0
+    cpu_before = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
     started = time.monotonic()
     import uvloop
 
@@ -232,14 +236,16 @@ def run_once(
         if size != last_size:
             last_size, quiet_since = size, time.monotonic()
         time.sleep(0.1)
-    cpu_after = cpu_seconds(engine_pid) if engine_pid else 0.0
+    cpu_after = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
     lines = receiver.stop()
     seqs = [message["seq"] for _, message in lines]
     unique = set(seqs)
     latencies = sorted((stamp - message["sent"]) * 1000 for stamp, message in lines)
     stamps = sorted(stamp for stamp, _ in lines)
     gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
-    cpu_us = (cpu_after - cpu_before) / max(1, len(unique)) * 1e6 if engine_pid else None
+    per_message = 1e6 / max(1, len(unique))
+    cpu_us = (sum(cpu_after) - sum(cpu_before)) * per_message if engine_pid else None
+    kernel_us = (cpu_after[1] - cpu_before[1]) * per_message if engine_pid else None
     return Run(
         label,
         qos,
@@ -250,6 +256,7 @@ def run_once(
         len(seqs) - len(unique),
         elapsed,
         cpu_us,
+        kernel_us,
         statistics.median(latencies) if latencies else math.nan,
         latencies[int(len(latencies) * 0.99) - 1] if latencies else math.nan,
         gap * 1000,
@@ -259,7 +266,7 @@ def run_once(
 
 
 def run_all(args: argparse.Namespace) -> None:
-    rates = [int(rate) for rate in args.rates.split(",")]
+    rates = [int(rate) for rate in args.rates.split(",") if rate]
     runs: list[Run] = []
     loads = [load()]
     with tempfile.TemporaryDirectory(prefix="flow-bench-") as tmp:
@@ -318,6 +325,7 @@ def run_all(args: argparse.Namespace) -> None:
                     workdir,
                     engine_pid,
                 )
+                for _ in range(args.steady_runs)
                 for qos in (0, 1)
                 for label, in_topic, out_topic, engine_pid in (
                     ("engine", f"bench/relay{qos}/in", f"spine/flows/relay{qos}/out", pid),
@@ -437,6 +445,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rates", default="4000,8000,12000,16000")
+    parser.add_argument(
+        "--steady-runs",
+        type=int,
+        default=1,
+        help="steady 2,000 msg/s runs per QoS (--rates '' skips the rate steps)",
+    )
     parser.add_argument("--ceiling", action="store_true", help="also run without the engine")
     parser.add_argument("--qos", default="0,1", help="QoS levels to step through")
     parser.add_argument(

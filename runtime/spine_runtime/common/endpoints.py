@@ -118,12 +118,15 @@ class RuntimeEndpoints:
         status: Callable[[], dict[str, Any]],
         healthy: Callable[[], bool] = lambda: True,
         config_source: ConfigSource[Any] | None = None,
+        before_scrape: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.status = status
         self.healthy = healthy
         self.config_source = config_source
+        # Brings counters kept in plain integers up to date (the flow engine's runners).
+        self.before_scrape = before_scrape
 
     def healthz(self) -> Reply:
         if self.healthy():
@@ -133,6 +136,8 @@ class RuntimeEndpoints:
     def metrics(self) -> Reply:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if self.before_scrape is not None:
+            self.before_scrape()
         return Reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
     def runtime_status(self) -> Reply:

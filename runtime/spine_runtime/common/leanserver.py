@@ -140,7 +140,8 @@ def _reason(status: int) -> bytes:
 
 class LeanServer:
     """Health, metrics, status and config push for one runtime process, plus its own routes
-    (`add_route`, `add_prefix_route`) before `start()`; the same arguments as RuntimeServer."""
+    (`add_route`, `add_prefix_route`) before `start()`; the same arguments as RuntimeServer,
+    and `before_scrape`, called before /metrics is answered."""
 
     def __init__(
         self,
@@ -149,9 +150,12 @@ class LeanServer:
         status: Callable[[], dict[str, Any]],
         healthy: Callable[[], bool] = lambda: True,
         config_source: ConfigSource[Any] | None = None,
+        before_scrape: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.endpoints = RuntimeEndpoints(settings, registry, status, healthy, config_source)
+        self.endpoints = RuntimeEndpoints(
+            settings, registry, status, healthy, config_source, before_scrape
+        )
         self.routes: dict[str, dict[str, Handler]] = {}
         self.prefix_routes: list[tuple[str, Handler]] = []
         self.add_route("GET", "/healthz", self._healthz)

@@ -109,6 +109,11 @@ class FlowEngine:
     def healthy(self) -> bool:
         return True
 
+    def push_counts(self) -> None:
+        """What the runners counted since, to the metrics: called before each scrape."""
+        for runner in self.runners.values():
+            runner.push_counts()
+
     def add_routes(self, server: LeanServer) -> None:
         server.add_prefix_route("/flows/", self._http_source)
 

@@ -40,6 +40,7 @@ async def run(config_path: Path) -> int:
         status=lambda: {**engine.status(), "configDigest": source.digest},
         healthy=engine.healthy,
         config_source=source,
+        before_scrape=engine.push_counts,
     )
     engine.add_routes(server)
 
