@@ -56,6 +56,14 @@ def cpu_user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
+def sleeps(pid: int) -> int:
+    """Voluntary context switches: how often the process waited for something (its wakeups)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -89,6 +97,7 @@ class Run:
     seconds: float
     cpu_us: float | None
     kernel_us: float | None  # the part of cpu_us spent in the kernel (stime)
+    wakeups: float | None  # the engine's voluntary context switches per message
     p50_ms: float
     p99_ms: float
     longest_gap_ms: float
@@ -101,18 +110,19 @@ class Run:
     def line(self) -> str:
         cpu = f"{self.cpu_us:6.1f}" if self.cpu_us is not None else "     -"
         kernel = f"{self.kernel_us:6.1f}" if self.kernel_us is not None else "     -"
+        wakeups = f"{self.wakeups:5.2f}" if self.wakeups is not None else "    -"
         return (
             f"| {self.label:7} | {self.qos} | {self.target:6} | {self.achieved:8.0f} | "
             f"{self.delivered_per_second:8.0f} | "
-            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | {kernel} | "
+            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | {kernel} | {wakeups} | "
             f"{self.p50_ms:6.2f} | {self.p99_ms:7.2f} |"
         )
 
 
 HEADER = (
     "| path    | QoS | target/s | published/s | delivered/s | sent | lost | dup | "
-    "engine CPU µs/msg | of which kernel | p50 ms | p99 ms |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "engine CPU µs/msg | of which kernel | wakeups/msg | p50 ms | p99 ms |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -222,6 +232,7 @@ def run_once(
         broker, passwords["bench-receiver"], out_topic, qos, workdir / f"{label}-{qos}-{rate}.txt"
     )
     cpu_before = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
+    sleeps_before = sleeps(engine_pid) if engine_pid else 0
     started = time.monotonic()
     import uvloop
 
@@ -237,6 +248,7 @@ def run_once(
             last_size, quiet_since = size, time.monotonic()
         time.sleep(0.1)
     cpu_after = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
+    sleeps_after = sleeps(engine_pid) if engine_pid else 0
     lines = receiver.stop()
     seqs = [message["seq"] for _, message in lines]
     unique = set(seqs)
@@ -246,6 +258,7 @@ def run_once(
     per_message = 1e6 / max(1, len(unique))
     cpu_us = (sum(cpu_after) - sum(cpu_before)) * per_message if engine_pid else None
     kernel_us = (cpu_after[1] - cpu_before[1]) * per_message if engine_pid else None
+    wakeups = (sleeps_after - sleeps_before) / max(1, len(unique)) if engine_pid else None
     return Run(
         label,
         qos,
@@ -257,6 +270,7 @@ def run_once(
         elapsed,
         cpu_us,
         kernel_us,
+        wakeups,
         statistics.median(latencies) if latencies else math.nan,
         latencies[int(len(latencies) * 0.99) - 1] if latencies else math.nan,
         gap * 1000,
