@@ -440,10 +440,12 @@ def write_report(
             + (f" (driver ceiling {ceiling.delivered_per_second:.0f})" if ceiling else "")
             + " |"
         )
-    for run in steady:
+    for index, run in enumerate(steady):
         if run.label != "engine":
             continue
-        driver = next((r for r in steady if r.label == "driver" and r.qos == run.qos), None)
+        # the driver alone ran right after this run (with --ceiling)
+        following = steady[index + 1] if index + 1 < len(steady) else None
+        driver = following if following and following.label == "driver" else None
         lines.append(
             f"| QoS {run.qos} at 2,000 msg/s: ≤ 60 µs CPU, p99 ≤ 5 ms | "
             f"{run.cpu_us:.1f} µs, p99 {run.p99_ms:.2f} ms, lost {run.lost}"
