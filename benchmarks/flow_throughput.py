@@ -397,12 +397,13 @@ def write_report(
         "# Flow engine benchmark",
         "",
         f"`python -m benchmarks.flow_throughput --seconds {args.seconds} --rates {args.rates}"
-        f"{' --ceiling' if args.ceiling else ''}`, "
+        f"{' --ceiling' if args.ceiling else ''}"
+        f"{f' --steady-runs {args.steady_runs}' if args.steady_runs != 1 else ''}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
         f" {platform.python_version()}, {os.cpu_count()} cores, one mosquitto 2.0 on the operator's"
         " config, driver and receiver (C mosquitto_sub) on the same machine.",
         "",
-        f"**Shared, busy machine**: other engineers' work ran at the same time; load averages "
+        f"**Shared machine**: other engineers' work may run at the same time; load averages "
         f"(1, 5, 15 min) at start, after the rate steps and at the end: {', '.join(loads)}.",
         "",
         "Flow: mqtt in → JSONata transform (°F→°C with $round, a comparison, an object of 6 "
