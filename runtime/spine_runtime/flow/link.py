@@ -56,14 +56,25 @@ class _DirectProtocol(MQTTProtocol):
         if self._connection is None:  # nothing is sent before CONNECT; kept to be safe
             self._unparsed = buffer
             return
+        after_read = self.after_read
+        if after_read is None:
+            self._parse(buffer)
+            return
+        # What the packets of this read make us write goes out in one write at its end
+        # (after_read flushes, and clears the flag, whatever happens).
+        self._spine_reading = True
+        try:
+            self._parse(buffer)
+        finally:
+            after_read()
+
+    def _parse(self, buffer: bytes) -> None:
         parsed = self._read_packet(buffer)
         if parsed < 0:
             self._unparsed = b""
             self._transport.close()  # a malformed length: what gmqtt's read loop does
             return
         self._unparsed = buffer[parsed:]
-        if self.after_read is not None:
-            self.after_read()
 
     def eof_received(self) -> bool:
         return False  # close: gmqtt's read loop did so on an empty read
@@ -226,7 +237,8 @@ class FlowLink:
 
         def write_data(data: bytes) -> None:
             nonlocal soon
-            if soon is None:
+            # Within a read, after_read flushes at its end: no loop callback needed.
+            if soon is None and not protocol._spine_reading:
                 soon = loop.call_soon(flush)
             chunks.append(bytes(data))
 
@@ -240,12 +252,14 @@ class FlowLink:
         def flush_now() -> None:
             if soon is not None:
                 soon.cancel()
+            if chunks:
                 flush()
 
         protocol.write_data = write_data
         protocol.write_lazily = write_lazily
         protocol._spine_flush_now = flush_now
         protocol._spine_corked = True
+        protocol._spine_reading = False
 
     def _frame(self, protocol: Any) -> None:
         """Split the byte stream into packets here and hand PUBLISH and PUBACK straight to
@@ -298,9 +312,12 @@ class FlowLink:
             flush_now = protocol._spine_flush_now
 
             def after_read() -> None:
-                if self.after_read is not None:
-                    self.after_read()
-                flush_now()
+                try:
+                    if self.after_read is not None:
+                        self.after_read()
+                finally:
+                    protocol._spine_reading = False
+                    flush_now()
 
             protocol.after_read = after_read
 

@@ -170,6 +170,10 @@ class FlowRunner:
         )
         self.reads_source = bool(source_topics)
         self.sync_steps = not any(step.is_async for step in self.steps)
+        # Read per message or per batch: plain attributes, not the config model's.
+        self.max_in_flight = flow.max_in_flight
+        self.twin_source = source.twin is not None
+        self.failers = [self._failer(step) for step in self.steps]
         self.link.after_read = self._after_read
         if self.ack_topic is not None:
             self.twin = TwinWriter(
@@ -292,7 +296,7 @@ class FlowRunner:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            if self.flow.max_in_flight - len(self.in_order) <= 0:
+            if self.max_in_flight - len(self.in_order) <= 0:
                 # What frees room (PUBACKs, the twin's acks) arrives on the source's connection.
                 self.link.resume()
                 self.room.clear()
@@ -305,7 +309,7 @@ class FlowRunner:
                 self._failed_batch(batch, error)
 
     def _take_batch(self) -> list[Origin]:
-        room = self.flow.max_in_flight - len(self.in_order)
+        room = self.max_in_flight - len(self.in_order)
         count = min(len(self.inbox), room, BATCH_MAX)
         batch = [self.inbox.popleft() for _ in range(count)]
         if len(self.inbox) < self.inbox_limit // 2 and self.accepting:
@@ -327,7 +331,7 @@ class FlowRunner:
         The worker never waits inside a batch of such a flow, so the two never interleave."""
         if not self.sync_steps or not self.inbox:
             return
-        if self.flow.max_in_flight - len(self.in_order) > 0:
+        if self.max_in_flight - len(self.in_order) > 0:
             batch = self._take_batch()
             try:
                 self._process_now(batch)
@@ -353,10 +357,10 @@ class FlowRunner:
 
     def _process_now(self, batch: list[Origin]) -> None:
         pairs = self._begin(batch)
-        for step in self.steps:
+        for step, fail in zip(self.steps, self.failers, strict=True):
             if not pairs:
                 break
-            pairs = step.run(pairs, self._failer(step))
+            pairs = step.run(pairs, fail)
         self._deliver(pairs)
         for origin in batch:
             origin.release()
@@ -379,7 +383,7 @@ class FlowRunner:
             self.count_undecodable += 1
             self.fail_message(origin, None, "source", f"the payload is not JSON: {error}")
             return _SKIP
-        if self.flow.source.twin is not None:
+        if self.twin_source:
             return self._twin_event(origin, message)
         return message
 
@@ -404,7 +408,7 @@ class FlowRunner:
             if not pairs:
                 return
             step = self.steps[index]
-            fail = self._failer(step)
+            fail = self.failers[index]
             if step.is_async:
                 pairs = await step.run_async(pairs, fail)
             else:
@@ -490,7 +494,7 @@ class FlowRunner:
             seconds = now - head.received
             counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             latency.total += seconds
-        if len(in_order) < self.flow.max_in_flight:
+        if len(in_order) < self.max_in_flight:
             self.room.set()
 
     # Timers, counters, status --------------------------------------------------------------
