@@ -50,9 +50,18 @@ TRANSFORM = (
 PAD = "x" * 90  # brings the input to about 200 bytes, as in the issue's figures
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of the process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def sleeps(pid: int) -> int:
+    """Voluntary context switches: how often the process waited for something (its wakeups)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 def rss_mib(pid: int) -> float:
@@ -87,6 +96,8 @@ class Run:
     duplicates: int
     seconds: float
     cpu_us: float | None
+    kernel_us: float | None  # the part of cpu_us spent in the kernel (stime)
+    wakeups: float | None  # the engine's voluntary context switches per message
     p50_ms: float
     p99_ms: float
     longest_gap_ms: float
@@ -98,17 +109,20 @@ class Run:
 
     def line(self) -> str:
         cpu = f"{self.cpu_us:6.1f}" if self.cpu_us is not None else "     -"
+        kernel = f"{self.kernel_us:6.1f}" if self.kernel_us is not None else "     -"
+        wakeups = f"{self.wakeups:5.2f}" if self.wakeups is not None else "    -"
         return (
             f"| {self.label:7} | {self.qos} | {self.target:6} | {self.achieved:8.0f} | "
             f"{self.delivered_per_second:8.0f} | "
-            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | "
+            f"{self.sent:7} | {self.lost:5} | {self.duplicates:4} | {cpu} | {kernel} | {wakeups} | "
             f"{self.p50_ms:6.2f} | {self.p99_ms:7.2f} |"
         )
 
 
 HEADER = (
     "| path    | QoS | target/s | published/s | delivered/s | sent | lost | dup | "
-    "engine CPU µs/msg | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "engine CPU µs/msg | of which kernel | wakeups/msg | p50 ms | p99 ms |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -217,7 +231,8 @@ def run_once(
     receiver = Receiver(
         broker, passwords["bench-receiver"], out_topic, qos, workdir / f"{label}-{qos}-{rate}.txt"
     )
-    cpu_before = cpu_seconds(engine_pid) if engine_pid else 0.0
+    cpu_before = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
+    sleeps_before = sleeps(engine_pid) if engine_pid else 0
     started = time.monotonic()
     import uvloop
 
@@ -232,14 +247,18 @@ def run_once(
         if size != last_size:
             last_size, quiet_since = size, time.monotonic()
         time.sleep(0.1)
-    cpu_after = cpu_seconds(engine_pid) if engine_pid else 0.0
+    cpu_after = cpu_user_system(engine_pid) if engine_pid else (0.0, 0.0)
+    sleeps_after = sleeps(engine_pid) if engine_pid else 0
     lines = receiver.stop()
     seqs = [message["seq"] for _, message in lines]
     unique = set(seqs)
     latencies = sorted((stamp - message["sent"]) * 1000 for stamp, message in lines)
     stamps = sorted(stamp for stamp, _ in lines)
     gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
-    cpu_us = (cpu_after - cpu_before) / max(1, len(unique)) * 1e6 if engine_pid else None
+    per_message = 1e6 / max(1, len(unique))
+    cpu_us = (sum(cpu_after) - sum(cpu_before)) * per_message if engine_pid else None
+    kernel_us = (cpu_after[1] - cpu_before[1]) * per_message if engine_pid else None
+    wakeups = (sleeps_after - sleeps_before) / max(1, len(unique)) if engine_pid else None
     return Run(
         label,
         qos,
@@ -250,6 +269,8 @@ def run_once(
         len(seqs) - len(unique),
         elapsed,
         cpu_us,
+        kernel_us,
+        wakeups,
         statistics.median(latencies) if latencies else math.nan,
         latencies[int(len(latencies) * 0.99) - 1] if latencies else math.nan,
         gap * 1000,
@@ -259,7 +280,7 @@ def run_once(
 
 
 def run_all(args: argparse.Namespace) -> None:
-    rates = [int(rate) for rate in args.rates.split(",")]
+    rates = [int(rate) for rate in args.rates.split(",") if rate]
     runs: list[Run] = []
     loads = [load()]
     with tempfile.TemporaryDirectory(prefix="flow-bench-") as tmp:
@@ -318,6 +339,7 @@ def run_all(args: argparse.Namespace) -> None:
                     workdir,
                     engine_pid,
                 )
+                for _ in range(args.steady_runs)
                 for qos in (0, 1)
                 for label, in_topic, out_topic, engine_pid in (
                     ("engine", f"bench/relay{qos}/in", f"spine/flows/relay{qos}/out", pid),
@@ -375,12 +397,13 @@ def write_report(
         "# Flow engine benchmark",
         "",
         f"`python -m benchmarks.flow_throughput --seconds {args.seconds} --rates {args.rates}"
-        f"{' --ceiling' if args.ceiling else ''}`, "
+        f"{' --ceiling' if args.ceiling else ''}"
+        f"{f' --steady-runs {args.steady_runs}' if args.steady_runs != 1 else ''}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
         f" {platform.python_version()}, {os.cpu_count()} cores, one mosquitto 2.0 on the operator's"
         " config, driver and receiver (C mosquitto_sub) on the same machine.",
         "",
-        f"**Shared, busy machine**: other engineers' work ran at the same time; load averages "
+        f"**Shared machine**: other engineers' work may run at the same time; load averages "
         f"(1, 5, 15 min) at start, after the rate steps and at the end: {', '.join(loads)}.",
         "",
         "Flow: mqtt in → JSONata transform (°F→°C with $round, a comparison, an object of 6 "
@@ -418,10 +441,12 @@ def write_report(
             + (f" (driver ceiling {ceiling.delivered_per_second:.0f})" if ceiling else "")
             + " |"
         )
-    for run in steady:
+    for index, run in enumerate(steady):
         if run.label != "engine":
             continue
-        driver = next((r for r in steady if r.label == "driver" and r.qos == run.qos), None)
+        # the driver alone ran right after this run (with --ceiling)
+        following = steady[index + 1] if index + 1 < len(steady) else None
+        driver = following if following and following.label == "driver" else None
         lines.append(
             f"| QoS {run.qos} at 2,000 msg/s: ≤ 60 µs CPU, p99 ≤ 5 ms | "
             f"{run.cpu_us:.1f} µs, p99 {run.p99_ms:.2f} ms, lost {run.lost}"
@@ -437,6 +462,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rates", default="4000,8000,12000,16000")
+    parser.add_argument(
+        "--steady-runs",
+        type=int,
+        default=1,
+        help="steady 2,000 msg/s runs per QoS (--rates '' skips the rate steps)",
+    )
     parser.add_argument("--ceiling", action="store_true", help="also run without the engine")
     parser.add_argument("--qos", default="0,1", help="QoS levels to step through")
     parser.add_argument(

@@ -1,8 +1,9 @@
-"""The runtime HTTP server (common/server.py, which the gateway and the twin run) against clients
-that misbehave: slow heads, oversized request lines, malformed requests, huge or slow pushes.
+"""The runtime HTTP servers against clients that misbehave: slow heads, oversized request lines,
+malformed requests, huge or slow pushes. Each test runs against both servers: common/server.py
+(aiohttp, which the gateway and the twin run) and common/leanserver.py (h11, the flow engine's).
 
-A real aiohttp server on 127.0.0.1 in the test's loop, real sockets; the deadlines are shortened
-for the test (issue 10, item 8).
+A real server on 127.0.0.1 in the test's loop, real sockets; the deadlines are shortened for the
+test (issue 10, item 8).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from spine_runtime.common import server as server_module
+from spine_runtime.common import endpoints as endpoints_module
 from spine_runtime.common.configsource import ConfigSource
+from spine_runtime.common.leanserver import LeanServer
 from spine_runtime.common.server import RuntimeServer
 from spine_runtime.config.base import HttpSettings
 from spine_runtime.config.gateway import GatewayConfig
@@ -39,11 +41,11 @@ MINIMAL = {
 }
 
 
-@pytest.fixture
-async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(server_module, "HEAD_TIMEOUT_SECONDS", 0.5)
-    monkeypatch.setattr(server_module, "BODY_TIMEOUT_SECONDS", 0.5)
-    monkeypatch.setattr(server_module, "_client_warning", server_module._RateLimitedWarning(60))
+@pytest.fixture(params=[RuntimeServer, LeanServer], ids=["aiohttp", "lean"])
+async def server(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(endpoints_module, "HEAD_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(endpoints_module, "BODY_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(endpoints_module, "client_warning", endpoints_module.RateLimitedWarning(60))
     token = tmp_path / "token"
     token.write_text("secret")
     config = tmp_path / "gateway.json"
@@ -53,7 +55,7 @@ async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     async def apply(new: GatewayConfig) -> None:
         applied.append(new)
 
-    running = RuntimeServer(
+    running = request.param(
         HttpSettings(host="127.0.0.1", port=free_port(), adminTokenFile=token),
         GatewayMetrics().registry,
         lambda: {"ok": True},
@@ -91,7 +93,7 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
-async def test_a_head_sent_too_slowly_is_cut_off(server: RuntimeServer) -> None:
+async def test_a_head_sent_too_slowly_is_cut_off(server: RuntimeServer | LeanServer) -> None:
     assert server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     started = time.monotonic()
@@ -117,7 +119,9 @@ async def test_a_head_sent_too_slowly_is_cut_off(server: RuntimeServer) -> None:
     assert closed_at - started < 2
 
 
-async def test_an_idle_connection_without_a_request_is_closed(server: RuntimeServer) -> None:
+async def test_an_idle_connection_without_a_request_is_closed(
+    server: RuntimeServer | LeanServer,
+) -> None:
     assert server.port is not None
     started = time.monotonic()
     assert await exchange(server.port, b"", wait=3) == b""
@@ -125,7 +129,7 @@ async def test_an_idle_connection_without_a_request_is_closed(server: RuntimeSer
 
 
 async def test_an_oversized_request_line_gets_the_json_error_and_one_log_line(
-    server: RuntimeServer, caplog: pytest.LogCaptureFixture
+    server: RuntimeServer | LeanServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert server.port is not None
     caplog.set_level(logging.DEBUG)
@@ -142,7 +146,7 @@ async def test_an_oversized_request_line_gets_the_json_error_and_one_log_line(
 
 
 async def test_a_flood_of_malformed_requests_logs_one_line(
-    server: RuntimeServer, caplog: pytest.LogCaptureFixture
+    server: RuntimeServer | LeanServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert server.port is not None
     caplog.set_level(logging.DEBUG)
@@ -155,7 +159,9 @@ async def test_a_flood_of_malformed_requests_logs_one_line(
     assert "Traceback" not in caplog.text
 
 
-async def test_a_push_over_one_mebibyte_is_refused_with_413(server: RuntimeServer) -> None:
+async def test_a_push_over_one_mebibyte_is_refused_with_413(
+    server: RuntimeServer | LeanServer,
+) -> None:
     assert server.port is not None
     big = json.dumps({**MINIMAL, "padding": "x" * (2 * 1024 * 1024)}).encode()
     head = (
@@ -178,7 +184,7 @@ async def test_a_push_over_one_mebibyte_is_refused_with_413(server: RuntimeServe
     assert status == 413
 
 
-async def test_a_push_body_sent_too_slowly_is_refused(server: RuntimeServer) -> None:
+async def test_a_push_body_sent_too_slowly_is_refused(server: RuntimeServer | LeanServer) -> None:
     assert server.port is not None
     head = (
         b"PUT /admin/config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
@@ -187,3 +193,29 @@ async def test_a_push_body_sent_too_slowly_is_refused(server: RuntimeServer) -> 
     status, _, body = split_response(await exchange(server.port, head, wait=5))
     assert status == 408
     assert "not sent within" in json.loads(body)["error"]
+
+
+async def test_a_header_line_over_8_kb_gets_the_json_error(
+    server: RuntimeServer | LeanServer,
+) -> None:
+    assert server.port is not None
+    request = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    status, headers, body = split_response(await exchange(server.port, request))
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"].startswith("malformed request")
+
+
+async def test_a_push_with_a_wrong_token_is_refused_and_a_good_one_applied(
+    server: RuntimeServer | LeanServer,
+) -> None:
+    assert server.port is not None
+    body = json.dumps({**MINIMAL, "name": "line-2"}).encode()
+    for token, expected in (("wrong", 401), ("secret", 200)):
+        head = (
+            f"PUT /admin/config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        status, _, answer = split_response(await exchange(server.port, head + body))
+        assert status == expected, answer
+    assert json.loads(answer)["applied"] is True

@@ -39,7 +39,7 @@ def modules_loaded_by(code: str) -> set[str]:
     ("runtime", "not_loaded"),
     [
         ("gateway", {"jsonschema", "re2", "yaml", "spine_runtime.config.twin"}),
-        ("flow", {"re2", "yaml", "spine_runtime.config.twin"}),
+        ("flow", {"re2", "yaml", "spine_runtime.config.twin", "aiohttp"}),
         ("twin", {"yaml"}),
     ],
 )

@@ -1,8 +1,10 @@
-"""The HTTP server every runtime runs: /healthz, /metrics, /status and the config push endpoint.
+"""The HTTP server most runtimes run (aiohttp): /healthz, /metrics, /status and the config push.
 
 A runtime adds its own routes to `RuntimeServer.app` before `start()`. Every error leaves as a
 JSON body with a 4xx status; an unexpected exception is logged and answered with a JSON 500, so
-no request can crash the process.
+no request can crash the process. The flow engine, which has no aiohttp routes, runs the same
+endpoints on `common/leanserver.py` instead; the limits and the endpoints' logic are shared
+(`common/endpoints.py`).
 
 What a client that is not a well-behaved one gets (issue 10): a connection must complete each
 request head within `HEAD_TIMEOUT_SECONDS` (so slowly dripped headers cannot hold connections
@@ -16,9 +18,7 @@ cannot flood the log). A pushed config is read within `BODY_TIMEOUT_SECONDS` and
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,24 +26,29 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from spine_runtime.common.configsource import ConfigError, ConfigSource
+from spine_runtime.common import endpoints
+from spine_runtime.common.configsource import ConfigSource
+from spine_runtime.common.endpoints import Reply, RuntimeEndpoints, peer_of, warn_client
 from spine_runtime.config.base import HttpSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
-MAX_CONFIG_BYTES = 1024 * 1024  # a ConfigMap holds at most 1 MiB
-MAX_LINE_BYTES = 8190  # request line and each header line (aiohttp's default, said here)
-HEAD_TIMEOUT_SECONDS = 10.0
-BODY_TIMEOUT_SECONDS = 10.0
-KEEPALIVE_SECONDS = 75.0
-WARNING_INTERVAL_SECONDS = 10.0
-
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"status": status, "error": message, **extra}, status=status)
+
+
+def to_response(reply: Reply) -> web.Response:
+    response = web.Response(
+        status=reply.status,
+        body=reply.body,
+        headers={"Content-Type": reply.content_type, **reply.headers},
+    )
+    if reply.close:
+        response.force_close()
+    return response
 
 
 @web.middleware
@@ -61,32 +66,6 @@ async def json_errors(
     except Exception:
         log.exception("Unhandled error serving %s %s", request.method, request.path)
         return json_error(500, "internal error")
-
-
-class _RateLimitedWarning:
-    """One WARNING line per interval at most; the lines held back are counted in the next."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.last = -interval
-        self.held_back = 0
-
-    def __call__(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            self.held_back += 1
-            return
-        more = f" (and {self.held_back} more since the last such line)" if self.held_back else ""
-        self.last, self.held_back = now, 0
-        log.warning(message + more, *args)
-
-
-_client_warning = _RateLimitedWarning(WARNING_INTERVAL_SECONDS)
-
-
-def _peer(transport: asyncio.BaseTransport | None) -> str:
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
 class _GuardedRequestHandler(RequestHandler):
@@ -117,7 +96,7 @@ class _GuardedRequestHandler(RequestHandler):
     def _arm_head_deadline(self) -> None:
         self._disarm_head_deadline()
         loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(HEAD_TIMEOUT_SECONDS, self._head_too_slow)
+        self._head_timer = loop.call_later(endpoints.HEAD_TIMEOUT_SECONDS, self._head_too_slow)
 
     def _disarm_head_deadline(self) -> None:
         if self._head_timer is not None:
@@ -126,10 +105,10 @@ class _GuardedRequestHandler(RequestHandler):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        _client_warning(
+        warn_client(
             "Closed a connection from %s: no complete request head within %.0f s",
-            _peer(self.transport),
-            HEAD_TIMEOUT_SECONDS,
+            peer_of(self.transport),
+            endpoints.HEAD_TIMEOUT_SECONDS,
         )
         self.force_close()
         if self.transport is not None:
@@ -144,7 +123,7 @@ class _GuardedRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if isinstance(exc, HttpProcessingError):
             error = f"malformed request: {exc.message or type(exc).__name__}"[:200]
-            _client_warning("Refused a request from %s: %s", request.remote, error)
+            warn_client("Refused a request from %s: %s", request.remote, error)
         else:
             log.error("Error handling a request from %s", request.remote, exc_info=exc)
             error = "internal error"
@@ -153,14 +132,6 @@ class _GuardedRequestHandler(RequestHandler):
         response = json_error(status, error)
         response.force_close()
         return response
-
-
-def bearer_token_matches(request: web.Request, expected: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), expected.encode()
-    )
 
 
 class RuntimeServer:
@@ -175,11 +146,11 @@ class RuntimeServer:
         config_source: ConfigSource[Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.registry = registry
-        self.status = status
-        self.healthy = healthy
-        self.config_source = config_source
-        self.app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+        self.registry = registry  # a subclass may serve its own /metrics (the proxy's)
+        self.endpoints = RuntimeEndpoints(settings, registry, status, healthy, config_source)
+        self.app = web.Application(
+            middlewares=[json_errors], client_max_size=endpoints.MAX_BODY_BYTES
+        )
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/status", self._status)
@@ -200,9 +171,9 @@ class RuntimeServer:
                 manager,
                 loop=loop,
                 access_log=None,  # type: ignore[arg-type]  # None turns it off
-                keepalive_timeout=KEEPALIVE_SECONDS,
-                max_line_size=MAX_LINE_BYTES,
-                max_field_size=MAX_LINE_BYTES,
+                keepalive_timeout=endpoints.KEEPALIVE_SECONDS,
+                max_line_size=endpoints.MAX_LINE_BYTES,
+                max_field_size=endpoints.MAX_LINE_BYTES,
             )
 
         self._listener = await loop.create_server(
@@ -221,49 +192,18 @@ class RuntimeServer:
             self._runner = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        if self.healthy():
-            return web.json_response({"status": "ok"})
-        return json_error(503, "not healthy")
+        return to_response(self.endpoints.healthz())
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return to_response(self.endpoints.metrics())
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
+        return to_response(self.endpoints.runtime_status())
 
     async def _push_config(self, request: web.Request) -> web.Response:
-        token_file = self.settings.admin_token_file
-        if self.config_source is None or token_file is None:
-            return json_error(404, "config push is not enabled")
-        if not bearer_token_matches(request, token_file.read_text().strip()):
-            return json_error(401, "a valid bearer token is required")
-        if request.content_length is not None and request.content_length > MAX_CONFIG_BYTES:
-            return _config_too_large()
-        body = bytearray()
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-                while chunk := await request.content.readany():
-                    body += chunk
-                    if len(body) > MAX_CONFIG_BYTES:
-                        return _config_too_large()
-        except TimeoutError:
-            response = json_error(408, f"the config was not sent within {BODY_TIMEOUT_SECONDS:g} s")
-            response.force_close()
-            return response
-        try:
-            applied = await self.config_source.offer(bytes(body), "push")
-        except ConfigError as error:
-            return json_error(400, "invalid config", detail=str(error))
-        return web.json_response({"applied": applied, "digest": self.config_source.digest})
-
-
-def _config_too_large() -> web.Response:
-    response = json_error(
-        413,
-        "config too large",
-        detail=f"a config may be at most {MAX_CONFIG_BYTES} bytes (1 MiB, the size limit of the "
-        "ConfigMap it comes from)",
-    )
-    response.force_close()  # the rest of the body is not read
-    return response
+        reply = await self.endpoints.push_config(
+            request.headers.get("Authorization", ""),
+            request.content_length,
+            request.content.iter_any(),
+        )
+        return to_response(reply)

@@ -14,9 +14,8 @@ import logging
 import time
 from typing import Any
 
-from aiohttp import web
-
-from spine_runtime.common.server import json_error
+from spine_runtime.common.endpoints import Reply, error_reply, json_reply
+from spine_runtime.common.leanserver import LeanServer, Request
 from spine_runtime.config.flow import FlowConfig, FlowEngineConfig
 from spine_runtime.flow.expressions import ENGINE
 from spine_runtime.flow.metrics import FlowMetrics
@@ -110,38 +109,48 @@ class FlowEngine:
     def healthy(self) -> bool:
         return True
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_route("*", "/flows/{flow}{path:(/.*)?}", self._http_source)
+    def push_counts(self) -> None:
+        """What the runners counted since, to the metrics: called before each scrape."""
+        for runner in self.runners.values():
+            runner.push_counts()
 
-    async def _http_source(self, request: web.Request) -> web.Response:
-        runner = self.runners.get(request.match_info["flow"])
+    def add_routes(self, server: LeanServer) -> None:
+        server.add_prefix_route("/flows/", self._http_source)
+
+    async def _http_source(self, request: Request) -> Reply:
+        """`/flows/<flow><path>`: the body is the flow's message, answered once every sink
+        accepted it (202), it went to the dead letter topic (422), or the flow is busy (503)."""
+        flow, slash, rest = request.path[len("/flows/") :].partition("/")
+        runner = self.runners.get(flow)
         source = runner.flow.source.http if runner is not None else None
-        path = request.match_info.get("path") or "/"
+        path = slash + rest or "/"
         if runner is None or source is None or source.path.rstrip("/") != path.rstrip("/"):
-            return json_error(404, "no flow takes requests here")
+            return error_reply(404, "no flow takes requests here")
         if request.method not in source.methods:
-            return json_error(405, f"this flow takes {', '.join(source.methods)}")
+            return error_reply(405, f"this flow takes {', '.join(source.methods)}")
         limit = self.config.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
-            return json_error(413, f"the body is larger than maxMessageBytes ({limit})")
-        body = await request.content.read(limit + 1)
+            reply = error_reply(413, f"the body is larger than maxMessageBytes ({limit})")
+            reply.close = True  # the body is not read
+            return reply
+        body = await request.read(limit)
         if len(body) > limit:
-            return json_error(413, f"the body is larger than maxMessageBytes ({limit})")
+            reply = error_reply(413, f"the body is larger than maxMessageBytes ({limit})")
+            reply.close = True
+            return reply
         future = runner.submit_http(body)
         if future is None:
-            return web.json_response(
-                {"status": 503, "error": "the flow is busy; try again"},
-                status=503,
-                headers={"Retry-After": "1"},
+            return json_reply(
+                {"status": 503, "error": "the flow is busy; try again"}, 503, **{"Retry-After": "1"}
             )
         try:
             outcome, detail = await asyncio.wait_for(
                 asyncio.shield(future), HTTP_SOURCE_WAIT_SECONDS
             )
         except TimeoutError:
-            return json_error(504, "the sinks did not accept the message in time; it stays queued")
+            return error_reply(504, "the sinks did not accept the message in time; it stays queued")
         if outcome == "accepted":
-            return web.json_response({"status": "accepted"}, status=202)
+            return json_reply({"status": "accepted"}, 202)
         if outcome == "deadLetter":
-            return json_error(422, "the message failed a step; see the flow's dead letter topic")
-        return json_error(503, detail)
+            return error_reply(422, "the message failed a step; see the flow's dead letter topic")
+        return error_reply(503, detail)

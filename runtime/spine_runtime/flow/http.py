@@ -1,10 +1,14 @@
-"""The HTTP client of `call` steps and `http` sinks: aiohttp's, which the runtime server loads
-anyway (httpx would add about 6 MiB to every engine), with a timeout per request and a bound on
-the answer read."""
+"""The HTTP client of `call` steps and `http` sinks: aiohttp's (httpx would add about 6 MiB), with
+a timeout per request and a bound on the answer read. aiohttp is imported by the first such step
+or sink only: the engine serves HTTP without it (common/leanserver.py), and a namespace whose
+flows make no HTTP calls does not carry its ~11 MiB."""
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 JSON = {"Content-Type": "application/json"}
@@ -20,12 +24,16 @@ class HttpFailure(Exception):
 
 class HttpClient:
     def __init__(self, timeout_seconds: float) -> None:
+        import aiohttp
+
+        self._aiohttp: Any = aiohttp
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
     async def request(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
         """(status, body) of the answer; raises HttpFailure without one. An answer longer than
         MAX_RESPONSE_BYTES is cut there (a JSON parse of it then fails, as it should)."""
+        aiohttp = self._aiohttp
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         try:

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import logging
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,14 +56,25 @@ class _DirectProtocol(MQTTProtocol):
         if self._connection is None:  # nothing is sent before CONNECT; kept to be safe
             self._unparsed = buffer
             return
+        after_read = self.after_read
+        if after_read is None:
+            self._parse(buffer)
+            return
+        # What the packets of this read make us write goes out in one write at its end
+        # (after_read flushes, and clears the flag, whatever happens).
+        self._spine_reading = True
+        try:
+            self._parse(buffer)
+        finally:
+            after_read()
+
+    def _parse(self, buffer: bytes) -> None:
         parsed = self._read_packet(buffer)
         if parsed < 0:
             self._unparsed = b""
             self._transport.close()  # a malformed length: what gmqtt's read loop does
             return
         self._unparsed = buffer[parsed:]
-        if self.after_read is not None:
-            self.after_read()
 
     def eof_received(self) -> bool:
         return False  # close: gmqtt's read loop did so on an empty read
@@ -135,6 +145,9 @@ class FlowLink:
         handler._handle_publish_packet = self._on_publish_packet
         handler._handle_puback_packet = self._on_puback
         self._handler = handler
+        self._ids = handler.id_generator  # gmqtt's; SUBSCRIBE takes its ids from it too
+        self._window_size = self._window()
+        self._write_lazily: Callable[[bytes], None] | None = None
         self._ssl: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=tls_ca_file) if tls_ca_file else False
         )
@@ -177,8 +190,11 @@ class FlowLink:
             log.debug("Disconnect of %s: %s", self.client._client_id, error)
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
-        self._cork(client._connection._protocol)
-        self._frame(client._connection._protocol)
+        protocol = client._connection._protocol
+        self._cork(protocol)
+        self._frame(protocol)
+        self._write_lazily = protocol.write_lazily
+        self._window_size = self._window()  # the broker's receive maximum, from its CONNACK
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
@@ -221,7 +237,8 @@ class FlowLink:
 
         def write_data(data: bytes) -> None:
             nonlocal soon
-            if soon is None:
+            # Within a read, after_read flushes at its end: no loop callback needed.
+            if soon is None and not protocol._spine_reading:
                 soon = loop.call_soon(flush)
             chunks.append(bytes(data))
 
@@ -235,12 +252,14 @@ class FlowLink:
         def flush_now() -> None:
             if soon is not None:
                 soon.cancel()
+            if chunks:
                 flush()
 
         protocol.write_data = write_data
         protocol.write_lazily = write_lazily
         protocol._spine_flush_now = flush_now
         protocol._spine_corked = True
+        protocol._spine_reading = False
 
     def _frame(self, protocol: Any) -> None:
         """Split the byte stream into packets here and hand PUBLISH and PUBACK straight to
@@ -293,9 +312,12 @@ class FlowLink:
             flush_now = protocol._spine_flush_now
 
             def after_read() -> None:
-                if self.after_read is not None:
-                    self.after_read()
-                flush_now()
+                try:
+                    if self.after_read is not None:
+                        self.after_read()
+                finally:
+                    protocol._spine_reading = False
+                    flush_now()
 
             protocol.after_read = after_read
 
@@ -370,15 +392,13 @@ class FlowLink:
         the flow's step. A later ack only holds a slot of the broker's window longer."""
         if message.mid is None or message.generation != self.generation:
             return
-        if self.connected.is_set():
-            self.client._connection._protocol.write_lazily(
-                b"\x40\x02" + message.mid.to_bytes(2, "big")
-            )
+        if self._write_lazily is not None and self.connected.is_set():
+            self._write_lazily(b"\x40\x02" + message.mid.to_bytes(2, "big"))
 
     # Publishing --------------------------------------------------------------------------
 
     def room(self) -> int:
-        return self._window() - len(self.pending) - len(self.waiting)
+        return self._window_size - len(self.pending) - len(self.waiting)
 
     def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, done: Callable[[bool], None]
@@ -386,7 +406,7 @@ class FlowLink:
         """Send now, or when the broker's window has room (QoS 1, in order); `done` reports
         the outcome."""
         item = Outgoing(topic, payload, qos, retain, done)
-        if qos and (self.waiting or len(self.pending) >= self._window()):
+        if qos and (self.waiting or len(self.pending) >= self._window_size):
             # Checked before gmqtt builds the packet: an OverflowError would cost a build.
             self.waiting.append(item)
             self._update_window()
@@ -408,9 +428,8 @@ class FlowLink:
         protocol = self.client._connection._protocol
         mid = 0
         if item.qos:
-            try:
-                mid = self._handler.id_generator.next_id()
-            except OverflowError:  # the broker's window is full: send when a PUBACK frees it
+            mid = self._next_mid()
+            if not mid:  # the broker's window is full: send when a PUBACK frees it
                 self.waiting.append(item)
                 self._update_window()
                 return
@@ -423,10 +442,29 @@ class FlowLink:
         self.pending[mid] = item
         self._update_window()
 
+    def _next_mid(self) -> int:
+        """A free packet id, 0 when every one is in use: gmqtt's IdGenerator.next_id without
+        its two debug log calls per publish, on the same set of ids in use."""
+        ids = self._ids
+        used, limit = ids._used_ids, ids._max
+        if len(used) >= limit - 1:
+            return 0
+        mid = ids._last_used_id
+        while True:
+            mid += 1
+            if mid >= limit:
+                mid = 0
+                continue
+            if mid not in used:
+                break
+        ids._last_used_id = mid
+        used.add(mid)
+        return int(mid)
+
     def _on_puback(self, cmd: int, packet: bytes) -> None:
-        (mid,) = struct.unpack("!H", packet[:2])
+        mid = (packet[0] << 8) | packet[1]
         reason = packet[2] if len(packet) > 2 else 0
-        self._handler.id_generator.free_id(mid)
+        self._ids._used_ids.discard(mid)
         self.client._persistent_storage.remove_message_by_mid(mid)
         item = self.pending.pop(mid, None)
         self._update_window()
@@ -437,7 +475,9 @@ class FlowLink:
         self._flush_waiting()
 
     def _flush_waiting(self) -> None:
-        limit = self._window()
+        if not self.waiting:
+            return
+        limit = self._window_size
         while self.waiting and self.connected.is_set() and len(self.pending) < limit:
             item = self.waiting.popleft()
             before = len(self.waiting)
@@ -447,10 +487,12 @@ class FlowLink:
                 break
 
     def _update_window(self) -> None:
-        if self.room() > 0:
-            self.window_open.set()
-        else:
-            self.window_open.clear()
+        is_open = self._window_size - len(self.pending) - len(self.waiting) > 0
+        if is_open != self.window_open.is_set():
+            if is_open:
+                self.window_open.set()
+            else:
+                self.window_open.clear()
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, mid: int) -> bytes:

@@ -1,7 +1,8 @@
 """`spine-runtime flow --config FILE`: run the flow engine until SIGTERM or SIGINT.
 
 Wires the config source (file watch plus the operator's push), the engine, and the runtime
-server with /healthz, /metrics, /status and the HTTP sources; runs on uvloop where installed
+server with /healthz, /metrics, /status and the HTTP sources (the lean one, without aiohttp:
+benchmarks/reports/flow.md); runs on uvloop where installed
 (it cut the engine's CPU per message by about a third here). Exit codes: 0 after a signal,
 2 for an unusable config.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from spine_runtime.common.configsource import ConfigError, ConfigSource
 from spine_runtime.common.entrypoint import stop_event
 from spine_runtime.common.hosting import LOG_FORMAT, hosted
-from spine_runtime.common.server import RuntimeServer
+from spine_runtime.common.leanserver import LeanServer
 from spine_runtime.config.flow import FlowEngineConfig
 from spine_runtime.flow.engine import FlowEngine
 
@@ -34,14 +35,15 @@ async def run(config_path: Path, stop: asyncio.Event) -> int:
     source = ConfigSource(FlowEngineConfig, config_path)
     engine = FlowEngine(source.current)
     source.on_change = engine.apply
-    server = RuntimeServer(
+    server = LeanServer(
         source.current.http,
         engine.metrics.registry,
         status=lambda: {**engine.status(), "configDigest": source.digest},
         healthy=engine.healthy,
         config_source=source,
+        before_scrape=engine.push_counts,
     )
-    engine.add_routes(server.app)
+    engine.add_routes(server)
 
     await server.start()
     await engine.start()

@@ -26,6 +26,7 @@ import logging
 import re
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ from spine_runtime.config.names import THING_NAME_PATTERN
 from spine_runtime.flow.expressions import ExpressionError
 from spine_runtime.flow.http import HttpClient, HttpFailure
 from spine_runtime.flow.link import FlowLink, Received
-from spine_runtime.flow.metrics import FlowMetrics
+from spine_runtime.flow.metrics import LATENCY_BUCKETS, FlowMetrics
 from spine_runtime.flow.steps import StepError, StepRunner, build_step
 from spine_runtime.flow.twin import TwinWriter, now_rfc3339, twin_ack_topic, twin_identity
 
@@ -56,6 +57,8 @@ THING_NAME = re.compile(THING_NAME_PATTERN)
 # A rendered placeholder stays inside its topic level and adds no wildcard or control character.
 BAD_TOPIC_VALUE = re.compile(r"[/+#\x00-\x1f\x7f]")
 HTTP_SINK_MAX_BACKOFF = 30.0
+TICK_SECONDS = 0.1
+IDLE_TICK_SECONDS = 1.0
 
 
 class Origin:
@@ -123,8 +126,9 @@ class FlowRunner:
         self._pushed: dict[tuple[str, str], int] = {}
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._tasks: list[asyncio.Task[Any]] = []
-        # Counters reach Prometheus from the 0.1 s tick, not per batch: at a few messages per
-        # wakeup the labelled lookups cost more than the flow itself.
+        # Counters reach Prometheus on the tick and before each scrape, not per batch: at a few
+        # messages per wakeup the labelled lookups cost more than the flow itself. The latency
+        # histogram is plain counts (metrics.LatencyCounts).
         self._latency = metrics.latency.labels(self.name)
         self.twin: TwinWriter | None = None
         identity = twin_identity(self.name)
@@ -166,6 +170,10 @@ class FlowRunner:
         )
         self.reads_source = bool(source_topics)
         self.sync_steps = not any(step.is_async for step in self.steps)
+        # Read per message or per batch: plain attributes, not the config model's.
+        self.max_in_flight = flow.max_in_flight
+        self.twin_source = source.twin is not None
+        self.failers = [self._failer(step) for step in self.steps]
         self.link.after_read = self._after_read
         if self.ack_topic is not None:
             self.twin = TwinWriter(
@@ -288,7 +296,7 @@ class FlowRunner:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            if self.flow.max_in_flight - len(self.in_order) <= 0:
+            if self.max_in_flight - len(self.in_order) <= 0:
                 # What frees room (PUBACKs, the twin's acks) arrives on the source's connection.
                 self.link.resume()
                 self.room.clear()
@@ -301,7 +309,7 @@ class FlowRunner:
                 self._failed_batch(batch, error)
 
     def _take_batch(self) -> list[Origin]:
-        room = self.flow.max_in_flight - len(self.in_order)
+        room = self.max_in_flight - len(self.in_order)
         count = min(len(self.inbox), room, BATCH_MAX)
         batch = [self.inbox.popleft() for _ in range(count)]
         if len(self.inbox) < self.inbox_limit // 2 and self.accepting:
@@ -323,7 +331,7 @@ class FlowRunner:
         The worker never waits inside a batch of such a flow, so the two never interleave."""
         if not self.sync_steps or not self.inbox:
             return
-        if self.flow.max_in_flight - len(self.in_order) > 0:
+        if self.max_in_flight - len(self.in_order) > 0:
             batch = self._take_batch()
             try:
                 self._process_now(batch)
@@ -349,10 +357,10 @@ class FlowRunner:
 
     def _process_now(self, batch: list[Origin]) -> None:
         pairs = self._begin(batch)
-        for step in self.steps:
+        for step, fail in zip(self.steps, self.failers, strict=True):
             if not pairs:
                 break
-            pairs = step.run(pairs, self._failer(step))
+            pairs = step.run(pairs, fail)
         self._deliver(pairs)
         for origin in batch:
             origin.release()
@@ -375,7 +383,7 @@ class FlowRunner:
             self.count_undecodable += 1
             self.fail_message(origin, None, "source", f"the payload is not JSON: {error}")
             return _SKIP
-        if self.flow.source.twin is not None:
+        if self.twin_source:
             return self._twin_event(origin, message)
         return message
 
@@ -400,7 +408,7 @@ class FlowRunner:
             if not pairs:
                 return
             step = self.steps[index]
-            fail = self._failer(step)
+            fail = self.failers[index]
             if step.is_async:
                 pairs = await step.run_async(pairs, fail)
             else:
@@ -474,6 +482,8 @@ class FlowRunner:
     def _completed(self, origin: Origin) -> None:
         in_order = self.in_order
         latency = self._latency
+        counts = latency.counts
+        now = time.monotonic()
         while in_order and in_order[0].done:
             head = in_order.popleft()
             source = head.source
@@ -481,15 +491,27 @@ class FlowRunner:
                 self.link.ack(source)
             elif isinstance(source, asyncio.Future) and not source.done():
                 source.set_result(("deadLetter" if head.failed else "accepted", ""))
-            latency.observe(time.monotonic() - head.received)
-        if len(in_order) < self.flow.max_in_flight:
+            seconds = now - head.received
+            counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            latency.total += seconds
+        if len(in_order) < self.max_in_flight:
             self.room.set()
 
     # Timers, counters, status --------------------------------------------------------------
 
+    def tick_seconds(self) -> float:
+        """A window to close or twin updates to re-send want the 0.1 s tick; a flow with
+        neither ticks once a second (status rate, gauges): two relay flows ticking at 0.1 s
+        cost the engine 5 µs per message at 2,000 msg/s. Counters reach /metrics on each
+        scrape anyway (FlowEngine.push_counts)."""
+        if self.twin is not None or any(step.flushes for step in self.steps):
+            return TICK_SECONDS
+        return IDLE_TICK_SECONDS
+
     async def _tick(self) -> None:
+        interval = self.tick_seconds()
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(interval)
             now = time.time()
             for index, step in enumerate(self.steps):
                 emitted = step.flush(now)
@@ -503,8 +525,12 @@ class FlowRunner:
                         self.name,
                         resent,
                     )
-            self.metrics.connected.labels(self.name).set(1 if self.connected() else 0)
-            self._push_counts()
+            self.push_counts()
+
+    def push_counts(self) -> None:
+        """Counters and gauges to Prometheus: on the tick and before each scrape."""
+        self.metrics.connected.labels(self.name).set(1 if self.connected() else 0)
+        self._push_counts()
 
     def counts(self) -> dict[tuple[str, str], int]:
         counts = {

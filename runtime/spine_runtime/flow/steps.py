@@ -36,6 +36,8 @@ class StepRunner:
     """Counts what passed; subclasses implement `handle` (one message in, one or none out)."""
 
     is_async = False
+    # Whether `flush` may emit (a window): the flow's tick then runs every TICK_SECONDS.
+    flushes = False
 
     def __init__(self, step: Step, on_error: str, timeout: float) -> None:
         self.name = step.name
@@ -260,6 +262,8 @@ class _Group:
 class WindowRunner(StepRunner):
     """Tumbling windows per group. A message absorbed into a window is settled at once (its
     source acknowledged): an open window lives in memory and a restart loses it (README)."""
+
+    flushes = True
 
     def __init__(self, step: Step, on_error: str, timeout: float) -> None:
         super().__init__(step, on_error, timeout)
