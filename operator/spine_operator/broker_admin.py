@@ -283,6 +283,15 @@ class BrokerAdmin:
             self._raise_for(responses[0], "Client not found")
             self._raise_for(responses[1], "Role not found")
 
+    async def usernames(self) -> list[str]:
+        """Every login the broker's dynamic security holds."""
+        responses = await self.execute(
+            [{"command": "listClients", "verbose": False, "count": -1, "offset": 0}]
+        )
+        self._raise_for(responses[0])
+        clients = responses[0].get("data", {}).get("clients") or []
+        return [str(client) for client in clients if isinstance(client, str)]
+
     async def password_known(self, login: Login, password: str) -> bool:
         """Whether the broker holds this password for the login. A login bound to a client id
         cannot be probed without kicking its workload off (the probe would take its id), so its
