@@ -8,7 +8,6 @@ through one `BrokerAdmin` connection per namespace.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -108,17 +107,14 @@ class BrokerAccess:
 
     async def prune_logins(self, namespace: str, pattern: str, keep: set[str]) -> list[str]:
         """Remove every login whose username matches `pattern` and is not in `keep` (the
-        replica logins of a flow engine scaled down); returns their names. Nothing while the
+        replica logins of a flow engine scaled down) with its session; returns their names.
+        Nothing while the
         broker is away: the next reconcile prunes (a stale login is bound to a client id that
         no pod uses any more)."""
         admin = await self.admin(namespace)
         if not admin.connected:
             return []
-        family = re.compile(pattern)
-        gone = [name for name in await admin.usernames() if family.match(name) and name not in keep]
-        for username in gone:
-            await admin.remove_login(username)
-        return gone
+        return await admin.prune_logins(pattern, keep)
 
     async def close(self) -> None:
         for _, admin in self._admins.values():

@@ -58,24 +58,25 @@ async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) 
     for name in names:
         login = stored(cluster, "v1/secrets", NAMESPACE, f"spine-mqtt-flow-{name}")
         assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
-    deployment = await eventually(
-        lambda: stored(cluster, "apps/v1/deployments", NAMESPACE, "spine-flow-engine"),
+    statefulset = await eventually(
+        lambda: stored(cluster, "apps/v1/statefulsets", NAMESPACE, "spine-flow-engine"),
         10,
-        "the engine's Deployment",
+        "the engine's StatefulSet",
     )
-    pod = deployment["spec"]["template"]["spec"]
+    assert statefulset["spec"]["replicas"] == 1
+    pod = statefulset["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     await eventually(lambda: ready(cluster, "press-kpi")["reason"] == "Progressing", 10, "waits")
 
-    # The engine's pod becomes ready, as the Deployment controller would report it.
+    # The engine's pod becomes ready, as the StatefulSet controller would report it.
     await k8s.patch_merge(
         "apps/v1",
-        "Deployment",
+        "StatefulSet",
         NAMESPACE,
         "spine-flow-engine",
         {
             "status": {
-                "observedGeneration": deployment["metadata"]["generation"],
+                "observedGeneration": statefulset["metadata"]["generation"],
                 "replicas": 1,
                 "readyReplicas": 1,
                 "updatedReplicas": 1,
