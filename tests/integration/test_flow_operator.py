@@ -117,3 +117,51 @@ async def test_a_bad_flow_is_refused_alone_and_a_missing_model_heals(cluster, op
         "press-kpi in the engine once its model exists",
     )
     assert ready(cluster, "bad-expression")["reason"] == "InvalidSpec"
+
+
+def deployments(cluster) -> set[str]:
+    return {
+        name
+        for (resource, namespace, name), obj in cluster.objects.items()
+        if "deployments" in str(resource) and namespace == NAMESPACE and not obj.deleted
+    }
+
+
+async def test_engine_replicas_get_their_own_logins_and_replace_the_old_deployment(
+    cluster, operator
+) -> None:
+    k8s = Kubernetes()
+    # The Deployment an operator before engine replicas left behind.
+    await k8s.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "spine-flow-engine", "namespace": NAMESPACE},
+            "spec": {
+                "selector": {"matchLabels": {"app": "x"}},
+                "template": {
+                    "metadata": {"labels": {"app": "x"}},
+                    "spec": {"containers": [{"name": "x", "image": "x"}]},
+                },
+            },
+        }
+    )
+    assert deployments(cluster) == {"spine-flow-engine"}
+    await k8s.create(spine(NAMESPACE, {"flowEngine": {"replicas": 2}}))
+    await k8s.create(press_model())
+    kpi = next(flow for flow in example_flows() if flow["metadata"]["name"] == "press-kpi")
+    await k8s.create(copy.deepcopy(kpi))
+    statefulset = await eventually(
+        lambda: stored(cluster, "apps/v1/statefulsets", NAMESPACE, "spine-flow-engine"),
+        15,
+        "the engine's StatefulSet",
+    )
+    assert statefulset["spec"]["replicas"] == 2
+    await eventually(lambda: not deployments(cluster), 10, "the old Deployment to be deleted")
+    config = engine_config(cluster)
+    assert config["replicas"] == 2
+    replica_login = config["flows"][0]["replicaLogins"][0]
+    assert replica_login["username"] == replica_login["clientId"] == "flow-press-kpi.1"
+    for secret in ("spine-mqtt-flow-press-kpi", "spine-mqtt-flow-press-kpi.1"):
+        login = stored(cluster, "v1/secrets", NAMESPACE, secret)
+        assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
