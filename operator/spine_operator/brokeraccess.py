@@ -111,10 +111,10 @@ class BrokerAccess:
         Nothing while the
         broker is away: the next reconcile prunes (a stale login is bound to a client id that
         no pod uses any more)."""
-        admin = await self.admin(namespace)
-        if not admin.connected:
+        entry = self._admins.get(namespace)  # only a broker this operator talks to already
+        if entry is None or not entry[1].connected:
             return []
-        return await admin.prune_logins(pattern, keep)
+        return await entry[1].prune_logins(pattern, keep)
 
     async def close(self) -> None:
         for _, admin in self._admins.values():
