@@ -17,15 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
 
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.broker_admin import BrokerAdmin
 from spine_operator.desired.flow import REPLICA_LOGIN_PATTERN
 from spine_operator.desired.twin import numbered_publishers
+from spine_operator.metrics import OperatorMetrics
+from spine_operator.poller import RuntimePoller, combine_flow_engine_reports, flow_engine_report
 from tests.support.flow import Collector, FlowEngineHandle, publish_all, start_flow_replicas
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
@@ -249,3 +253,61 @@ async def test_twin_writes_of_two_replicas_are_two_numbered_publishers(
     finally:
         acks.stop()
         twin.stop()
+
+
+async def test_a_twin_source_is_split_and_the_operators_poller_adds_the_replicas_up(
+    tmp_path: Path, broker: LocalBroker, replicas_to_stop: list[FlowEngineHandle]
+):
+    flow = {
+        "name": "events",
+        "source": {"twin": {"things": ["press-1"]}},
+        "steps": [{"name": "pick", "transform": {"expression": '{"seq": value}'}}],
+        "sinks": [{"mqtt": {"topic": "spine/flows/events/out", "qos": 1}}],
+    }
+    replicas = await start_flow_replicas(tmp_path, broker, [flow])
+    replicas_to_stop.extend(replicas)
+    out = Collector(broker, ["spine/flows/events/out"])
+    total = 400
+    events = [
+        json.dumps({"path": "/features/temperature/properties/value", "value": n}).encode()
+        for n in range(total)
+    ]
+    try:
+        # The twin's change events (published here as the twin would), each handled once.
+        publish_all(replicas[0], "spine/things/press-1/events", events)
+        wait_until(
+            lambda: (
+                {message["seq"] for message in out.on("spine/flows/events/out")}
+                == set(range(total))
+            ),
+            30,
+            "every event through one of the replicas",
+        )
+        shares = [engine.flow_status("events")["received"] for engine in replicas]
+        assert all(share > 0 for share in shares) and sum(shares) == total, shares
+        assert out.count() == total  # no replica handled an event the other had
+
+        # The operator's poller reads every replica and adds the figures up.
+        delivered: list[Any] = []
+
+        async def deliver(key: Any, report: Any) -> None:
+            delivered.append(report)
+
+        poller = RuntimePoller(
+            "Flow",
+            lambda: [("plant-a", "flows")],
+            lambda key: replicas[0].url,
+            deliver,
+            OperatorMetrics(CollectorRegistry()),
+            parse=flow_engine_report,
+            replica_urls=lambda key: [engine.url for engine in replicas],
+            combine=combine_flow_engine_reports,
+        )
+        async with httpx.AsyncClient() as client:
+            await poller.poll_once(client)
+        [report] = delivered
+        assert report.reachable and report.flows["events"]["received"] == total
+        assert report.flows["events"]["running"]
+        assert report.flows["events"]["steps"]["pick"]["out"] == total
+    finally:
+        out.stop()
