@@ -197,6 +197,11 @@ def test_replica_logins_are_pruned_only_once_their_pods_stopped() -> None:
     family = re.compile(flow.REPLICA_LOGIN_PATTERN)
     assert family.match("flow-relay.2") and family.match("flow-a-b.10")
     assert not family.match("flow-relay") and not family.match("gateway-press.1")
+    # A Flow refused for now keeps its replicas' logins (and their sessions with its input).
+    refused = flow_resource("broken", steps=[{"name": "x", "filter": {"expression": "a = = 1"}}])
+    kept = plan(replicas=2, flows=[flow_resource("relay"), refused])
+    assert [login.username for login in kept.logins] == ["flow-relay", "flow-relay.1"]
+    assert kept.prune_keep == ["flow-relay.1", "flow-broken.1"]
     # The last Flow gone: every replica login goes.
     assert plan(flows=[]).prune_logins == flow.REPLICA_LOGIN_PATTERN
 

@@ -377,6 +377,12 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
             *(build_login_secret(namespace, login, spine_name, env, "") for login in logins),
         ],
         prune_logins=None if prune_held else REPLICA_LOGIN_PATTERN,
+        prune_keep=[
+            flow_username(item["metadata"]["name"], ordinal)
+            for item in inputs.flows
+            if not item["metadata"].get("deletionTimestamp")
+            for ordinal in range(1, replicas)
+        ],
         logins=logins,
         push=pushes[0] if pushes else None,
         more_pushes=pushes[1:],

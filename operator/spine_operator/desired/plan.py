@@ -54,6 +54,9 @@ class Plan:
     # A regular expression of usernames of a family of logins (the flow engine's replica
     # logins): the broker must hold only those of them that `logins` lists.
     prune_logins: str | None = None
+    # Usernames of that family to keep besides `logins`: those of a Flow refused for now, whose
+    # sessions hold its share of the input until it is fixed.
+    prune_keep: list[str] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)  # kind-specific, e.g. volumes
     secret_digests: dict[str, str] = field(default_factory=dict)  # name -> digest of its data
     facts: dict[str, Any] = field(default_factory=dict)  # what the status reports (counts, URLs)

@@ -95,7 +95,7 @@ async def apply_plan(
     for child in plan.objects:
         await k8s.apply(child, owner=owner)
     if plan.prune_logins is not None and applied:
-        keep = {login.username for login in plan.logins}
+        keep = {login.username for login in plan.logins} | set(plan.prune_keep)
         for username in await CONTEXT.broker_access.prune_logins(
             namespace, plan.prune_logins, keep
         ):
