@@ -30,7 +30,13 @@ from spine_operator.desired.flow import REPLICA_LOGIN_PATTERN
 from spine_operator.desired.twin import numbered_publishers
 from spine_operator.metrics import OperatorMetrics
 from spine_operator.poller import RuntimePoller, combine_flow_engine_reports, flow_engine_report
-from tests.support.flow import Collector, FlowEngineHandle, publish_all, start_flow_replicas
+from tests.support.flow import (
+    Collector,
+    FlowEngineHandle,
+    publish_all,
+    start_flow_engine,
+    start_flow_replicas,
+)
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import wait_until
 from tests.support.twin import start_twin
@@ -311,3 +317,46 @@ async def test_a_twin_source_is_split_and_the_operators_poller_adds_the_replicas
         assert report.flows["events"]["steps"]["pick"]["out"] == total
     finally:
         out.stop()
+
+
+async def test_a_session_of_an_engine_before_shared_twin_sources_is_cleaned_up(
+    tmp_path: Path, broker: LocalBroker
+):
+    """An engine before replicas subscribed a twin source's plain filter, and its persistent
+    session keeps it: the upgraded engine drops it, or each event would come twice (once as
+    the plain subscription's, once as the share's)."""
+    flow = {
+        "name": "legacy-events",
+        "source": {"twin": {"things": ["press-1"]}},
+        "steps": [{"name": "pick", "transform": {"expression": '{"seq": value}'}}],
+        "sinks": [{"mqtt": {"topic": "spine/flows/legacy-events/out", "qos": 1}}],
+    }
+    engine = await start_flow_engine(tmp_path, broker, [flow], sharedSubscriptions=False)
+    out = Collector(broker, ["spine/flows/legacy-events/out"])
+    try:
+        engine.stop()  # the old engine leaves its session (with the plain filter) behind
+        config = json.loads(json.dumps(engine.config))
+        del config["sharedSubscriptions"]
+        engine.write_config(config)
+        engine.start()
+        total = 100
+        events = [
+            json.dumps({"path": "/features/temperature/properties/value", "value": n}).encode()
+            for n in range(total)
+        ]
+        publish_all(engine, "spine/things/press-1/events", events)
+        wait_until(
+            lambda: engine.flow_status("legacy-events")["received"] >= total,
+            20,
+            "every event",
+        )
+        out.wait_for(total, timeout=20)
+        # Delivered once each: a second copy through the old plain filter would have arrived
+        # with the first (same connection, in order), before the last event's.
+        assert engine.flow_status("legacy-events")["received"] == total
+        assert sorted(message["seq"] for message in out.on("spine/flows/legacy-events/out")) == (
+            list(range(total))
+        )
+    finally:
+        out.stop()
+        engine.stop()
