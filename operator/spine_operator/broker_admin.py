@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -282,6 +283,56 @@ class BrokerAdmin:
             )
             self._raise_for(responses[0], "Client not found")
             self._raise_for(responses[1], "Role not found")
+
+    async def prune_logins(self, pattern: str, keep: set[str]) -> list[str]:
+        """Remove every login whose username matches `pattern` and is not in `keep`, and the
+        persistent session of its client id (bound logins use their username as client id):
+        mosquitto keeps handing an offline member of a shared subscription its share of the
+        messages, so a session left behind by a replica scaled away would swallow that share
+        until it expired. Returns the names removed."""
+        family = re.compile(pattern)
+        gone = [name for name in await self.usernames() if family.match(name) and name not in keep]
+        for username in gone:
+            await self.remove_login(username)
+            await self.discard_session(username)
+        return gone
+
+    async def discard_session(self, client_id: str) -> None:
+        """End the persistent session of a client id: connect under it with a clean start and
+        no session expiry (the admin login is bound to no client id), then disconnect."""
+
+        def attempt() -> None:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+            client.username_pw_set(self.username, self.password)
+            result: list[Any] = []
+            client.on_connect = lambda c, u, f, reason, p=None: result.append(reason)
+            try:
+                client.connect(self.host, self.port, keepalive=5, clean_start=True)
+                deadline = 50
+                while not result and deadline:
+                    client.loop(timeout=0.1)
+                    deadline -= 1
+            except OSError as error:
+                raise BrokerAccessError(f"cannot end the session of {client_id}: {error}") from None
+            finally:
+                client.disconnect()
+            if not result or result[0].is_failure:
+                raise BrokerAccessError(
+                    f"cannot end the session of {client_id}: {result[0] if result else 'no answer'}"
+                )
+
+        await asyncio.to_thread(attempt)
+
+    async def usernames(self) -> list[str]:
+        """Every login the broker's dynamic security holds."""
+        responses = await self.execute(
+            [{"command": "listClients", "verbose": False, "count": -1, "offset": 0}]
+        )
+        self._raise_for(responses[0])
+        clients = responses[0].get("data", {}).get("clients") or []
+        return [str(client) for client in clients if isinstance(client, str)]
 
     async def password_known(self, login: Login, password: str) -> bool:
         """Whether the broker holds this password for the login. A login bound to a client id

@@ -105,6 +105,17 @@ class BrokerAccess:
         if entry is not None:
             await entry[1].remove_login(username)
 
+    async def prune_logins(self, namespace: str, pattern: str, keep: set[str]) -> list[str]:
+        """Remove every login whose username matches `pattern` and is not in `keep` (the
+        replica logins of a flow engine scaled down) with its session; returns their names.
+        Nothing while the
+        broker is away: the next reconcile prunes (a stale login is bound to a client id that
+        no pod uses any more)."""
+        entry = self._admins.get(namespace)  # only a broker this operator talks to already
+        if entry is None or not entry[1].connected:
+            return []
+        return await entry[1].prune_logins(pattern, keep)
+
     async def close(self) -> None:
         for _, admin in self._admins.values():
             await admin.close()

@@ -182,6 +182,17 @@ class Environment:
         host = self.flow_host_override or f"{labels.FLOW_ENGINE_NAME}.{namespace}.svc"
         return f"http://{host}:{self.flow_port}"
 
+    def flow_engine_replica_urls(self, namespace: str, replicas: int) -> list[str]:
+        """Where the operator reaches each engine replica (a push and a /status read per
+        replica; the Service would pick one). Locally one engine runs, as replica 0."""
+        if self.flow_host_override:
+            return [self.flow_engine_url(namespace)]
+        pods = f"{labels.FLOW_ENGINE_PODS_NAME}.{namespace}.svc"
+        return [
+            f"http://{labels.FLOW_ENGINE_NAME}-{ordinal}.{pods}:{self.flow_port}"
+            for ordinal in range(replicas)
+        ]
+
     def proxy_url(self, namespace: str) -> str:
         """Where the operator reaches the proxy supervisor's /status and /admin/config."""
         host = self.proxy_host_override or f"{labels.PROXY_ADMIN_SERVICE}.{namespace}.svc"

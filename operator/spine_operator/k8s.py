@@ -44,7 +44,8 @@ RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
         "persistentvolumeclaims", frozenset({"get", "patch"})
     ),
     ("apps/v1", "StatefulSet"): ResourceType("statefulsets", APPLIED),
-    ("apps/v1", "Deployment"): ResourceType("deployments", APPLIED),
+    # delete: the flow engine's Deployment of an operator before replicas became a StatefulSet.
+    ("apps/v1", "Deployment"): ResourceType("deployments", APPLIED | {"delete"}),
     ("networking.k8s.io/v1", "NetworkPolicy"): ResourceType("networkpolicies", APPLIED),
     ("storage.k8s.io/v1", "StorageClass"): ResourceType(
         "storageclasses", frozenset({"get"}), namespaced=False
@@ -221,6 +222,17 @@ class Kubernetes:
             if error.status == 404:
                 return None
             raise
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete the object (its dependents go in the background); False if it was gone."""
+        self._allowed(api_version, kind, "delete")
+        try:
+            await self.request("DELETE", resource_path(api_version, kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None

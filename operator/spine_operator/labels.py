@@ -33,6 +33,8 @@ TWIN_TOKENS_SECRET = "spine-twin-tokens"
 TWIN_CONFIG_FILE = "twin.json"
 
 FLOW_ENGINE_NAME = "spine-flow-engine"
+# The headless Service that names each engine replica: spine-flow-engine-<n>.<this>.<ns>.svc
+FLOW_ENGINE_PODS_NAME = "spine-flow-engine-pods"
 FLOW_ENGINE_CONFIG_NAME = "spine-flow-engine-config"
 FLOW_ENGINE_TOKEN_SECRET = "spine-flow-engine-token"
 FLOW_ENGINE_CONFIG_FILE = "flows.json"

@@ -169,6 +169,69 @@ def flow_engine_report(document: Any) -> FlowEngineReport:
     return FlowEngineReport(True, flows=document["flows"])
 
 
+_SUMMED = ("received", "undecodable", "queued", "inFlight", "deadLetters", "dropped")
+
+
+def _sum_counters(
+    into: dict[str, dict[str, Any]], found: Any, keys: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    for name, figures in (found or {}).items():
+        if not isinstance(figures, dict):
+            continue
+        merged = into.get(name)
+        if merged is None:
+            into[name] = dict(figures)
+            continue
+        for key in keys:
+            merged[key] = int(merged.get(key) or 0) + int(figures.get(key) or 0)
+    return into
+
+
+def combine_flow_engine_reports(reports: list[Any]) -> FlowEngineReport:
+    """One report of every replica's /status (in ordinal order): each flow's counters summed
+    over the replicas that answered, `running` only if every replica runs the flow (a replica
+    that does not leaves its share of the input waiting in its session), and unreachable, with
+    each replica's error, if any replica could not be read."""
+    errors = [
+        f"replica {ordinal}: {report.error}"
+        for ordinal, report in enumerate(reports)
+        if not report.reachable
+    ]
+    answered = [report for report in reports if report.reachable]
+    flows: dict[str, dict[str, Any]] = {}
+    for report in answered:
+        for name, flow in report.flows.items():
+            if not isinstance(flow, dict):
+                continue
+            merged = flows.get(name)
+            if merged is None:
+                flows[name] = {
+                    **flow,
+                    "replicasRunning": 1 if flow.get("running") else 0,
+                    "steps": _sum_counters({}, flow.get("steps"), ()),
+                    "sinks": _sum_counters({}, flow.get("sinks"), ()),
+                }
+                continue
+            for key in _SUMMED:
+                merged[key] = int(merged.get(key) or 0) + int(flow.get(key) or 0)
+            merged["messagesPerSecond"] = round(
+                float(merged.get("messagesPerSecond") or 0.0)
+                + float(flow.get("messagesPerSecond") or 0.0),
+                2,
+            )
+            merged["replicasRunning"] += 1 if flow.get("running") else 0
+            merged["running"] = bool(merged.get("running")) and bool(flow.get("running"))
+            times = [t for t in (merged.get("lastMessageTime"), flow.get("lastMessageTime")) if t]
+            merged["lastMessageTime"] = max(times) if times else None
+            merged["lastError"] = merged.get("lastError") or flow.get("lastError")
+            _sum_counters(merged["steps"], flow.get("steps"), ("in", "out", "filtered", "errors"))
+            _sum_counters(merged["sinks"], flow.get("sinks"), ("in", "out", "errors"))
+    for flow in flows.values():  # a flow some replica does not list is not running there
+        if flow["replicasRunning"] < len(reports):
+            flow["running"] = False
+    return FlowEngineReport(not errors, "; ".join(errors) or None, flows)
+
+
 async def fetch_report(
     client: httpx.AsyncClient, url: str, parse: Callable[[Any], Any] = report_from_status
 ) -> tuple[Any, str]:
@@ -199,8 +262,13 @@ class RuntimePoller:
         metrics: OperatorMetrics,
         interval: float | None = None,
         parse: Callable[[Any], Any] = report_from_status,
+        replica_urls: Callable[[Key], list[str]] | None = None,
+        combine: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         self.kind = kind
+        # A target of several replicas: each one's /status is read, `combine` makes one report.
+        self.replica_urls = replica_urls
+        self.combine = combine
         self.parse = parse
         self.targets = targets
         self.url_of = url_of
@@ -232,6 +300,14 @@ class RuntimePoller:
         async def poll(key: Key) -> None:
             async with limit:
                 try:
+                    if self.replica_urls is not None and self.combine is not None:
+                        reports = []
+                        for url in self.replica_urls(key):
+                            report, result = await fetch_report(client, url, self.parse)
+                            self.metrics.health_polls.labels(self.kind, result).inc()
+                            reports.append(report)
+                        await self.deliver(key, self.combine(reports))
+                        return
                     report, result = await fetch_report(client, self.url_of(key), self.parse)
                     self.metrics.health_polls.labels(self.kind, result).inc()
                     await self.deliver(key, report)

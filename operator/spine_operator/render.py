@@ -226,7 +226,9 @@ def plan_twin_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) -
                 placeholder(labels.TWIN_TOKENS_SECRET, ("write", "admin")),
                 login_placeholder(twin_login()),
                 publishers=twin.numbered_publishers(
-                    inputs.get("Gateway", namespace), inputs.get("Flow", namespace)
+                    inputs.get("Gateway", namespace),
+                    inputs.get("Flow", namespace),
+                    twin.flow_engine_replicas(spine),
                 ),
             )
         )

@@ -350,14 +350,15 @@ def flow_status(
         status["conditions"] = failed(generation, verdict.reason, verdict.message)
         return status
     ready, detail = deployment_ready(deployment)
-    flow = report.flows.get(name) if report is not None and report.reachable else None
+    # With replicas, the figures of those that answered (summed), even if one did not.
+    flow = getattr(report, "flows", {}).get(name) if report is not None else None
     status.update(_flow_figures(flow))
     if not ready:
         status["conditions"] = progressing(
-            generation, f"Waiting for Deployment {labels.FLOW_ENGINE_NAME}: {detail}"
+            generation, f"Waiting for StatefulSet {labels.FLOW_ENGINE_NAME}: {detail}"
         )
         return status
-    message = f"Running on Deployment {labels.FLOW_ENGINE_NAME}" + _undelivered(
+    message = f"Running on StatefulSet {labels.FLOW_ENGINE_NAME}" + _undelivered(
         engine.push if engine else None, "the engine reads its ConfigMap", "within about a minute"
     )
     found = [

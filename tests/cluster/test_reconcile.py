@@ -243,3 +243,38 @@ def test_deleting_a_spine_removes_its_children_and_pvcs_follow_retain_on_delete(
             assert control_plane.api.get(pvc) is not None, f"{pvc} was not retained"
         else:
             wait_until(lambda pvc=pvc: _gone(control_plane, pvc), 60, f"{pvc} deleted")
+
+
+def test_the_flow_engine_statefulset_of_two_replicas_applies_and_scales(
+    control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
+    """The real API server accepts the engine's StatefulSet (Parallel, no claims, the pod name
+    through the downward API) and its headless Service, and a new replica count re-applies."""
+    ready_spine(control_plane, namespace, {"flowEngine": {"replicas": 2}})
+    flow = {
+        "apiVersion": "spine.iiot.dev/v1alpha1",
+        "kind": "Flow",
+        "metadata": {"name": "relay", "namespace": namespace},
+        "spec": {
+            "source": {"mqtt": {"topic": "in/relay"}},
+            "sinks": [{"mqtt": {"topic": "spine/flows/relay/out"}}],
+        },
+    }
+    control_plane.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(flow))
+    path = child_path(namespace, "/apis/apps/v1", "statefulsets", "spine-flow-engine")
+    statefulset = wait_until(lambda: control_plane.api.get(path), 60, "the engine's StatefulSet")
+    assert statefulset["spec"]["replicas"] == 2
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    assert statefulset["spec"]["serviceName"] == "spine-flow-engine-pods"
+    pods = control_plane.api.get(
+        child_path(namespace, "/api/v1", "services", "spine-flow-engine-pods")
+    )
+    assert pods is not None and pods["spec"]["clusterIP"] == "None"
+    for secret in ("spine-mqtt-flow-relay", "spine-mqtt-flow-relay.1"):
+        assert control_plane.api.get(child_path(namespace, "/api/v1", "secrets", secret))
+    spine_path = custom_path(namespace, "spines", "default")
+    control_plane.api.patch(spine_path, {"spec": {"flowEngine": {"replicas": 3}}})
+    wait_until(lambda: control_plane.api.get(path)["spec"]["replicas"] == 3, 60, "three replicas")
+    assert control_plane.api.get(
+        child_path(namespace, "/api/v1", "secrets", "spine-mqtt-flow-relay.2")
+    )

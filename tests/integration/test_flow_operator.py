@@ -58,24 +58,25 @@ async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) 
     for name in names:
         login = stored(cluster, "v1/secrets", NAMESPACE, f"spine-mqtt-flow-{name}")
         assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
-    deployment = await eventually(
-        lambda: stored(cluster, "apps/v1/deployments", NAMESPACE, "spine-flow-engine"),
+    statefulset = await eventually(
+        lambda: stored(cluster, "apps/v1/statefulsets", NAMESPACE, "spine-flow-engine"),
         10,
-        "the engine's Deployment",
+        "the engine's StatefulSet",
     )
-    pod = deployment["spec"]["template"]["spec"]
+    assert statefulset["spec"]["replicas"] == 1
+    pod = statefulset["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     await eventually(lambda: ready(cluster, "press-kpi")["reason"] == "Progressing", 10, "waits")
 
-    # The engine's pod becomes ready, as the Deployment controller would report it.
+    # The engine's pod becomes ready, as the StatefulSet controller would report it.
     await k8s.patch_merge(
         "apps/v1",
-        "Deployment",
+        "StatefulSet",
         NAMESPACE,
         "spine-flow-engine",
         {
             "status": {
-                "observedGeneration": deployment["metadata"]["generation"],
+                "observedGeneration": statefulset["metadata"]["generation"],
                 "replicas": 1,
                 "readyReplicas": 1,
                 "updatedReplicas": 1,
@@ -116,3 +117,51 @@ async def test_a_bad_flow_is_refused_alone_and_a_missing_model_heals(cluster, op
         "press-kpi in the engine once its model exists",
     )
     assert ready(cluster, "bad-expression")["reason"] == "InvalidSpec"
+
+
+def deployments(cluster) -> set[str]:
+    return {
+        name
+        for (resource, namespace, name), obj in cluster.objects.items()
+        if "deployments" in str(resource) and namespace == NAMESPACE and not obj.deleted
+    }
+
+
+async def test_engine_replicas_get_their_own_logins_and_replace_the_old_deployment(
+    cluster, operator
+) -> None:
+    k8s = Kubernetes()
+    # The Deployment an operator before engine replicas left behind.
+    await k8s.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "spine-flow-engine", "namespace": NAMESPACE},
+            "spec": {
+                "selector": {"matchLabels": {"app": "x"}},
+                "template": {
+                    "metadata": {"labels": {"app": "x"}},
+                    "spec": {"containers": [{"name": "x", "image": "x"}]},
+                },
+            },
+        }
+    )
+    assert deployments(cluster) == {"spine-flow-engine"}
+    await k8s.create(spine(NAMESPACE, {"flowEngine": {"replicas": 2}}))
+    await k8s.create(press_model())
+    kpi = next(flow for flow in example_flows() if flow["metadata"]["name"] == "press-kpi")
+    await k8s.create(copy.deepcopy(kpi))
+    statefulset = await eventually(
+        lambda: stored(cluster, "apps/v1/statefulsets", NAMESPACE, "spine-flow-engine"),
+        15,
+        "the engine's StatefulSet",
+    )
+    assert statefulset["spec"]["replicas"] == 2
+    await eventually(lambda: not deployments(cluster), 10, "the old Deployment to be deleted")
+    config = engine_config(cluster)
+    assert config["replicas"] == 2
+    replica_login = config["flows"][0]["replicaLogins"][0]
+    assert replica_login["username"] == replica_login["clientId"] == "flow-press-kpi.1"
+    for secret in ("spine-mqtt-flow-press-kpi", "spine-mqtt-flow-press-kpi.1"):
+        login = stored(cluster, "v1/secrets", NAMESPACE, secret)
+        assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"

@@ -5,6 +5,8 @@ with exactly the topics its spec declares, bound to its client id (the operator'
 `flow_login()`), writes the engine's config file and runs
 `python -m spine_runtime.cli flow --config FILE` on a free port. `FlowEngineHandle` reads
 /status and /metrics, pushes a new config, SIGKILLs and restarts the engine.
+`start_flow_replicas` runs several engines as the replicas of one StatefulSet would: one config
+(`replicas`, a login per flow and replica), each engine told its ordinal by SPINE_FLOW_ORDINAL.
 `Collector` is an MQTT v5 subscriber (admin login) that keeps what arrives, for assertions.
 """
 
@@ -73,6 +75,7 @@ class FlowEngineHandle:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     broker: LocalBroker | None = None
     device_password: str = ""
+    environment: dict[str, str] = field(default_factory=dict)  # e.g. SPINE_FLOW_ORDINAL
 
     @property
     def config_path(self) -> Path:
@@ -97,7 +100,7 @@ class FlowEngineHandle:
         self.process = ManagedProcess(
             [sys.executable, "-m", "spine_runtime.cli", "flow", "--config", str(self.config_path)],
             self.state_dir / f"flow-engine-{self.starts}.log",
-            env={"PYTHONPATH": python_path},
+            env={"PYTHONPATH": python_path, **self.environment},
         ).start()
         if wait:
             self.wait_connected(timeout)
@@ -342,3 +345,86 @@ async def _publish(
             raise AssertionError(f"the broker refused {len(refused)} messages")
     finally:
         await link.stop()
+
+
+def _login_document(state_dir: Path, login: Login, password: str) -> dict[str, Any]:
+    password_file = state_dir / f"{login.username}.password"
+    password_file.write_text(password)
+    return {
+        "username": login.username,
+        "passwordFile": str(password_file),
+        "clientId": login.client_id,
+    }
+
+
+async def start_flow_replicas(
+    state_dir: Path,
+    broker: LocalBroker,
+    flows: list[dict[str, Any]],
+    replicas: int = 2,
+    **overrides: Any,
+) -> list[FlowEngineHandle]:
+    """`replicas` engines sharing one config, as the pods of the operator's StatefulSet do: the
+    operator's login of each flow on each replica (bound to its client id), and each engine on
+    a port of its own with SPINE_FLOW_ORDINAL set. Waits until every replica connected."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logins = {
+        (flow["name"], ordinal): operator_flow_login(
+            flow["name"],
+            FlowSpec.model_validate({k: v for k, v in flow.items() if k != "name"}),
+            ordinal,
+        )
+        for flow in flows
+        for ordinal in range(replicas)
+    }
+    passwords = await ensure_logins(broker, [*logins.values(), DEVICE_LOGIN])
+    token = secrets.token_urlsafe(16)
+    token_file = state_dir / "admin-token"
+    token_file.write_text(token)
+    rendered = [
+        {
+            **flow,
+            "login": _login_document(
+                state_dir, logins[flow["name"], 0], passwords[logins[flow["name"], 0].username]
+            ),
+            "replicaLogins": [
+                _login_document(
+                    state_dir,
+                    logins[flow["name"], ordinal],
+                    passwords[logins[flow["name"], ordinal].username],
+                )
+                for ordinal in range(1, replicas)
+            ],
+        }
+        for flow in flows
+    ]
+    handles = []
+    for ordinal in range(replicas):
+        handle = FlowEngineHandle(
+            state_dir / f"replica-{ordinal}",
+            {},
+            free_port(),
+            token=token,
+            broker=broker,
+            device_password=passwords[DEVICE_LOGIN.username],
+            environment={"SPINE_FLOW_ORDINAL": str(ordinal)},
+        )
+        handle.state_dir.mkdir(parents=True, exist_ok=True)
+        handle.write_config(
+            {
+                "broker": {"host": broker.host, "port": broker.port},
+                "http": {
+                    "host": "127.0.0.1",
+                    "port": handle.port,
+                    "adminTokenFile": str(token_file),
+                },
+                "twinNamespace": TWIN_NAMESPACE,
+                "replicas": replicas,
+                "flows": rendered,
+                **overrides,
+            }
+        )
+        handles.append(handle.start(wait=False))
+    for handle in handles:
+        handle.wait_connected()
+    return handles

@@ -93,6 +93,7 @@
   - watch
   - create
   - patch
+  - delete
 - apiGroups:
   - storage.k8s.io
   resources:

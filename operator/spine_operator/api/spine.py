@@ -30,6 +30,7 @@ from spine_operator.api.common import (
     parse_quantity,
 )
 from spine_operator.desired.haproxy import ClaimPath, Role, TokenString
+from spine_runtime.config.flow import MAX_REPLICAS as MAX_FLOW_ENGINE_REPLICAS
 from spine_runtime.config.twin import TwinNamespace
 
 # mosquitto's duration syntax for persistent_client_expiration: a number and h, d, w, m or y.
@@ -183,6 +184,16 @@ class TwinSpec(CamelModel):
 
 class FlowEngineSpec(CamelModel):
     """The namespace's flow engine: created when its first Flow appears."""
+
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_FLOW_ENGINE_REPLICAS,
+        description="Engine replicas (a StatefulSet). Each runs every flow under its own "
+        "broker login; they split each MQTT and twin source through a shared subscription, "
+        "serve HTTP sources behind one Service, and fire schedules on replica 0 only. Windows "
+        "aggregate what each replica receives.",
+    )
 
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(

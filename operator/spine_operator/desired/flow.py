@@ -28,31 +28,51 @@ from spine_operator.desired.twin import RUNTIME_UID, select_twin_models
 from spine_operator.environment import Environment
 from spine_operator.errors import DependencyNotReady, InvalidSpec, ReconcileError
 from spine_runtime.common.configsource import describe_validation_error
-from spine_runtime.config.flow import FlowEngineConfig, FlowSpec, shared_group
+from spine_runtime.config.flow import (
+    POD_NAME_VARIABLE,
+    FlowEngineConfig,
+    FlowSpec,
+    replica_suffix,
+    shared_group,
+)
 from spine_runtime.flow.twin import twin_acl_topics, twin_identity
 
 COMPONENT = "flow-engine"
 LIVE_FIELDS = frozenset({"flows"})  # a flow's change is pushed; the engine restarts it alone
 
 
-def flow_username(flow: str) -> str:
-    return f"flow-{flow}"
+# The logins of replicas 1, 2, ... (`flow-<flow>.<n>`): the broker holds exactly those of the
+# replicas and flows that exist; a '.' is never part of a Flow's name (a DNS label).
+REPLICA_LOGIN_PATTERN = r"^flow-[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[0-9]+$"
 
 
-def flow_login(name: str, spec: FlowSpec) -> Login:
-    """Exactly the flow's topics: its source (also as a shared subscription, so replicas can
-    split it), its sinks, its dead letters, and its twin updates and their acks.
+def flow_username(flow: str, ordinal: int = 0) -> str:
+    """The login (and client id) replica `ordinal` runs a flow under: `flow-<flow>` on replica
+    0, as before replicas existed, so its persistent session carries over; `flow-<flow>.<n>`."""
+    return f"flow-{flow}{replica_suffix(ordinal)}"
 
-    Bound to one client id, its username, like every login: the engine runs each flow on one
-    connection (source and sinks) under exactly that id."""
-    twin_publish, twin_acks = twin_acl_topics(name)
+
+def flow_login(name: str, spec: FlowSpec, ordinal: int = 0) -> Login:
+    """Exactly the flow's topics: its source (also as a shared subscription, so replicas
+    split it), its sinks, its dead letters, and this replica's own twin updates and acks.
+
+    Bound to one client id, its username, like every login: each replica runs each flow on one
+    connection (source and sinks) under exactly that id, so no replica can take another's
+    session over, and none can write the twin under another's sequence numbers."""
+    twin_publish, twin_acks = twin_acl_topics(name, ordinal)
+    suffix = f" (replica {ordinal})" if ordinal else ""
     return Login(
-        flow_username(name),
-        client_id=flow_username(name),
+        flow_username(name, ordinal),
+        client_id=flow_username(name, ordinal),
         publish=tuple(spec.publish_topics(name, twin_publish)),
         subscribe=tuple(spec.subscribe_topics(twin_acks, shared_group(name))),
-        description=f"Spine flow {name}",
+        description=f"Spine flow {name}{suffix}",
     )
+
+
+def login_volume_path(flow: str, ordinal: int) -> str:
+    """Where a replica's password lies below the logins volume: `<flow>[.<n>]/password`."""
+    return f"{flow}{replica_suffix(ordinal)}/password"
 
 
 @dataclass(frozen=True)
@@ -65,8 +85,10 @@ class FlowInputs:
     env: Environment
     token: SecretInput
     logins: dict[str, SecretInput]  # login Secret name -> its values
-    existing: dict[str, Any] | None = None  # the live Deployment
+    existing: dict[str, Any] | None = None  # the live StatefulSet
     existing_ready: bool = False
+    # The Deployment an operator before replicas ran the engine as: removed for the StatefulSet.
+    legacy_deployment: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,13 +147,22 @@ def engine_config(
                 "adminTokenFile": str(secrets_dir / "token" / "token"),
             },
             "twinNamespace": spec.twin_namespace(namespace),
+            "replicas": spec.flow_engine.replicas,
             "flows": flows,
         }
     )
 
 
-def login_file(env: Environment, flow: str) -> str:
-    return str(PurePosixPath(env.flow_secrets_dir) / "logins" / flow / "password")
+def login_file(env: Environment, flow: str, ordinal: int = 0) -> str:
+    return str(PurePosixPath(env.flow_secrets_dir) / "logins" / login_volume_path(flow, ordinal))
+
+
+def login_document(env: Environment, flow: str, login: Login, ordinal: int) -> dict[str, Any]:
+    return {
+        "username": login.username,
+        "passwordFile": login_file(env, flow, ordinal),
+        "clientId": login.client_id,
+    }
 
 
 def select_flows(
@@ -158,15 +189,18 @@ def select_flows(
                 cond.DEPENDENCY_NOT_FOUND, resolved[:1].upper() + resolved[1:]
             )
             continue
-        login = flow_login(name, flow_spec)
+        replica_logins = [
+            flow_login(name, flow_spec, ordinal) for ordinal in range(spec.flow_engine.replicas)
+        ]
         document = {
             **resolved,
             "name": name,
-            "login": {
-                "username": login.username,
-                "passwordFile": login_file(inputs.env, name),
-                "clientId": login.client_id,
-            },
+            "login": login_document(inputs.env, name, replica_logins[0], 0),
+            "replicaLogins": [
+                login_document(inputs.env, name, login, ordinal)
+                for ordinal, login in enumerate(replica_logins)
+                if ordinal
+            ],
         }
         try:
             engine_config(spec, inputs.env, namespace, [document])
@@ -175,18 +209,19 @@ def select_flows(
             verdicts[name] = FlowVerdict(cond.INVALID_SPEC, message)
             continue
         accepted.append(document)
-        logins.append(login)
+        logins.extend(replica_logins)
         verdicts[name] = FlowVerdict(
             cond.RECONCILED,
             "Running on the namespace's flow engine",
-            labels.login_secret_name(login.username),
+            labels.login_secret_name(replica_logins[0].username),
         )
     return accepted, verdicts, logins
 
 
 def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
-    """The flow engine (ConfigMap, Service, Deployment, NetworkPolicy, its token, one login per
-    flow), or nothing while the namespace has no Flow; `facts["flows"]` has every verdict."""
+    """The flow engine (ConfigMap, Services, StatefulSet, NetworkPolicy, its token, one login per
+    flow and replica), or nothing while the namespace has no Flow; `facts["flows"]` has every
+    verdict."""
     metadata_ = inputs.spine["metadata"]
     namespace, spine_name = metadata_["namespace"], metadata_["name"]
     try:
@@ -198,8 +233,8 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         )
     env = inputs.env
     accepted, verdicts, logins = select_flows(inputs, spec, namespace)
-    if not inputs.flows:
-        return Plan(objects=[], facts={"flows": {}})
+    if not inputs.flows:  # the last Flow went: so do the replica logins of every flow
+        return Plan(objects=[], prune_logins=REPLICA_LOGIN_PATTERN, facts={"flows": {}})
     digests: dict[str, str] = {}
     try:
         digests[inputs.token.name] = inputs.token.require(("token",), "the flow engine")
@@ -225,7 +260,15 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
     service = workload.build_service(
         labels.FLOW_ENGINE_NAME, namespace, COMPONENT, spine_name, [http_port]
     )
-    # One projected volume holds every flow's password at logins/<flow>/password.
+    replicas = spec.flow_engine.replicas
+    # The StatefulSet's governing Service: one DNS name per replica, for pushes and polls.
+    pods_service = workload.build_service(
+        labels.FLOW_ENGINE_PODS_NAME, namespace, COMPONENT, spine_name, [http_port], headless=True
+    )
+    # A replica that is starting must get its push too (it reads its ConfigMap otherwise).
+    pods_service["spec"]["publishNotReadyAddresses"] = True
+    # One projected volume holds the password of every flow on every replica at
+    # logins/<flow>[.<n>]/password: the pods share one template, so each mounts all of them.
     logins_volume = {
         "name": "logins",
         "projected": {
@@ -233,11 +276,14 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
             "sources": [
                 {
                     "secret": {
-                        "name": labels.login_secret_name(flow_username(flow["name"])),
-                        "items": [{"key": "password", "path": f"{flow['name']}/password"}],
+                        "name": labels.login_secret_name(flow_username(flow["name"], ordinal)),
+                        "items": [
+                            {"key": "password", "path": login_volume_path(flow["name"], ordinal)}
+                        ],
                     }
                 }
                 for flow in accepted
+                for ordinal in range(replicas)
             ],
         },
     }
@@ -260,7 +306,11 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         resources(spec.flow_engine.resources),
         workload.http_probes(),
     )
-    # A new flow adds a login Secret to the projected volume: that is the pod's only restart.
+    # The replica learns its ordinal from its pod's name (`spine-flow-engine-<n>`).
+    container["env"] = [
+        {"name": POD_NAME_VARIABLE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
+    # A new flow (or replica) adds login Secrets to the projected volume: the pods' only restart.
     checksum = workload.restart_checksum(
         config, LIVE_FIELDS, *sorted(digests.values()), *sorted(digests)
     )
@@ -277,11 +327,23 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         ],
         checksum=checksum,
     )
-    deployment = workload.build_deployment(labels.FLOW_ENGINE_NAME, namespace, template, 1)
-    # Each flow's login is bound to one client id: a new pod beside the old one (a rolling
-    # update) would take every flow's session over and be taken over in turn until the old pod
-    # stopped. The old pod stops first; a QoS 1 source queues in its session meanwhile.
-    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    # A StatefulSet, not a Deployment: each replica's logins are bound to client ids carrying
+    # its ordinal, and a StatefulSet never runs two pods of one ordinal at once (a rolling
+    # update stops replica n before its successor starts; a Deployment's surge pod, or a
+    # replacement beside a pod on a partitioned node, would take every flow's session over and
+    # be taken over in turn). Parallel: a replica that cannot start does not hold the others
+    # back; the ordinals need no order, the shared subscriptions split among whoever is there.
+    statefulset = workload.build_statefulset(
+        labels.FLOW_ENGINE_NAME,
+        namespace,
+        template,
+        labels.FLOW_ENGINE_PODS_NAME,
+        claims=[],
+        retain_on_delete=False,
+    )
+    statefulset["spec"]["replicas"] = replicas
+    statefulset["spec"]["podManagementPolicy"] = "Parallel"
+    del statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]  # no volumes to keep
     network_policy = workload.build_ingress_policy(
         labels.FLOW_ENGINE_NAME,
         namespace,
@@ -291,23 +353,48 @@ def plan_flows(inputs: FlowInputs) -> Plan | Refusal:
         env.operator_namespace,
         monitoring_namespace=env.monitoring_namespace,
     )
-    push = None
+    pushes: list[ConfigPush] = []
     if inputs.existing_ready and workload.pod_checksum(inputs.existing) == checksum:
-        push = ConfigPush(
-            env.flow_engine_url(namespace),
-            (inputs.token.values or {}).get("token", ""),
-            workload.config_document(config),
-        )
+        token = (inputs.token.values or {}).get("token", "")
+        document = workload.config_document(config)
+        pushes = [
+            ConfigPush(url, token, document)
+            for url in env.flow_engine_replica_urls(namespace, replicas)
+        ]
+    # Replica logins of ordinals (or flows) that are gone leave the broker once no pod of
+    # theirs runs any more: a replica still stopping finishes its messages under its login.
+    pods = int(((inputs.existing or {}).get("status") or {}).get("replicas") or 0)
+    prune_held = pods > replicas
     return Plan(
-        objects=[config_map, service, deployment, network_policy],
+        objects=[config_map, service, pods_service, statefulset, network_policy],
+        removals=(
+            [("apps/v1", "Deployment", labels.FLOW_ENGINE_NAME)] if inputs.legacy_deployment else []
+        ),
         generated=[
             workload.build_generated_secret(
                 labels.FLOW_ENGINE_TOKEN_SECRET, namespace, COMPONENT, spine_name, {"token": ""}
             ),
             *(build_login_secret(namespace, login, spine_name, env, "") for login in logins),
         ],
+        prune_logins=None if prune_held else REPLICA_LOGIN_PATTERN,
+        prune_keep=[
+            flow_username(item["metadata"]["name"], ordinal)
+            for item in inputs.flows
+            if not item["metadata"].get("deletionTimestamp")
+            for ordinal in range(1, replicas)
+        ],
         logins=logins,
-        push=push,
+        push=pushes[0] if pushes else None,
+        more_pushes=pushes[1:],
         secret_digests=digests,
-        facts={"flows": verdicts, "identities": [twin_identity(flow["name"]) for flow in accepted]},
+        facts={
+            "flows": verdicts,
+            "replicas": replicas,
+            "pruneHeld": prune_held,
+            "identities": [
+                twin_identity(flow["name"], ordinal)
+                for flow in accepted
+                for ordinal in range(replicas)
+            ],
+        },
     )

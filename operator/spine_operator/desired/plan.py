@@ -47,7 +47,16 @@ class Plan:
     logins: list[Login] = field(default_factory=list)  # the broker must hold exactly these
     resizes: list[VolumeResize] = field(default_factory=list)
     push: ConfigPush | None = None  # None: the pod (re)starts with the ConfigMap instead
-    more_pushes: list[ConfigPush] = field(default_factory=list)  # an aggregate of two runtimes
+    more_pushes: list[ConfigPush] = field(default_factory=list)  # two runtimes, or replicas
+    # (apiVersion, kind, name) of children to delete before the others are applied: a workload
+    # that changed kind (the flow engine's Deployment became a StatefulSet).
+    removals: list[tuple[str, str, str]] = field(default_factory=list)
+    # A regular expression of usernames of a family of logins (the flow engine's replica
+    # logins): the broker must hold only those of them that `logins` lists.
+    prune_logins: str | None = None
+    # Usernames of that family to keep besides `logins`: those of a Flow refused for now, whose
+    # sessions hold its share of the input until it is fixed.
+    prune_keep: list[str] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)  # kind-specific, e.g. volumes
     secret_digests: dict[str, str] = field(default_factory=dict)  # name -> digest of its data
     facts: dict[str, Any] = field(default_factory=dict)  # what the status reports (counts, URLs)

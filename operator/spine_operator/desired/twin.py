@@ -319,8 +319,19 @@ def plan_twin(inputs: TwinInputs) -> Plan | Refusal:
     )
 
 
-def numbered_publishers(gateways: list[dict[str, Any]], flows: list[dict[str, Any]]) -> list[str]:
-    """The names under which Gateways and Flows with a twin sink send numbered updates.
+def flow_engine_replicas(spine: dict[str, Any]) -> int:
+    """The Spine's flowEngine.replicas (1 while its spec is invalid: the engine waits then)."""
+    try:
+        return SpineSpec.model_validate(spine.get("spec") or {}).flow_engine.replicas
+    except ValidationError:
+        return 1
+
+
+def numbered_publishers(
+    gateways: list[dict[str, Any]], flows: list[dict[str, Any]], flow_replicas: int = 1
+) -> list[str]:
+    """The names under which Gateways and Flows with a twin sink send numbered updates: a
+    flow's on each replica of the engine (`flow.<flow>`, `flow.<flow>.1`, ...).
 
     Only names their own plans accept (a Gateway's: a DNS label of at most 38 characters; a
     Flow's: a DNS label), so a resource refused for its name can never make the twin's config
@@ -334,7 +345,7 @@ def numbered_publishers(gateways: list[dict[str, Any]], flows: list[dict[str, An
         sinks = (item.get("spec") or {}).get("sinks") or []
         name = item["metadata"]["name"]
         if _label(name, 63) and any(isinstance(sink, dict) and sink.get("twin") for sink in sinks):
-            names.append(twin_identity(name))
+            names.extend(twin_identity(name, ordinal) for ordinal in range(flow_replicas))
     return sorted(set(names))
 
 

@@ -47,6 +47,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             deliver=kinds.deliver_engine_report,
             metrics=CONTEXT.metrics,
             parse=status_poller.flow_engine_report,
+            replica_urls=lambda key: CONTEXT.environment.flow_engine_replica_urls(
+                key[0], kinds.engine_replicas(key[0])
+            ),
+            combine=status_poller.combine_flow_engine_reports,
         ),
         status_poller.RuntimePoller(
             kind="Proxy",

@@ -2,7 +2,7 @@
 
 A Flow's change (or deletion), and a TwinModel's (a flow may name one), reconciles the flow
 engine aggregate (`FLOWS`), which renders every flow into the engine's config, pushes it, and
-writes each Flow's status. The engine's Deployment events refresh the Flows' readiness.
+writes each Flow's status. The engine's StatefulSet events refresh the Flows' readiness.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from spine_operator import labels
 from spine_operator.api.kinds import FLOW, GROUP, TWINMODEL, VERSION
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
+from spine_operator.desired.flow import COMPONENT as FLOW_ENGINE_COMPONENT
 from spine_operator.desired.flow import flow_username
-from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY, TWIN_KEY, TWINS
+from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY, TWIN_KEY, TWINS, engine_prune_held
 
 
 @kopf.on.resume(GROUP, VERSION, FLOW.plural)
@@ -34,7 +35,8 @@ async def flow_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> 
 async def flow_deleted(
     type: str, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
 ) -> None:
-    """No finalizer: the flow leaves the engine's config; its login goes from the broker."""
+    """No finalizer: the flow leaves the engine's config; its logins go from the broker (replica
+    0's here, the other replicas' by the engine's reconcile, which prunes them)."""
     if type != "DELETED" or not namespace:
         return
     CONTEXT.metrics.forget(FLOW.kind, namespace, name)
@@ -58,10 +60,19 @@ async def twinmodel_changed_recheck_flows(
 @kopf.on.event(
     "apps",
     "v1",
-    "deployments",
-    labels={labels.PART_OF: "spine", labels.MANAGED_BY: "spine-operator"},
+    "statefulsets",
+    labels={
+        labels.PART_OF: "spine",
+        labels.MANAGED_BY: "spine-operator",
+        labels.COMPONENT: FLOW_ENGINE_COMPONENT,
+    },
 )
-async def flow_engine_changed(namespace: str | None, **_: Any) -> None:
-    """The engine's Deployment changed (e.g. its pod became ready): refresh the Flows' status."""
-    if namespace:
+async def flow_engine_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+    """The engine's StatefulSet changed (e.g. a pod became ready, or the pods of a scale-down
+    stopped): refresh the Flows' status, and remove the replica logins that waited for that."""
+    if not namespace:
+        return
+    if engine_prune_held(namespace):
+        await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
+    else:
         await FLOWS.report(CONTEXT.k8s, namespace, FLOWS_KEY)

@@ -1,8 +1,8 @@
 """kopf wiring of the Spine kind: its broker and, through the twin aggregate, its twin service.
 
-A Spine's change reconciles the broker (`SPINES`) and the twin (`TWINS`, which also hears every
-TwinModel); the two fail independently, so a broker problem never blocks a TwinModel. The rest
-is in `reconcile/`.
+A Spine's change reconciles the broker (`SPINES`), the twin (`TWINS`, which also hears every
+TwinModel), the proxy and the flow engine (its `flowEngine` settings); they fail independently,
+so a broker problem never blocks a TwinModel. The rest is in `reconcile/`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,28 @@ from spine_operator.context import CONTEXT
 from spine_operator.desired.broker import spine_secret_names
 from spine_operator.desired.common import controller_of
 from spine_operator.desired.logins import TWIN_USERNAME
-from spine_operator.reconcile.kinds import GATEWAYS, PROXIES, PROXY_KEY, SPINES, TWIN_KEY, TWINS
+from spine_operator.reconcile.kinds import (
+    FLOWS,
+    FLOWS_KEY,
+    GATEWAYS,
+    PROXIES,
+    PROXY_KEY,
+    SPINES,
+    TWIN_KEY,
+    TWINS,
+)
 
 
 async def reconcile_spine(namespace: str, name: str, logger: Any) -> None:
-    """Broker, twin, then proxy; all run, and a retryable failure wins over a permanent one."""
+    """Broker, twin, proxy, then the flow engine; all run, and a retryable failure wins over a
+    permanent one."""
     errors: list[Exception] = []
-    for reconciler, key in ((SPINES, name), (TWINS, TWIN_KEY), (PROXIES, PROXY_KEY)):
+    for reconciler, key in (
+        (SPINES, name),
+        (TWINS, TWIN_KEY),
+        (PROXIES, PROXY_KEY),
+        (FLOWS, FLOWS_KEY),  # flowEngine.replicas and resources live on the Spine
+    ):
         try:
             await reconciler.reconcile(namespace, key, logger)
         except (kopf.TemporaryError, kopf.PermanentError) as error:

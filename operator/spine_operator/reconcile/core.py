@@ -82,14 +82,24 @@ def kopf_error(error: ReconcileError, retry_delay: float) -> Exception:
 async def apply_plan(
     k8s: Kubernetes, owner: dict[str, Any], plan: Plan, generation: int
 ) -> Outcome:
-    """Logins first (so no config reaches a pod before its login), then the children, the
-    volume resizes, and the config push, which waits while a login is only declared."""
+    """Logins first (so no config reaches a pod before its login), then the children (after
+    removing those whose kind changed), logins the plan prunes, the volume resizes, and the
+    config push, which waits while a login is only declared."""
     namespace = owner["metadata"]["namespace"]
     applied = True
     for login in plan.logins:
         applied &= await CONTEXT.broker_access.ensure_login(namespace, login, owner, wait=False)
+    for api_version, kind, name in plan.removals:
+        if await k8s.delete(api_version, kind, namespace, name):
+            log.info("Deleted %s %s/%s", kind, namespace, name)
     for child in plan.objects:
         await k8s.apply(child, owner=owner)
+    if plan.prune_logins is not None and applied:
+        keep = {login.username for login in plan.logins} | set(plan.prune_keep)
+        for username in await CONTEXT.broker_access.prune_logins(
+            namespace, plan.prune_logins, keep
+        ):
+            log.info("Removed broker login %s of namespace %s", username, namespace)
     for resize in plan.resizes:
         await k8s.patch_merge(
             "v1",

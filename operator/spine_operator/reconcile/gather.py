@@ -119,6 +119,7 @@ async def gather_twin(k8s: Kubernetes, spine: dict[str, Any]) -> twin.TwinInputs
     publishers = twin.numbered_publishers(
         await k8s.list(API_VERSION, GATEWAY.kind, namespace),
         await k8s.list(API_VERSION, FLOW.kind, namespace),
+        twin.flow_engine_replicas(spine),
     )
     return twin.TwinInputs(spine, models, CONTEXT.environment, tokens, login, existing, publishers)
 
@@ -177,7 +178,8 @@ async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.Gatew
 
 async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInputs:
     """Every Flow and TwinModel of the namespace, the engine's token, each flow's login Secret
-    (generated once), and the live Deployment. Nothing is generated while no Flow exists."""
+    (generated once, one per flow and replica), the live StatefulSet and a Deployment left by an
+    operator before replicas. Nothing is generated while no Flow exists."""
     namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
     env = CONTEXT.environment
     flows = await k8s.list(API_VERSION, FLOW.kind, namespace)
@@ -203,9 +205,18 @@ async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInput
     for login in logins:
         secret = await login_secret(k8s, namespace, login, spine)
         secrets[secret.name] = secret
-    existing = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
+    existing = await k8s.get("apps/v1", "StatefulSet", namespace, labels.FLOW_ENGINE_NAME)
+    legacy = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
     return flow.FlowInputs(
-        spine, flows, models, env, token, secrets, existing, deployment_ready(existing)[0]
+        spine,
+        flows,
+        models,
+        env,
+        token,
+        secrets,
+        existing,
+        deployment_ready(existing)[0],
+        legacy_deployment=legacy is not None,
     )
 
 

@@ -207,8 +207,20 @@ FLOWS_KEY = "flows"  # the flow engine aggregate's name in its (namespace, name)
 FLOW_ENGINE = "FlowEngine"  # its kind in metrics and logs
 
 
+def engine_replicas(namespace: str) -> int:
+    """How many replicas the namespace's engine runs, as its last plan said."""
+    outcome = FLOWS.outcomes.get((namespace, FLOWS_KEY))
+    return int(outcome.fact("replicas", 1) if outcome is not None else 1)
+
+
+def engine_prune_held(namespace: str) -> bool:
+    """Whether replica logins wait for the pods of a scale-down to stop."""
+    outcome = FLOWS.outcomes.get((namespace, FLOWS_KEY))
+    return bool(outcome.fact("pruneHeld", False)) if outcome is not None else False
+
+
 async def report_flows(k8s: Kubernetes, namespace: str, _: str) -> None:
-    """Each Flow's status from the engine's outcome, its Deployment and the poller's report."""
+    """Each Flow's status from the engine's outcome, its StatefulSet and the poller's report."""
     spine = await gather.namespace_spine(k8s, namespace)
     problem = None
     if spine is None:
@@ -217,7 +229,7 @@ async def report_flows(k8s: Kubernetes, namespace: str, _: str) -> None:
     outcome = FLOWS.outcomes.get((namespace, FLOWS_KEY))
     deployment = None
     if spine is not None:
-        deployment = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
+        deployment = await k8s.get("apps/v1", "StatefulSet", namespace, labels.FLOW_ENGINE_NAME)
         if deployment_ready(deployment)[0]:
             ready_engines.add((namespace, FLOWS_KEY))
         else:

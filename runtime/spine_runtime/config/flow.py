@@ -11,6 +11,7 @@ run. Every value a user writes has a bound; topics reach MQTT, never a config fi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -655,17 +656,22 @@ class FlowSpec(CamelModel):
         subscriptions the login needs `$share/<group>/<filter>` itself: mosquitto 2.0 checks
         the whole string against the ACL (the plain filter alone was refused, reason 135)."""
         topics: list[str] = []
-        source = self.source
-        if source.mqtt is not None:
-            topics.append(source.mqtt.topic)
+        for topic in self.source_filters():
+            topics.append(topic)
             if shared_group is not None:
-                topics.append(shared_subscription(shared_group, source.mqtt.topic))
-        if source.twin is not None:
-            for thing in source.twin.things or ["+"]:
-                topics.append(f"spine/things/{thing}/events")
+                topics.append(shared_subscription(shared_group, topic))
         if twin_ack_topic is not None and any(sink.twin is not None for sink in self.sinks):
             topics.append(twin_ack_topic)
         return topics
+
+    def source_filters(self) -> list[str]:
+        """The topic filters the flow's input arrives on (an MQTT or a twin source)."""
+        source = self.source
+        if source.mqtt is not None:
+            return [source.mqtt.topic]
+        if source.twin is not None:
+            return [f"spine/things/{thing}/events" for thing in source.twin.things or ["+"]]
+        return []
 
     def publish_topics(self, flow: str, twin_update_topic: str | None = None) -> list[str]:
         """Topics the flow's login must be allowed to publish to (sinks and dead letters)."""
@@ -704,6 +710,34 @@ def shared_subscription(group: str, topic: str) -> str:
     return f"$share/{group}/{topic}"
 
 
+MAX_REPLICAS = 16
+ORDINAL_VARIABLE = "SPINE_FLOW_ORDINAL"
+POD_NAME_VARIABLE = "SPINE_POD_NAME"
+
+
+def replica_suffix(ordinal: int) -> str:
+    """What a replica adds to the names it runs each flow under: nothing for ordinal 0 (the
+    names a one-replica engine always had, so its persistent sessions and the twin's sequence
+    numbers carry over), `.<ordinal>` otherwise. A Kubernetes name has no '.' in a DNS label,
+    so `flow-a.1` can never be the name of another flow's first replica."""
+    return "" if ordinal == 0 else f".{ordinal}"
+
+
+def ordinal_from_environment(environ: dict[str, str]) -> int | None:
+    """This replica's ordinal: SPINE_FLOW_ORDINAL (local runs, tests), else the trailing number
+    of SPINE_POD_NAME (a StatefulSet's pod `<set>-<ordinal>`, from the downward API)."""
+    explicit = environ.get(ORDINAL_VARIABLE, "").strip()
+    if explicit:
+        if not explicit.isdigit():
+            raise ValueError(f"{ORDINAL_VARIABLE}={explicit!r} is not a replica ordinal")
+        return int(explicit)
+    pod = environ.get(POD_NAME_VARIABLE, "").strip()
+    found = re.search(r"-([0-9]+)$", pod)
+    if pod and found is None:
+        raise ValueError(f"{POD_NAME_VARIABLE}={pod!r} does not end in -<ordinal>")
+    return int(found.group(1)) if found else None
+
+
 # The engine's config file ------------------------------------------------------------------
 
 
@@ -724,10 +758,20 @@ class FlowLogin(CamelModel):
 
 
 class FlowConfig(FlowSpec):
-    """One flow as the engine runs it: the spec with references resolved, and its login."""
+    """One flow as the engine runs it: the spec with references resolved, and its logins."""
 
     name: DnsLabel
-    login: FlowLogin
+    login: FlowLogin = Field(description="The login replica 0 runs the flow under.")
+    replica_logins: list[FlowLogin] = Field(
+        default_factory=list,
+        max_length=MAX_REPLICAS - 1,
+        description="The logins of replicas 1, 2, ... in order: each bound to its own client "
+        "id, so no replica can take another's session over.",
+    )
+
+    def login_of(self, ordinal: int) -> FlowLogin:
+        """The login replica `ordinal` runs this flow under."""
+        return self.login if ordinal == 0 else self.replica_logins[ordinal - 1]
 
     @model_validator(mode="after")
     def _resolved(self) -> FlowConfig:
@@ -778,8 +822,23 @@ class FlowEngineConfig(CamelModel):
     )
     shared_subscriptions: bool = Field(
         default=True,
-        description="Subscribe MQTT sources as $share/<flow>/<topic>, so replicas split each "
-        "flow's input.",
+        description="Subscribe MQTT and twin sources as $share/flow-<flow>/<topic>, so "
+        "replicas split each flow's input (always, so scaling never changes a persistent "
+        "session's subscriptions).",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="How many engine replicas run every flow; each flow lists a login per "
+        "replica. A schedule source fires on replica 0 only.",
+    )
+    ordinal: int | None = Field(
+        default=None,
+        ge=0,
+        lt=MAX_REPLICAS,
+        description="This replica's ordinal. Unset (the shared ConfigMap of a StatefulSet): "
+        "SPINE_FLOW_ORDINAL, else the number ending SPINE_POD_NAME, else 0.",
     )
     max_message_bytes: int = Field(
         default=256 * 1024,
@@ -807,8 +866,33 @@ class FlowEngineConfig(CamelModel):
             names.add(flow.name)
         return flows
 
+    @model_validator(mode="after")
+    def _a_login_per_replica(self) -> FlowEngineConfig:
+        for flow in self.flows:
+            if len(flow.replica_logins) != self.replicas - 1:
+                raise PydanticCustomError(
+                    "replica_logins",
+                    "flow '{name}': {replicas} replicas need {wanted} replicaLogins, not {found}",
+                    {
+                        "name": flow.name,
+                        "replicas": self.replicas,
+                        "wanted": self.replicas - 1,
+                        "found": len(flow.replica_logins),
+                    },
+                )
+        return self
+
+    def replica_ordinal(self, environ: dict[str, str] | None = None) -> int:
+        """This replica's ordinal (see `ordinal`); ValueError if the environment names none
+        that makes sense."""
+        if self.ordinal is not None:
+            return self.ordinal
+        found = ordinal_from_environment(dict(os.environ) if environ is None else environ)
+        return 0 if found is None else found
+
 
 __all__ = [
+    "MAX_REPLICAS",
     "UNITS",
     "FlowConfig",
     "FlowEngineConfig",

@@ -26,17 +26,22 @@ log = logging.getLogger(__name__)
 HTTP_SOURCE_WAIT_SECONDS = 30.0
 
 
-def flow_digest(flow: FlowConfig, engine: FlowEngineConfig) -> str:
-    """What a running flow depends on: its spec and login (with the password itself, so a new
-    password reconnects it) and the engine settings its runner reads."""
+def flow_digest(flow: FlowConfig, engine: FlowEngineConfig, ordinal: int = 0) -> str:
+    """What a running flow depends on: its spec and this replica's login (with the password
+    itself, so a new password reconnects it) and the engine settings its runner reads. Not the
+    other replicas' logins nor their number: scaling restarts no flow of a running replica."""
+    login = flow.login_of(ordinal)
     try:
-        password = flow.login.password()
+        password = login.password()
     except OSError:
         password = ""
     document = {
-        "flow": flow.model_dump(mode="json", by_alias=True),
+        "flow": flow.model_dump(mode="json", by_alias=True, exclude={"login", "replica_logins"}),
+        "login": login.model_dump(mode="json", by_alias=True),
         "password": hashlib.sha256(password.encode()).hexdigest(),
-        "engine": engine.model_dump(mode="json", by_alias=True, exclude={"flows", "http"}),
+        "engine": engine.model_dump(
+            mode="json", by_alias=True, exclude={"flows", "http", "replicas"}
+        ),
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -44,6 +49,8 @@ def flow_digest(flow: FlowConfig, engine: FlowEngineConfig) -> str:
 class FlowEngine:
     def __init__(self, config: FlowEngineConfig) -> None:
         self.config = config
+        # Fails at start, not at the first flow, when the pod's name carries no ordinal.
+        self.ordinal = config.replica_ordinal()
         self.metrics = FlowMetrics()
         self.runners: dict[str, FlowRunner] = {}
         self.started_at = time.time()
@@ -55,7 +62,16 @@ class FlowEngine:
 
     async def apply(self, config: FlowEngineConfig) -> None:
         async with self._lock:
-            wanted = {flow.name: (flow, flow_digest(flow, config)) for flow in config.flows}
+            # A replica beyond the wanted number (scaled down, still stopping) runs nothing:
+            # its logins are about to go.
+            flows = config.flows if self.ordinal < config.replicas else []
+            if not flows and config.flows:
+                log.warning(
+                    "Replica %d runs no flow: the engine has %d replicas",
+                    self.ordinal,
+                    config.replicas,
+                )
+            wanted = {flow.name: (flow, flow_digest(flow, config, self.ordinal)) for flow in flows}
             changed = [
                 name
                 for name, runner in self.runners.items()

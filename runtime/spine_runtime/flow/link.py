@@ -116,6 +116,7 @@ class FlowLink:
         on_message: Callable[[Received], None],
         *,
         subscriptions: list[tuple[str, int]] = (),  # type: ignore[assignment]
+        unsubscriptions: list[str] = (),  # type: ignore[assignment]
         persistent: bool = False,
         session_expiry: int = 3600,
         receive_maximum: int = 100,
@@ -124,6 +125,7 @@ class FlowLink:
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.subscriptions = list(subscriptions)
+        self.unsubscriptions = list(unsubscriptions)  # dropped from a resumed session
         self.on_message = on_message
         properties: dict[str, Any] = {"receive_maximum": max(1, min(receive_maximum, 65535))}
         if persistent:
@@ -198,6 +200,8 @@ class FlowLink:
         self.generation += 1
         self.last_error = None
         session_present = bool(flags)
+        if session_present and self.unsubscriptions:
+            client.unsubscribe(self.unsubscriptions)
         for topic, qos in self.subscriptions:
             client.subscribe(topic, qos=qos)
         if not session_present and self.pending:

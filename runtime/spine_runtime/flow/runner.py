@@ -131,31 +131,36 @@ class FlowRunner:
         # histogram is plain counts (metrics.LatencyCounts).
         self._latency = metrics.latency.labels(self.name)
         self.twin: TwinWriter | None = None
-        identity = twin_identity(self.name)
+        # Replica `ordinal` of the engine runs the flow under its own login, client id and twin
+        # identity; the replicas split the input through one shared subscription group.
+        self.ordinal = engine.replica_ordinal()
+        login = flow.login_of(self.ordinal)
+        identity = twin_identity(self.name, self.ordinal)
+        source_qos = source.mqtt.qos if source.mqtt is not None else 1
         source_topics: list[tuple[str, int]] = []
-        if source.mqtt is not None:
-            topic = source.mqtt.topic
+        plain_topics: list[str] = []  # what an engine before shared twin sources subscribed
+        for topic in flow.source_filters():
             if engine.shared_subscriptions:
+                if source.twin is not None:
+                    plain_topics.append(topic)
                 topic = shared_subscription(shared_group(self.name), topic)
-            source_topics.append((topic, source.mqtt.qos))
-        if source.twin is not None:
-            source_topics += [
-                (f"spine/things/{thing}/events", 1) for thing in source.twin.things or []
-            ]
+            source_topics.append((topic, source_qos))
         self.ack_topic: str | None = None
         if any(sink.twin is not None for sink in flow.sinks):
             self.ack_topic = twin_ack_topic(identity)
         client_id = (
-            flow.login.client_id
-            or (f"flow-{self.name}-{engine.instance or socket.gethostname()}"[:200])
+            login.client_id or (f"flow-{self.name}-{engine.instance or socket.gethostname()}"[:200])
         )
         # Acks at QoS 0: mosquitto sends QoS 0 even while unacknowledged source messages fill
         # the receive window, and a lost ack is made good by the next one or a re-send.
         ack_subscription = [(self.ack_topic, 0)] if self.ack_topic else []
         self.link = FlowLink(
             client_id=client_id,
-            username=flow.login.username,
-            password=flow.login.password(),
+            username=login.username,
+            password=login.password(),
+            # A resumed session may still hold a twin source's plain filter: it would deliver
+            # every event beside this replica's share of them.
+            unsubscriptions=plain_topics,
             host=engine.broker.host,
             port=engine.broker.port,
             on_message=self._on_message,
@@ -181,6 +186,7 @@ class FlowRunner:
                 engine.twin_namespace,
                 lambda topic, payload, done: self.link.publish(topic, payload, 1, False, done),
                 engine.twin_ack_timeout_seconds,
+                self.ordinal,
             )
 
     def connected(self) -> bool:
@@ -196,7 +202,8 @@ class FlowRunner:
             asyncio.create_task(self._tick(), name=f"flow-{self.name}-tick"),
             asyncio.create_task(self.link.start(), name=f"flow-{self.name}-connect"),
         ]
-        if self.flow.source.schedule is not None:
+        # A schedule fires once per period in the namespace, not once per replica.
+        if self.flow.source.schedule is not None and self.ordinal == 0:
             self._tasks.append(
                 asyncio.create_task(self._schedule(), name=f"flow-{self.name}-schedule")
             )

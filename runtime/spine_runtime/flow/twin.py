@@ -1,7 +1,8 @@
 """The twin sink's side of docs/protocol.md: a flow writes properties the way a gateway does.
 
 A flow numbers its twin updates (`spine-gateway` is `flow.<flow>`, which no gateway can be
-named, since gateway names are DNS labels; `spine-epoch` is new at every start of the flow;
+named, since gateway names are DNS labels, and `flow.<flow>.<n>` on the engine's replica n > 0,
+so replicas never share a sequence; `spine-epoch` is new at every start of the flow;
 `spine-seq` counts from 1) and a write counts as accepted only when the twin's ack covers its
 seq: stored, or rejected as invalid and reported on the thing's errors topic. What stays
 unacknowledged past the timeout is published again from the oldest on (go-back-N, the twin
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 
 import orjson
 
+from spine_runtime.config.flow import replica_suffix
 from spine_runtime.gateway.protocol import parse_ack, update_payload
 
 
-def twin_identity(flow: str) -> str:
-    return f"flow.{flow}"
+def twin_identity(flow: str, ordinal: int = 0) -> str:
+    """The numbered publisher a flow writes the twin as on replica `ordinal` of the engine:
+    one sequence per replica, or two replicas' numbers would clash in the twin's tracker."""
+    return f"flow.{flow}{replica_suffix(ordinal)}"
 
 
 def twin_update_topic(identity: str, thing: str) -> str:
@@ -39,9 +43,9 @@ def twin_ack_topic(identity: str) -> str:
     return f"spine/gateways/{identity}/acks"
 
 
-def twin_acl_topics(flow: str) -> tuple[str, str]:
+def twin_acl_topics(flow: str, ordinal: int = 0) -> tuple[str, str]:
     """(publish, subscribe) topics a flow with a twin sink needs in its broker login."""
-    identity = twin_identity(flow)
+    identity = twin_identity(flow, ordinal)
     return twin_update_topic(identity, "+"), twin_ack_topic(identity)
 
 
@@ -71,8 +75,9 @@ class TwinWriter:
         namespace: str,
         publish: Callable[[str, bytes, Callable[[bool], None]], None],
         ack_timeout: float,
+        ordinal: int = 0,
     ) -> None:
-        self.identity = twin_identity(flow)
+        self.identity = twin_identity(flow, ordinal)
         self.namespace = namespace
         self.publish = publish
         self.ack_timeout = ack_timeout
