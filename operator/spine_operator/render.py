@@ -243,6 +243,7 @@ def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         env,
         placeholder(labels.FLOW_ENGINE_TOKEN_SECRET, ("token",)),
         {},
+        registrations=inputs.get("ServiceRegistration", namespace),
     )
     _, verdicts, logins = flow.select_flows(
         flow_inputs, SpineSpec.model_validate(spine.get("spec") or {}), namespace

@@ -116,3 +116,82 @@ async def test_a_bad_flow_is_refused_alone_and_a_missing_model_heals(cluster, op
         "press-kpi in the engine once its model exists",
     )
     assert ready(cluster, "bad-expression")["reason"] == "InvalidSpec"
+
+
+def calling_flow() -> dict:
+    """The example's alarm-enrich flow, calling the example registration by serviceRef."""
+    flow = copy.deepcopy(
+        next(f for f in example_flows() if f["metadata"]["name"] == "alarm-enrich")
+    )
+    call = flow["spec"]["steps"][1]["call"]
+    call.pop("url", None)
+    call["serviceRef"] = {"name": "maintenance", "api": "orders", "path": "/api/contacts"}
+    return flow
+
+
+def called_url(cluster) -> str | None:
+    flows = {f["name"]: f for f in engine_config(cluster)["flows"]}
+    found = flows.get("alarm-enrich")
+    return found["steps"][1]["call"]["url"] if found else None
+
+
+async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, operator) -> None:
+    from tests.integration.test_registration_operator import example as registration_example
+    from tests.integration.test_registration_operator import service
+
+    k8s = Kubernetes()
+    await k8s.create(spine(NAMESPACE))
+    await k8s.create(calling_flow())
+    await eventually(
+        lambda: ready(cluster, "alarm-enrich")["reason"] == "DependencyNotFound", 10, "waits"
+    )
+    message = ready(cluster, "alarm-enrich")["message"]
+    assert message.startswith("spec.steps[1].call.serviceRef: ServiceRegistration maintenance")
+    assert "does not exist in namespace plant-a" in message
+    assert engine_config(cluster)["flows"] == []
+
+    # The registration appears, but its Service does not exist: the operator refuses it, and
+    # the flow says so (it would call a backend that is not there).
+    config_map, registration = registration_example()
+    await k8s.create(copy.deepcopy(config_map))
+    await k8s.create(copy.deepcopy(registration))
+    await eventually(
+        lambda: ready(cluster, "alarm-enrich")["reason"] == "DependencyNotReady", 15, "refused"
+    )
+    assert "Service maintenance-planner" in ready(cluster, "alarm-enrich")["message"]
+
+    # Its Service appears: the registration is accepted, and the flow runs with the URL of the
+    # Service inside the namespace.
+    await k8s.create(service("maintenance-planner"))
+    host = f"maintenance-planner.{NAMESPACE}.svc.cluster.local"
+    await eventually(
+        lambda: called_url(cluster) == f"http://{host}:8080/api/contacts", 15, "resolved"
+    )
+    await eventually(
+        lambda: ready(cluster, "alarm-enrich")["reason"] == "Progressing", 10, "accepted"
+    )
+
+    # The registration's API moves to another port: the flow follows without being touched.
+    moved = stored(
+        cluster, "spine.iiot.dev/v1alpha1/serviceregistrations", NAMESPACE, "maintenance"
+    )
+    apis = copy.deepcopy(moved["spec"]["apis"])
+    apis[0]["serviceRef"]["port"] = 9090
+    await k8s.patch_merge(
+        "spine.iiot.dev/v1alpha1",
+        "ServiceRegistration",
+        NAMESPACE,
+        "maintenance",
+        {"spec": {"apis": apis}},
+    )
+    await eventually(lambda: called_url(cluster) == f"http://{host}:9090/api/contacts", 15, "moved")
+
+    # It goes: the flow stops and says what to apply.
+    await k8s.request(
+        "DELETE",
+        f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/serviceregistrations/maintenance",
+    )
+    await eventually(lambda: called_url(cluster) is None, 15, "the flow leaves the engine")
+    await eventually(
+        lambda: ready(cluster, "alarm-enrich")["reason"] == "DependencyNotFound", 10, "says so"
+    )

@@ -176,14 +176,16 @@ async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.Gatew
 
 
 async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInputs:
-    """Every Flow and TwinModel of the namespace, the engine's token, each flow's login Secret
-    (generated once), and the live Deployment. Nothing is generated while no Flow exists."""
+    """Every Flow, TwinModel and ServiceRegistration of the namespace, the engine's token, each
+    flow's login Secret (generated once), and the live Deployment. Nothing is generated while no
+    Flow exists."""
     namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
     env = CONTEXT.environment
     flows = await k8s.list(API_VERSION, FLOW.kind, namespace)
     models = await k8s.list(API_VERSION, TWINMODEL.kind, namespace)
+    registrations = await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace)
     token = SecretInput(labels.FLOW_ENGINE_TOKEN_SECRET, None)
-    inputs = flow.FlowInputs(spine, flows, models, env, token, {})
+    inputs = flow.FlowInputs(spine, flows, models, env, token, {}, registrations=registrations)
     if not flows:
         return inputs
     token = await generated_secret(
@@ -205,7 +207,15 @@ async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInput
         secrets[secret.name] = secret
     existing = await k8s.get("apps/v1", "Deployment", namespace, labels.FLOW_ENGINE_NAME)
     return flow.FlowInputs(
-        spine, flows, models, env, token, secrets, existing, deployment_ready(existing)[0]
+        spine,
+        flows,
+        models,
+        env,
+        token,
+        secrets,
+        existing,
+        deployment_ready(existing)[0],
+        registrations,
     )
 
 
