@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from spine_operator.k8s import Kubernetes
+from tests.integration.test_registration_operator import example as registration_example
+from tests.integration.test_registration_operator import service
 from tests.integration.test_spine_operator import spine, stored
 from tests.integration.test_twinmodel_operator import press_model
 from tests.support.processes import eventually
@@ -37,10 +39,20 @@ def engine_config(cluster) -> dict:
     return json.loads(config_map["data"]["flows.json"])
 
 
+async def create_registration(k8s: Kubernetes, with_service: bool = True) -> None:
+    """The example's ServiceRegistration that alarm-enrich calls (and its Service)."""
+    config_map, registration = registration_example()
+    await k8s.create(copy.deepcopy(config_map))
+    await k8s.create(copy.deepcopy(registration))
+    if with_service:
+        await k8s.create(service("maintenance-planner"))
+
+
 async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) -> None:
     k8s = Kubernetes()
     await k8s.create(spine(NAMESPACE))
     await k8s.create(press_model())
+    await create_registration(k8s)
     flows = example_flows()
     for flow in flows:
         await k8s.create(copy.deepcopy(flow))
@@ -55,6 +67,9 @@ async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) 
     assert alarms["source"]["twin"]["things"] == ["press-1", "press-2"]  # the model, resolved
     legacy = next(f for f in config["flows"] if f["name"] == "legacy-press")
     assert legacy["login"]["username"] == "flow-legacy-press"
+    enrich = next(f for f in config["flows"] if f["name"] == "alarm-enrich")
+    host = f"maintenance-planner.{NAMESPACE}.svc.cluster.local"  # the registration, resolved
+    assert enrich["steps"][1]["call"]["url"] == f"http://{host}:8080/contacts"
     for name in names:
         login = stored(cluster, "v1/secrets", NAMESPACE, f"spine-mqtt-flow-{name}")
         assert login["metadata"]["ownerReferences"][0]["kind"] == "Spine"
@@ -119,13 +134,9 @@ async def test_a_bad_flow_is_refused_alone_and_a_missing_model_heals(cluster, op
 
 
 def calling_flow() -> dict:
-    """The example's alarm-enrich flow, calling the example registration by serviceRef."""
-    flow = copy.deepcopy(
-        next(f for f in example_flows() if f["metadata"]["name"] == "alarm-enrich")
-    )
-    call = flow["spec"]["steps"][1]["call"]
-    call.pop("url", None)
-    call["serviceRef"] = {"name": "maintenance", "api": "orders", "path": "/api/contacts"}
+    """The example's alarm-enrich flow: it calls the example registration by serviceRef."""
+    flow = next(f for f in example_flows() if f["metadata"]["name"] == "alarm-enrich")
+    assert flow["spec"]["steps"][1]["call"]["serviceRef"]["name"] == "maintenance"
     return flow
 
 
@@ -136,9 +147,6 @@ def called_url(cluster) -> str | None:
 
 
 async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, operator) -> None:
-    from tests.integration.test_registration_operator import example as registration_example
-    from tests.integration.test_registration_operator import service
-
     k8s = Kubernetes()
     await k8s.create(spine(NAMESPACE))
     await k8s.create(calling_flow())
@@ -152,9 +160,7 @@ async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, 
 
     # The registration appears, but its Service does not exist: the operator refuses it, and
     # the flow says so (it would call a backend that is not there).
-    config_map, registration = registration_example()
-    await k8s.create(copy.deepcopy(config_map))
-    await k8s.create(copy.deepcopy(registration))
+    await create_registration(k8s, with_service=False)
     await eventually(
         lambda: ready(cluster, "alarm-enrich")["reason"] == "DependencyNotReady", 15, "refused"
     )
@@ -164,9 +170,7 @@ async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, 
     # Service inside the namespace.
     await k8s.create(service("maintenance-planner"))
     host = f"maintenance-planner.{NAMESPACE}.svc.cluster.local"
-    await eventually(
-        lambda: called_url(cluster) == f"http://{host}:8080/api/contacts", 15, "resolved"
-    )
+    await eventually(lambda: called_url(cluster) == f"http://{host}:8080/contacts", 15, "resolved")
     await eventually(
         lambda: ready(cluster, "alarm-enrich")["reason"] == "Progressing", 10, "accepted"
     )
@@ -184,7 +188,7 @@ async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, 
         "maintenance",
         {"spec": {"apis": apis}},
     )
-    await eventually(lambda: called_url(cluster) == f"http://{host}:9090/api/contacts", 15, "moved")
+    await eventually(lambda: called_url(cluster) == f"http://{host}:9090/contacts", 15, "moved")
 
     # It goes: the flow stops and says what to apply.
     await k8s.request(
