@@ -323,6 +323,7 @@ def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         placeholder(tls.secret_name, ("tls.crt", "tls.key"), "spec.proxy.tls.secretName")
         if tls
         else None,
+        flows=inputs.get("Flow", namespace),
     )
     plan = planned(proxy.plan_proxy(proxy_inputs))
     refused = refused_registrations(plan)

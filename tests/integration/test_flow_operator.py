@@ -199,3 +199,53 @@ async def test_a_service_ref_waits_for_its_registration_and_follows_it(cluster, 
     await eventually(
         lambda: ready(cluster, "alarm-enrich")["reason"] == "DependencyNotFound", 10, "says so"
     )
+
+
+def proxy_routes(cluster) -> dict[str, dict]:
+    try:
+        config_map = stored(cluster, "v1/configmaps", NAMESPACE, "spine-proxy-config")
+    except KeyError:
+        return {}
+    return {
+        route["name"]: route for route in json.loads(config_map["data"]["proxy.json"])["routes"]
+    }
+
+
+async def test_an_exposed_http_source_follows_the_flow_on_the_proxy(cluster, operator) -> None:
+    from tests.support.processes import free_port
+
+    k8s = Kubernetes()
+    away = f"http://127.0.0.1:{free_port()}"  # no keys: routes answer 503, still rendered
+    await k8s.create(spine(NAMESPACE, {"auth": {"issuer": away, "audience": "spine"}}))
+    intake = {
+        "apiVersion": "spine.iiot.dev/v1alpha1",
+        "kind": "Flow",
+        "metadata": {"name": "intake", "namespace": NAMESPACE},
+        "spec": {
+            "source": {"http": {"path": "/orders"}},
+            "sinks": [{"mqtt": {"topic": "spine/flows/intake/out"}}],
+        },
+    }
+    await k8s.create(intake)
+    await eventually(lambda: "spine-catalog-read" in proxy_routes(cluster), 15, "the proxy")
+    await eventually(lambda: engine_config(cluster)["flows"], 15, "the flow runs")
+    assert "intake.flow" not in proxy_routes(cluster)  # not exposed: no route
+
+    expose = {"spec": {"source": {"http": {"expose": {"roles": ["orders:write"]}}}}}
+    await k8s.patch_merge("spine.iiot.dev/v1alpha1", "Flow", NAMESPACE, "intake", expose)
+    await eventually(lambda: "intake.flow" in proxy_routes(cluster), 15, "routed")
+    route = proxy_routes(cluster)["intake.flow"]
+    assert route["path"] == "/flows/intake/orders" and route["owner"] == "Flow/intake"
+    await eventually(
+        lambda: (
+            stored(cluster, FLOWS, NAMESPACE, "intake")["status"].get("routeUrl")
+            == "http://spine-proxy.plant-a.svc:8443/flows/intake/orders"
+        ),
+        10,
+        "the Flow says where (status.routeUrl)",
+    )
+
+    await k8s.request(
+        "DELETE", f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/flows/intake"
+    )
+    await eventually(lambda: "intake.flow" not in proxy_routes(cluster), 15, "unrouted")

@@ -23,6 +23,7 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.common import resources
+from spine_operator.desired.flow_routes import flow_route
 from spine_operator.desired.flow_services import Unresolved, resolve_service_ref
 from spine_operator.desired.logins import Login, build_login_secret
 from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
@@ -79,6 +80,7 @@ class FlowVerdict:
     reason: str
     message: str
     login_secret: str | None = None
+    route_url: str | None = None  # where the proxy exposes its http source
 
 
 def _model_schema(model: TwinModelSpec) -> dict[str, Any]:
@@ -132,6 +134,26 @@ def resolve(
     return wire
 
 
+def exposure(
+    name: str, flow_spec: FlowSpec, spec: SpineSpec, env: Environment, namespace: str
+) -> str | FlowVerdict | None:
+    """The URL where the proxy exposes the flow's http source, None if it asks for no route,
+    or why it cannot be exposed (the proxy checks tokens only with `auth`)."""
+    route = flow_route(name, flow_spec, env, namespace)
+    if route is None:
+        return None
+    if isinstance(route, str):
+        return FlowVerdict(cond.INVALID_SPEC, route)
+    if spec.auth is None:
+        return FlowVerdict(
+            cond.INVALID_REFERENCE,
+            "spec.source.http.expose: the proxy admits a token only if the Spine names its "
+            "issuer, and the namespace's Spine has no auth: set spec.auth on the Spine, or "
+            "remove expose",
+        )
+    return env.proxy_public_url(namespace, spec.proxy.tls is not None) + route.path
+
+
 def engine_config(
     spec: SpineSpec, env: Environment, namespace: str, flows: list[dict[str, Any]]
 ) -> FlowEngineConfig:
@@ -180,6 +202,10 @@ def select_flows(
                 message = message[:1].upper() + message[1:]
             verdicts[name] = FlowVerdict(resolved.reason, message)
             continue
+        exposed = exposure(name, flow_spec, spec, inputs.env, namespace)
+        if isinstance(exposed, FlowVerdict):
+            verdicts[name] = exposed
+            continue
         login = flow_login(name, flow_spec)
         document = {
             **resolved,
@@ -202,6 +228,7 @@ def select_flows(
             cond.RECONCILED,
             "Running on the namespace's flow engine",
             labels.login_secret_name(login.username),
+            exposed,
         )
     return accepted, verdicts, logins
 

@@ -3,7 +3,9 @@
 A Flow's change (or deletion), a TwinModel's (a flow may name one), and a change of a
 ServiceRegistration a flow's `serviceRef` names (index `flow_service_references`) reconcile the
 flow engine aggregate (`FLOWS`), which renders every flow into the engine's config, pushes it,
-and writes each Flow's status. The engine's Deployment events refresh the Flows' readiness.
+and writes each Flow's status. A Flow whose http source is (or was) exposed reconciles the
+proxy aggregate (`PROXIES`) too: its route is there. The engine's Deployment events refresh the
+Flows' readiness.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from spine_operator.api.kinds import FLOW, GROUP, SERVICE_REGISTRATION, TWINMODE
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.flow import flow_username
+from spine_operator.desired.flow_routes import asks_for_route
 from spine_operator.desired.flow_services import registration_refusal
 from spine_operator.reconcile.kinds import (
     FLOWS,
     FLOWS_KEY,
+    PROXIES,
+    PROXY_KEY,
     TWIN_KEY,
     TWINS,
     registration_fingerprints,
@@ -30,17 +35,22 @@ from spine_operator.reconcile.kinds import (
 @kopf.on.resume(GROUP, VERSION, FLOW.plural)
 @kopf.on.create(GROUP, VERSION, FLOW.plural)
 @kopf.on.update(GROUP, VERSION, FLOW.plural)
-async def flow_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+async def flow_changed(
+    namespace: str | None, body: kopf.Body, old: Any, logger: kopf.Logger, **_: Any
+) -> None:
     assert namespace, "Flow is a namespaced kind"
     try:
         await FLOWS.reconcile(namespace, FLOWS_KEY, logger)
     finally:  # a flow with a twin sink sends numbered updates: the twin must know it
         await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
+        # An http source exposed (or no longer) is a route on the namespace's proxy.
+        if asks_for_route(dict(body)) or asks_for_route(old if isinstance(old, dict) else None):
+            await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
 
 
 @kopf.on.event(GROUP, VERSION, FLOW.plural)
 async def flow_deleted(
-    type: str, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    type: str, namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **_: Any
 ) -> None:
     """No finalizer: the flow leaves the engine's config; its login goes from the broker."""
     if type != "DELETED" or not namespace:
@@ -48,6 +58,8 @@ async def flow_deleted(
     CONTEXT.metrics.forget(FLOW.kind, namespace, name)
     await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
     await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
+    if asks_for_route(dict(body)):
+        await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
     try:
         await CONTEXT.broker_access.remove_login(namespace, flow_username(name))
     except BrokerAccessError as error:

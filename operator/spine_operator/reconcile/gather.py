@@ -266,9 +266,10 @@ def service_hosts(namespace: str, services: dict[str, dict[str, Any]]) -> set[st
 
 
 async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPlanInputs:
-    """Every ServiceRegistration, the namespace's Services, each API's spec, the keys the key
-    refresher holds, the tokens and logins (generated once) and the live Deployments. Nothing is
-    generated while the namespace has no registration and no `auth`."""
+    """Every ServiceRegistration (and Flow: an http source may be exposed), the namespace's
+    Services, each API's spec, the keys the key refresher holds, the tokens and logins
+    (generated once) and the live Deployments. Nothing is generated while the namespace has no
+    registration and no `auth`."""
     namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
     env = CONTEXT.environment
     registrations = await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace)
@@ -340,4 +341,5 @@ async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPla
         deployment_ready(existing_proxy)[0],
         existing_catalog,
         deployment_ready(existing_catalog)[0],
+        flows=await k8s.list(API_VERSION, FLOW.kind, namespace),
     )

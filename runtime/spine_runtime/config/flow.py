@@ -40,6 +40,7 @@ from spine_runtime.config.names import (
     THING_NAME_PATTERN,
     TWIN_NAMESPACE_PATTERN,
 )
+from spine_runtime.config.proxy import Role
 from spine_runtime.flow.expressions import (
     MAX_EXPRESSION_CHARS,
     Expression,
@@ -222,6 +223,18 @@ class TwinSource(CamelModel):
         return self
 
 
+class HttpSourceExpose(CamelModel):
+    """The source's route on the namespace's proxy, fail-closed like a registration's: only a
+    valid token of the Spine's issuer (`auth`) that holds one of `roles` gets through."""
+
+    roles: list[Role] = Field(
+        min_length=1,
+        max_length=32,
+        description="A token needs any one of these roles (a write into the plant's data "
+        "always names who may make it).",
+    )
+
+
 class HttpSource(CamelModel):
     """Requests to an endpoint of the flow engine: /flows/<flow><path>."""
 
@@ -230,6 +243,12 @@ class HttpSource(CamelModel):
         default_factory=lambda: ["POST"],  # type: ignore[arg-type]
         min_length=1,
         max_length=2,
+    )
+    expose: HttpSourceExpose | None = Field(
+        default=None,
+        description="Route /flows/<flow><path> on the namespace's proxy to this source, for "
+        "tokens with one of the roles. Unset: only the namespace's own pods reach it, on the "
+        "engine's Service.",
     )
 
 
