@@ -245,6 +245,17 @@ async def test_an_exposed_http_source_follows_the_flow_on_the_proxy(cluster, ope
         "the Flow says where (status.routeUrl)",
     )
 
+    # No longer exposed: the old spec asked for the route, so the proxy loses it.
+    hidden = {"spec": {"source": {"http": {"expose": None}}}}
+    await k8s.patch_merge("spine.iiot.dev/v1alpha1", "Flow", NAMESPACE, "intake", hidden)
+    await eventually(lambda: "intake.flow" not in proxy_routes(cluster), 15, "unrouted")
+    await eventually(
+        lambda: "routeUrl" not in stored(cluster, FLOWS, NAMESPACE, "intake")["status"],
+        10,
+        "no routeUrl",
+    )
+    await k8s.patch_merge("spine.iiot.dev/v1alpha1", "Flow", NAMESPACE, "intake", expose)
+    await eventually(lambda: "intake.flow" in proxy_routes(cluster), 15, "routed again")
     await k8s.request(
         "DELETE", f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/flows/intake"
     )
