@@ -97,6 +97,12 @@ def registration_route_name(registration: str, api: str) -> str:
     return f"{registration}-{api}"
 
 
+def flow_route_name(flow: str) -> str:
+    """A Flow's http source's route on the proxy: `<flow>.flow`. A registration's route name
+    ends in `-<api id>` and an API id has no '.', so the two never meet."""
+    return f"{flow}.flow"
+
+
 def labels(component: str, instance: str, name: str = "spine") -> dict[str, str]:
     """Labels of every child: what it is, which resource it belongs to, who manages it."""
     return {

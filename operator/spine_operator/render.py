@@ -245,6 +245,7 @@ def plan_flows_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         env,
         placeholder(labels.FLOW_ENGINE_TOKEN_SECRET, ("token",)),
         {},
+        registrations=inputs.get("ServiceRegistration", namespace),
     )
     _, verdicts, logins = flow.select_flows(
         flow_inputs, SpineSpec.model_validate(spine.get("spec") or {}), namespace
@@ -324,6 +325,7 @@ def plan_proxy_offline(spine: dict[str, Any], env: Environment, inputs: Inputs) 
         placeholder(tls.secret_name, ("tls.crt", "tls.key"), "spec.proxy.tls.secretName")
         if tls
         else None,
+        flows=inputs.get("Flow", namespace),
     )
     plan = planned(proxy.plan_proxy(proxy_inputs))
     refused = refused_registrations(plan)

@@ -346,6 +346,7 @@ def flow_status(
         status["conditions"] = failed(generation, *spine_problem)
         return status
     status["loginSecretName"] = verdict.login_secret
+    status["routeUrl"] = verdict.route_url  # None: not exposed (removes a stale one)
     if verdict.reason != cond.RECONCILED:
         status["conditions"] = failed(generation, verdict.reason, verdict.message)
         return status

@@ -76,7 +76,7 @@ def test_the_press_line_examples_are_valid_engine_configs(tmp_path: Path):
         is True
     )
     assert config.flows[2].model_refs() == ["press"]
-    assert config.flows[3].service_refs() == ["maintenance"]
+    assert config.flows[3].service_refs() == []  # resolved: the engine gets the URL
 
 
 def test_a_bad_expression_is_refused_naming_the_step_and_the_position():
@@ -213,6 +213,7 @@ def test_the_engine_refuses_references_the_operator_must_resolve(tmp_path: Path)
     unresolved = copy.deepcopy(flows)
     del unresolved[2]["steps"][0]["validate"]["schema"]
     del unresolved[3]["steps"][1]["call"]["url"]
+    unresolved[3]["steps"][1]["call"]["serviceRef"] = {"name": "maintenance", "path": "/x"}
     unresolved[0]["source"]["twin"].pop("things")
     with pytest.raises(ConfigError) as caught:
         parse_config(FlowEngineConfig, yaml.safe_dump(engine_document(unresolved, tmp_path)))

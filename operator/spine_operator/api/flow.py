@@ -42,3 +42,8 @@ class FlowStatus(CamelModel):
     login_secret_name: str | None = Field(
         default=None, description="The Secret with the flow's own broker login."
     )
+    route_url: str | None = Field(
+        default=None,
+        description="Where the namespace's proxy exposes the flow's http source "
+        "(source.http.expose).",
+    )

@@ -1,16 +1,17 @@
 """The namespace's flow engine, planned from every Flow of the namespace (an aggregate, as the
 twin is of TwinModels).
 
-`plan_flows` checks each Flow (its spec compiles; the TwinModels it names exist), resolves its
-references into what the engine runs (a twin source's model into its things, a validate step's
-model into a JSON Schema), gives it its own broker login allowed exactly its topics, and renders
-the engine's config with every accepted flow: one change reaches the running engine by config
-push, and only that flow restarts there. No Flow, no engine: a namespace pays nothing for it.
+`plan_flows` checks each Flow (its spec compiles; the TwinModels and ServiceRegistrations it
+names exist), resolves its references into what the engine runs (a twin source's model into its
+things, a validate step's model into a JSON Schema, a serviceRef into a URL), gives it its own
+broker login allowed exactly its topics, and renders the engine's config with every accepted
+flow: one change reaches the running engine by config push, and only that flow restarts there.
+No Flow, no engine: a namespace pays nothing for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -22,6 +23,8 @@ from spine_operator.api.spine import SpineSpec
 from spine_operator.api.twinmodel import TwinModelSpec
 from spine_operator.desired import workload
 from spine_operator.desired.common import resources
+from spine_operator.desired.flow_routes import flow_route
+from spine_operator.desired.flow_services import Unresolved, resolve_service_ref
 from spine_operator.desired.logins import Login, build_login_secret
 from spine_operator.desired.plan import ConfigPush, Plan, Refusal, SecretInput
 from spine_operator.desired.twin import RUNTIME_UID, select_twin_models
@@ -89,6 +92,7 @@ class FlowInputs:
     existing_ready: bool = False
     # The Deployment an operator before replicas ran the engine as: removed for the StatefulSet.
     legacy_deployment: bool = False
+    registrations: list[dict[str, Any]] = field(default_factory=list)  # for serviceRefs
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class FlowVerdict:
     reason: str
     message: str
     login_secret: str | None = None
+    route_url: str | None = None  # where the proxy exposes its http source
 
 
 def _model_schema(model: TwinModelSpec) -> dict[str, Any]:
@@ -108,20 +113,37 @@ def _model_schema(model: TwinModelSpec) -> dict[str, Any]:
     }
 
 
-def resolve(spec: FlowSpec, models: dict[str, TwinModelSpec]) -> dict[str, Any] | str:
-    """The flow as the engine runs it (the wire form), or why a reference does not resolve."""
+def resolve(
+    spec: FlowSpec,
+    models: dict[str, TwinModelSpec],
+    registrations: dict[str, dict[str, Any]] | None = None,
+    env: Environment | None = None,
+    namespace: str = "",
+) -> dict[str, Any] | Unresolved:
+    """The flow as the engine runs it (the wire form), or why a reference does not resolve.
+    `registrations`: the namespace's ServiceRegistrations by name, for `serviceRef`s."""
     missing = [name for name in spec.model_refs() if name not in models]
     if missing:
-        return (
+        return Unresolved(
+            cond.DEPENDENCY_NOT_FOUND,
             f"TwinModel {', '.join(missing)} does not exist in the namespace (or is refused): "
-            "apply it, and the flow starts as soon as it is accepted"
+            "apply it, and the flow starts as soon as it is accepted",
         )
-    if spec.service_refs():
-        return (
-            f"serviceRef {', '.join(spec.service_refs())}: ServiceRegistrations are not "
-            "available yet; use url"
+    urls: dict[str, str] = {}
+    for where, ref in spec.service_ref_sites():
+        found = resolve_service_ref(
+            ref, f"spec.{where}", registrations or {}, env or Environment(), namespace
         )
+        if isinstance(found, Unresolved):
+            return found
+        urls[where] = found
     wire = spec.to_wire()
+    targets = [(f"steps[{i}].call", step.get("call")) for i, step in enumerate(wire["steps"])]
+    targets += [(f"sinks[{i}].http", sink.get("http")) for i, sink in enumerate(wire["sinks"])]
+    for where, target in targets:
+        if where in urls:  # the engine calls the URL; serviceRef is the operator's to read
+            del target["serviceRef"]
+            target["url"] = urls[where]
     twin_source = wire["source"].get("twin")
     if twin_source is not None and twin_source.get("model"):
         model = models[twin_source["model"]]
@@ -132,6 +154,26 @@ def resolve(spec: FlowSpec, models: dict[str, TwinModelSpec]) -> dict[str, Any] 
         if validate is not None and validate.get("schema") is None:
             validate["schema"] = _model_schema(models[validate["model"]])
     return wire
+
+
+def exposure(
+    name: str, flow_spec: FlowSpec, spec: SpineSpec, env: Environment, namespace: str
+) -> str | FlowVerdict | None:
+    """The URL where the proxy exposes the flow's http source, None if it asks for no route,
+    or why it cannot be exposed (the proxy checks tokens only with `auth`)."""
+    route = flow_route(name, flow_spec, env, namespace)
+    if route is None:
+        return None
+    if isinstance(route, str):
+        return FlowVerdict(cond.INVALID_SPEC, route)
+    if spec.auth is None:
+        return FlowVerdict(
+            cond.INVALID_REFERENCE,
+            "spec.source.http.expose: the proxy admits a token only if the Spine names its "
+            "issuer, and the namespace's Spine has no auth: set spec.auth on the Spine, or "
+            "remove expose",
+        )
+    return env.proxy_public_url(namespace, spec.proxy.tls is not None) + route.path
 
 
 def engine_config(
@@ -170,6 +212,7 @@ def select_flows(
 ) -> tuple[list[dict[str, Any]], dict[str, FlowVerdict], list[Login]]:
     """(engine config of each accepted flow, each Flow's verdict, the accepted flows' logins)."""
     models = dict(select_twin_models(inputs.models).accepted)
+    registrations = {item["metadata"]["name"]: item for item in inputs.registrations}
     accepted: list[dict[str, Any]] = []
     verdicts: dict[str, FlowVerdict] = {}
     logins: list[Login] = []
@@ -183,11 +226,16 @@ def select_flows(
             message = f"Invalid spec: {describe_validation_error(error, 'spec')}"
             verdicts[name] = FlowVerdict(cond.INVALID_SPEC, message)
             continue
-        resolved = resolve(flow_spec, models)
-        if isinstance(resolved, str):
-            verdicts[name] = FlowVerdict(
-                cond.DEPENDENCY_NOT_FOUND, resolved[:1].upper() + resolved[1:]
-            )
+        resolved = resolve(flow_spec, models, registrations, inputs.env, namespace)
+        if isinstance(resolved, Unresolved):
+            message = resolved.message  # one that starts with a field path keeps its spelling
+            if not message.startswith("spec."):
+                message = message[:1].upper() + message[1:]
+            verdicts[name] = FlowVerdict(resolved.reason, message)
+            continue
+        exposed = exposure(name, flow_spec, spec, inputs.env, namespace)
+        if isinstance(exposed, FlowVerdict):
+            verdicts[name] = exposed
             continue
         replica_logins = [
             flow_login(name, flow_spec, ordinal) for ordinal in range(spec.flow_engine.replicas)
@@ -214,6 +262,7 @@ def select_flows(
             cond.RECONCILED,
             "Running on the namespace's flow engine",
             labels.login_secret_name(replica_logins[0].username),
+            exposed,
         )
     return accepted, verdicts, logins
 

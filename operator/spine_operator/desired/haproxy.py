@@ -19,13 +19,10 @@ from pydantic import Field, StringConstraints
 
 from spine_operator.desired.common import CONFIG_TEMPLATES
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, Port
-from spine_runtime.config.proxy import ROUTE_BACKEND_PREFIX
+from spine_runtime.config.proxy import ROUTE_BACKEND_PREFIX, Role
 
 # A key id from a JWKS: kept to characters that need no quoting in an HAProxy ACL.
 KEY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-# A role (a Keycloak realm role, an OAuth scope): letters, digits and `:._/-`; no space, quote,
-# `#`, backslash or control character, so it can sit in an ACL value and in a regex once escaped.
-ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,99}$"
 # A claim path into the token's payload, as `realm_access.roles` or `scope`.
 CLAIM_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*){0,4}$"
 # The issuer and audiences are compared literally: printable, no space, quote, `#` or backslash.
@@ -45,8 +42,6 @@ BIND_ADDRESS_PATTERN = (
 PATTERN_HINTS.update(
     {
         KEY_ID_PATTERN: "must be a key id of up to 128 letters, digits, '.', '_' and '-'",
-        ROLE_PATTERN: "must be a role of up to 100 letters, digits, ':', '.', '_', '/' and '-', "
-        "starting with a letter or digit (no spaces, quotes or '#')",
         CLAIM_PATH_PATTERN: "must be a claim path such as realm_access.roles or scope",
         TOKEN_STRING_PATTERN: "must be printable, without spaces, quotes, '#' or backslashes",
         ROUTE_PATH_PATTERN: "must be a URL path such as /services/maintenance/v1: '/' then "
@@ -59,7 +54,6 @@ PATTERN_HINTS.update(
 )
 
 KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
-Role = Annotated[str, StringConstraints(pattern=ROLE_PATTERN)]
 ClaimPath = Annotated[str, StringConstraints(pattern=CLAIM_PATH_PATTERN)]
 TokenString = Annotated[str, StringConstraints(pattern=TOKEN_STRING_PATTERN)]
 RoutePath = Annotated[str, StringConstraints(pattern=ROUTE_PATH_PATTERN, max_length=200)]

@@ -2,11 +2,12 @@
 ServiceRegistration and the Spine's `auth` and `proxy` settings (an aggregate, like the flows).
 
 `plan_proxy` checks each registration (its spec model, its Services, each API's spec document,
-its route paths against older registrations' and the reserved /twin and /catalog), gives each
-MQTT API a broker login allowed exactly its channels, and renders haproxy.cfg (routes for the
-accepted HTTP APIs, the twin API and the catalog), the supervisor's and the catalog's config
-documents, their workloads and NetworkPolicies. A namespace with neither a registration nor
-`auth` gets nothing. Pure: the handler, `spine render` and `spine up` call it alike.
+its route paths against older registrations' and the reserved /twin, /catalog and /flows),
+gives each MQTT API a broker login allowed exactly its channels, and renders haproxy.cfg (routes
+for the accepted HTTP APIs, the twin API, the catalog and the Flows' exposed http sources), the
+supervisor's and the catalog's config documents, their workloads and NetworkPolicies. A
+namespace with neither a registration nor `auth` gets nothing. Pure: the handler, `spine render`
+and `spine up` call it alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spine_operator.api.serviceregistration import RegistrationApi, ServiceRegis
 from spine_operator.api.spine import SpineSpec
 from spine_operator.desired import workload
 from spine_operator.desired.common import resources
+from spine_operator.desired.flow_routes import FLOWS_PATH, flow_routes
 from spine_operator.desired.haproxy import (
     Method,
     ProxyAuth,
@@ -135,6 +137,7 @@ class ProxyPlanInputs:
     existing_proxy_ready: bool = False
     existing_catalog: dict[str, Any] | None = None
     existing_catalog_ready: bool = False
+    flows: list[dict[str, Any]] = field(default_factory=list)  # their exposed http sources
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,11 @@ def _refused(reason: str, message: str, **kwargs: Any) -> RegistrationVerdict:
 def select_registrations(inputs: ProxyPlanInputs, namespace: str, public_url: str) -> Selection:
     """Each registration, oldest first: checked, then its routes, logins and catalog entry."""
     selection = Selection()
-    claimed: dict[str, str] = {TWIN_PATH: "the twin API", CATALOG_PATH: "the catalog"}
+    claimed: dict[str, str] = {
+        TWIN_PATH: "the twin API",
+        CATALOG_PATH: "the catalog",
+        FLOWS_PATH: "the Flows' http sources",
+    }
     secrets_claimed: set[str] = set()
     ordered = sorted(
         inputs.registrations,
@@ -876,6 +883,8 @@ def fitting_proxy_config(
     document is too large, the youngest routed registrations are refused (ProxyConfigFull), so
     the older ones keep their routes and the proxy keeps working."""
     platform = platform_routes(spec, env, namespace, spine_name)
+    if spec.auth is not None:  # without an issuer the flow engine's plan refuses to expose
+        platform += flow_routes(inputs.flows, env, namespace)
     while True:
         routed = [
             name

@@ -1,8 +1,11 @@
 """kopf wiring of the Flow kind: every Flow of a namespace runs on its one flow engine.
 
-A Flow's change (or deletion), and a TwinModel's (a flow may name one), reconciles the flow
-engine aggregate (`FLOWS`), which renders every flow into the engine's config, pushes it, and
-writes each Flow's status. The engine's StatefulSet events refresh the Flows' readiness.
+A Flow's change (or deletion), a TwinModel's (a flow may name one), and a change of a
+ServiceRegistration a flow's `serviceRef` names (index `flow_service_references`) reconcile the
+flow engine aggregate (`FLOWS`), which renders every flow into the engine's config, pushes it,
+and writes each Flow's status. A Flow whose http source is (or was) exposed reconciles the
+proxy aggregate (`PROXIES`) too: its route is there. The engine's StatefulSet events refresh the
+Flows' readiness.
 """
 
 from __future__ import annotations
@@ -12,28 +15,44 @@ from typing import Any
 import kopf
 
 from spine_operator import labels
-from spine_operator.api.kinds import FLOW, GROUP, TWINMODEL, VERSION
+from spine_operator.api.kinds import FLOW, GROUP, SERVICE_REGISTRATION, TWINMODEL, VERSION
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.flow import COMPONENT as FLOW_ENGINE_COMPONENT
 from spine_operator.desired.flow import flow_username
-from spine_operator.reconcile.kinds import FLOWS, FLOWS_KEY, TWIN_KEY, TWINS, engine_prune_held
+from spine_operator.desired.flow_routes import asks_for_route
+from spine_operator.desired.flow_services import registration_refusal
+from spine_operator.reconcile.kinds import (
+    FLOWS,
+    FLOWS_KEY,
+    PROXIES,
+    PROXY_KEY,
+    TWIN_KEY,
+    TWINS,
+    engine_prune_held,
+    registration_fingerprints,
+)
 
 
 @kopf.on.resume(GROUP, VERSION, FLOW.plural)
 @kopf.on.create(GROUP, VERSION, FLOW.plural)
 @kopf.on.update(GROUP, VERSION, FLOW.plural)
-async def flow_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+async def flow_changed(
+    namespace: str | None, body: kopf.Body, old: Any, logger: kopf.Logger, **_: Any
+) -> None:
     assert namespace, "Flow is a namespaced kind"
     try:
         await FLOWS.reconcile(namespace, FLOWS_KEY, logger)
     finally:  # a flow with a twin sink sends numbered updates: the twin must know it
         await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
+        # An http source exposed (or no longer) is a route on the namespace's proxy.
+        if asks_for_route(dict(body)) or asks_for_route(old if isinstance(old, dict) else None):
+            await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
 
 
 @kopf.on.event(GROUP, VERSION, FLOW.plural)
 async def flow_deleted(
-    type: str, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    type: str, namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **_: Any
 ) -> None:
     """No finalizer: the flow leaves the engine's config; its logins go from the broker (replica
     0's here, the other replicas' by the engine's reconcile, which prunes them)."""
@@ -42,6 +61,8 @@ async def flow_deleted(
     CONTEXT.metrics.forget(FLOW.kind, namespace, name)
     await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
     await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
+    if asks_for_route(dict(body)):
+        await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
     try:
         await CONTEXT.broker_access.remove_login(namespace, flow_username(name))
     except BrokerAccessError as error:
@@ -54,6 +75,50 @@ async def twinmodel_changed_recheck_flows(
 ) -> None:
     """A flow may validate against a TwinModel or read its things."""
     if namespace and type is not None and FLOWS.outcomes.get((namespace, FLOWS_KEY)):
+        await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
+
+
+@kopf.index(GROUP, VERSION, FLOW.plural)
+def flow_service_references(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[Any, str]:
+    """(namespace, ServiceRegistration) each `serviceRef` of a Flow names -> the Flow: its
+    events heal a flow waiting for it and move a flow whose backend moved."""
+    found: dict[Any, str] = {}
+    body = dict(spec)
+    places = [(step, "call") for step in body.get("steps") or [] if isinstance(step, dict)]
+    places += [(sink, "http") for sink in body.get("sinks") or [] if isinstance(sink, dict)]
+    for item, kind in places:
+        ref = (item.get(kind) or {}).get("serviceRef") if isinstance(item.get(kind), dict) else None
+        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            found[(namespace, ref["name"])] = name
+    return found
+
+
+@kopf.on.event(GROUP, VERSION, SERVICE_REGISTRATION.plural)
+async def registration_changed_recheck_flows(
+    type: str | None,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """A registration a flow calls appeared, changed (its APIs, or the operator's verdict on
+    it) or went: the flows are resolved again. Other status writes are not news to them."""
+    if not namespace or type is None:
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        fingerprint = None
+    else:
+        generation = body.get("metadata", {}).get("generation")
+        fingerprint = (generation, registration_refusal(dict(body)))
+    if registration_fingerprints.get(key, "unseen") == fingerprint:
+        return
+    registration_fingerprints[key] = fingerprint
+    if kwargs["flow_service_references"].get(key):
+        logger.info("ServiceRegistration %s changed: resolving the flows of %s", name, namespace)
         await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
 
 

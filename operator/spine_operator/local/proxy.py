@@ -164,6 +164,7 @@ def prepare_proxy(
             secret: SecretInput(secret, {"password": password})
             for secret, password in api_passwords.items()
         },
+        flows=plan.flow_bodies,  # an exposed http source gets its route, as in a cluster
     )
     proxy_plan = planned(proxy_build.plan_proxy(inputs), plan.source)
     refused = refused_registrations(proxy_plan)

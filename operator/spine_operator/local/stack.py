@@ -251,6 +251,7 @@ def prepare_flow_engine(run: NamespaceRun, log_path: Path, name_prefix: str) -> 
         env,
         SecretInput(labels.FLOW_ENGINE_TOKEN_SECRET, token),
         {},
+        registrations=plan.registration_bodies,  # a serviceRef leads to 127.0.0.1:<its port>
     )
     _, verdicts, logins = flow_build.select_flows(inputs, plan.spine, namespace)
     refused = [f"Flow {name}: {v.message}" for name, v in verdicts.items() if not v.login_secret]

@@ -177,15 +177,16 @@ async def gather_gateway(k8s: Kubernetes, body: dict[str, Any]) -> gateway.Gatew
 
 
 async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInputs:
-    """Every Flow and TwinModel of the namespace, the engine's token, each flow's login Secret
-    (generated once, one per flow and replica), the live StatefulSet and a Deployment left by an
-    operator before replicas. Nothing is generated while no Flow exists."""
+    """Every Flow, TwinModel and ServiceRegistration of the namespace, the engine's token, each
+    flow's login Secret (generated once, one per flow and replica), the live StatefulSet and a
+    Deployment left by an operator before replicas. Nothing is generated while no Flow exists."""
     namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
     env = CONTEXT.environment
     flows = await k8s.list(API_VERSION, FLOW.kind, namespace)
     models = await k8s.list(API_VERSION, TWINMODEL.kind, namespace)
+    registrations = await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace)
     token = SecretInput(labels.FLOW_ENGINE_TOKEN_SECRET, None)
-    inputs = flow.FlowInputs(spine, flows, models, env, token, {})
+    inputs = flow.FlowInputs(spine, flows, models, env, token, {}, registrations=registrations)
     if not flows:
         return inputs
     token = await generated_secret(
@@ -217,6 +218,7 @@ async def gather_flows(k8s: Kubernetes, spine: dict[str, Any]) -> flow.FlowInput
         existing,
         deployment_ready(existing)[0],
         legacy_deployment=legacy is not None,
+        registrations=registrations,
     )
 
 
@@ -267,9 +269,10 @@ def service_hosts(namespace: str, services: dict[str, dict[str, Any]]) -> set[st
 
 
 async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPlanInputs:
-    """Every ServiceRegistration, the namespace's Services, each API's spec, the keys the key
-    refresher holds, the tokens and logins (generated once) and the live Deployments. Nothing is
-    generated while the namespace has no registration and no `auth`."""
+    """Every ServiceRegistration (and Flow: an http source may be exposed), the namespace's
+    Services, each API's spec, the keys the key refresher holds, the tokens and logins
+    (generated once) and the live Deployments. Nothing is generated while the namespace has no
+    registration and no `auth`."""
     namespace, name = spine["metadata"]["namespace"], spine["metadata"]["name"]
     env = CONTEXT.environment
     registrations = await k8s.list(API_VERSION, SERVICE_REGISTRATION.kind, namespace)
@@ -341,4 +344,5 @@ async def gather_proxy(k8s: Kubernetes, spine: dict[str, Any]) -> proxy.ProxyPla
         deployment_ready(existing_proxy)[0],
         existing_catalog,
         deployment_ready(existing_catalog)[0],
+        flows=await k8s.list(API_VERSION, FLOW.kind, namespace),
     )

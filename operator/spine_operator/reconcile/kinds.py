@@ -153,6 +153,9 @@ reports: dict[Key, status_poller.RuntimeReport] = {}
 ready_gateways: set[Key] = set()  # the poller's targets
 # (kind, namespace, name) -> generation of the dependencies last seen, to tell news from noise
 dependency_generations: dict[tuple[str, str, str], int] = {}
+# (namespace, registration) -> what a flow's serviceRef reads of it (generation, refusal) as
+# last seen: its status is rewritten often (reachability), and only this is news to flows.
+registration_fingerprints: dict[tuple[str, str], Any] = {}
 
 
 async def report_gateway(k8s: Kubernetes, namespace: str, name: str) -> None:
@@ -369,6 +372,7 @@ def reset() -> None:
     ready_proxies.clear()
     ready_catalogs.clear()
     dependency_generations.clear()
+    registration_fingerprints.clear()
 
 
 async def deliver_gateway_report(key: Key, report: status_poller.RuntimeReport) -> None:

@@ -41,6 +41,7 @@ from spine_runtime.config.names import (
     THING_NAME_PATTERN,
     TWIN_NAMESPACE_PATTERN,
 )
+from spine_runtime.config.proxy import Role
 from spine_runtime.flow.expressions import (
     MAX_EXPRESSION_CHARS,
     Expression,
@@ -91,9 +92,6 @@ TwinNamespace = Annotated[str, StringConstraints(pattern=TWIN_NAMESPACE_PATTERN,
 Url = Annotated[str, StringConstraints(pattern=URL_PATTERN, max_length=2048)]
 HttpPath = Annotated[str, StringConstraints(pattern=HTTP_PATH_PATTERN)]
 UnitName = Annotated[str, StringConstraints(max_length=16)]
-ServiceRef = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 ErrorAction = Literal["deadLetter", "drop"]
@@ -226,6 +224,18 @@ class TwinSource(CamelModel):
         return self
 
 
+class HttpSourceExpose(CamelModel):
+    """The source's route on the namespace's proxy, fail-closed like a registration's: only a
+    valid token of the Spine's issuer (`auth`) that holds one of `roles` gets through."""
+
+    roles: list[Role] = Field(
+        min_length=1,
+        max_length=32,
+        description="A token needs any one of these roles (a write into the plant's data "
+        "always names who may make it).",
+    )
+
+
 class HttpSource(CamelModel):
     """Requests to an endpoint of the flow engine: /flows/<flow><path>."""
 
@@ -234,6 +244,12 @@ class HttpSource(CamelModel):
         default_factory=lambda: ["POST"],  # type: ignore[arg-type]
         min_length=1,
         max_length=2,
+    )
+    expose: HttpSourceExpose | None = Field(
+        default=None,
+        description="Route /flows/<flow><path> on the namespace's proxy to this source, for "
+        "tokens with one of the roles. Unset: only the namespace's own pods reach it, on the "
+        "engine's Service.",
     )
 
 
@@ -375,13 +391,38 @@ class WindowStep(CamelModel):
         return self
 
 
+class ServiceRef(CamelModel):
+    """An HTTP API of a ServiceRegistration in the flow's namespace. The operator resolves it
+    to the API's backend (its Service inside the namespace, or its url) plus `path`; the
+    engine calls the backend directly, not through the proxy (it holds no OIDC token)."""
+
+    name: DnsLabel = Field(description="The ServiceRegistration's name.")
+    api: DnsLabel | None = Field(
+        default=None,
+        description="The id of one of its HTTP APIs; may be left out when it has exactly one.",
+    )
+    path: HttpPath = Field(
+        default="/", description="Path below the API's base URL, e.g. /contacts."
+    )
+
+
+def _url_xor_service_ref(model: CallStep | HttpSink, what: str) -> None:
+    if (model.url is None) == (model.service_ref is None):
+        raise PydanticCustomError(
+            "url_or_service_ref", "{what} needs exactly one of url and serviceRef", {"what": what}
+        )
+
+
 class CallStep(CamelModel):
     """Call an HTTP service to enrich a message: the body is an expression of the message,
     the result an expression of the message with the response bound to $response."""
 
+    model_config = exactly_one("url", "serviceRef")
+
     url: Url | None = None
     service_ref: ServiceRef | None = Field(
-        default=None, description="A ServiceRegistration; the operator resolves it to url."
+        default=None,
+        description="An HTTP API of a ServiceRegistration; the operator resolves it to url.",
     )
     method: Literal["GET", "POST", "PUT"] = "POST"
     body: ExpressionText | None = Field(
@@ -399,8 +440,7 @@ class CallStep(CamelModel):
 
     @model_validator(mode="after")
     def _url_or_service(self) -> CallStep:
-        if self.url is None and self.service_ref is None:
-            raise PydanticCustomError("call", "call needs url or serviceRef")
+        _url_xor_service_ref(self, "call")
         return self
 
 
@@ -540,17 +580,19 @@ class MqttSink(CamelModel):
 class HttpSink(CamelModel):
     """Send each message as JSON to an HTTP endpoint; a 2xx answer accepts it."""
 
+    model_config = exactly_one("url", "serviceRef")
+
     url: Url | None = None
     service_ref: ServiceRef | None = Field(
-        default=None, description="A ServiceRegistration; the operator resolves it to url."
+        default=None,
+        description="An HTTP API of a ServiceRegistration; the operator resolves it to url.",
     )
     method: Literal["POST", "PUT"] = "POST"
     timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
     @model_validator(mode="after")
     def _url_or_service(self) -> HttpSink:
-        if self.url is None and self.service_ref is None:
-            raise PydanticCustomError("http_sink", "an http sink needs url or serviceRef")
+        _url_xor_service_ref(self, "an http sink")
         return self
 
 
@@ -682,11 +724,22 @@ class FlowSpec(CamelModel):
         return sorted(set(topics))
 
     def service_refs(self) -> list[str]:
-        refs = [step.call.service_ref for step in self.steps if step.call and step.call.service_ref]
-        refs += [
-            sink.http.service_ref for sink in self.sinks if sink.http and sink.http.service_ref
+        """The ServiceRegistrations the flow names (by name)."""
+        return sorted({ref.name for _, ref in self.service_ref_sites()})
+
+    def service_ref_sites(self) -> list[tuple[str, ServiceRef]]:
+        """(where, reference) of every serviceRef: `steps[i].call`, `sinks[i].http`."""
+        sites = [
+            (f"steps[{index}].call", step.call.service_ref)
+            for index, step in enumerate(self.steps)
+            if step.call is not None and step.call.service_ref is not None
         ]
-        return sorted(set(refs))
+        sites += [
+            (f"sinks[{index}].http", sink.http.service_ref)
+            for index, sink in enumerate(self.sinks)
+            if sink.http is not None and sink.http.service_ref is not None
+        ]
+        return sites
 
     def model_refs(self) -> list[str]:
         refs = [

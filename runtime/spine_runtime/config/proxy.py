@@ -14,8 +14,18 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from spine_runtime.config.base import CamelModel, HttpSettings, SafeLine
+from spine_runtime.config.base import PATTERN_HINTS, CamelModel, HttpSettings, SafeLine
 
+# A role (a Keycloak realm role, an OAuth scope): letters, digits and `:._/-`; no space, quote,
+# `#`, backslash or control character, so it can sit in an HAProxy ACL value and in a regex once
+# escaped. Here, not in the operator's haproxy.py, because a Flow's spec (the engine's type)
+# names roles too (`source.http.expose.roles`).
+ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,99}$"
+PATTERN_HINTS[ROLE_PATTERN] = (
+    "must be a role of up to 100 letters, digits, ':', '.', '_', '/' and '-', starting with a "
+    "letter or digit (no spaces, quotes or '#')"
+)
+Role = Annotated[str, StringConstraints(pattern=ROLE_PATTERN)]
 # A key file written into the keys directory: `<sha256 prefix>.pem`, as VerifyKey.file_name().
 KEY_FILE_PATTERN = r"^[0-9a-f]{32}\.pem$"
 KeyFileName = Annotated[str, StringConstraints(pattern=KEY_FILE_PATTERN)]

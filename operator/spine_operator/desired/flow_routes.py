@@ -1,0 +1,86 @@
+"""A Flow's `http` source on the namespace's proxy: `source.http.expose` asks for the route
+`/flows/<flow><path>` to the flow engine's Service, fail-closed with the OIDC checks of every
+registration's route (a valid token of the Spine's issuer holding one of the roles).
+
+Both aggregates read it: the flow engine's plan says on the Flow whether it can be exposed (the
+Spine must have `auth`), the proxy's plan routes it. `/flows` is reserved on the proxy for
+these routes, as `/twin` and `/catalog` are for theirs, so no registration path can collide with
+a flow's, whichever is applied first. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from spine_operator import labels
+from spine_operator.desired.haproxy import ProxyBackend, ProxyRoute
+from spine_operator.environment import Environment
+from spine_runtime.common.configsource import describe_validation_error
+from spine_runtime.config.flow import FlowSpec
+
+FLOWS_PATH = "/flows"
+
+
+def flow_route_path(flow: str, spec: FlowSpec) -> str:
+    """`/flows/<flow><path>` without a trailing '/': the engine's own path for the source."""
+    assert spec.source.http is not None, "only an http source has a route"
+    return f"{FLOWS_PATH}/{flow}{spec.source.http.path}".rstrip("/")
+
+
+def flow_route(
+    flow: str, spec: FlowSpec, env: Environment, namespace: str
+) -> ProxyRoute | str | None:
+    """The proxy's route to the flow's http source; None if it asks for none; a message (to
+    start with the field path) if it cannot be routed."""
+    source = spec.source.http
+    if source is None or source.expose is None:
+        return None
+    path = flow_route_path(flow, spec)
+    try:
+        return ProxyRoute(
+            name=labels.flow_route_name(flow),
+            path=path,
+            methods=list(source.methods),
+            backend=ProxyBackend(
+                host=env.proxy_backend_host(
+                    namespace, labels.FLOW_ENGINE_NAME, env.flow_host_override
+                ),
+                port=env.flow_port,
+                path_prefix=path,  # the engine sees the whole path, as it serves it
+            ),
+            roles=list(source.expose.roles),
+        )
+    except ValidationError as error:
+        return (
+            "spec.source.http.expose: the source cannot be routed on the proxy: "
+            f"{describe_validation_error(error, 'route')}"
+        )
+
+
+def flow_routes(
+    flows: list[dict[str, Any]], env: Environment, namespace: str
+) -> list[tuple[ProxyRoute, str]]:
+    """(route, owner) of every Flow whose http source asks to be exposed and can be: a Flow the
+    engine does not run (refused, or not started yet) is answered 404 by the engine."""
+    found: list[tuple[ProxyRoute, str]] = []
+    for item in sorted(flows, key=lambda flow: flow["metadata"]["name"]):
+        name = item["metadata"]["name"]
+        if item["metadata"].get("deletionTimestamp") or not asks_for_route(item):
+            continue
+        try:
+            spec = FlowSpec.model_validate(item.get("spec") or {})
+        except ValidationError:
+            continue  # the flow engine's plan says why on the Flow
+        route = flow_route(name, spec, env, namespace)
+        if isinstance(route, ProxyRoute):
+            found.append((route, f"Flow/{name}"))
+    return found
+
+
+def asks_for_route(flow: dict[str, Any] | None) -> bool:
+    """Whether a Flow's body asks for a route (cheap: its expressions are not compiled)."""
+    source = ((flow or {}).get("spec") or {}).get("source")
+    http = source.get("http") if isinstance(source, dict) else None
+    return isinstance(http, dict) and http.get("expose") is not None
