@@ -195,6 +195,14 @@ class FlowEngineSpec(CamelModel):
         "aggregate what each replica receives.",
     )
 
+    max_in_flight: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Default of each Flow's maxInFlight (messages taken from its source but not "
+        "yet accepted by every sink), for Flows that do not set their own.",
+    )
+
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(
             requests=ResourceList(cpu="100m", memory="64Mi"),

@@ -243,6 +243,12 @@ def select_flows(
         document = {
             **resolved,
             "name": name,
+            # A Flow without its own maxInFlight takes the namespace's default from the Spine.
+            **(
+                {}
+                if "max_in_flight" in flow_spec.model_fields_set
+                else {"maxInFlight": spec.flow_engine.max_in_flight}
+            ),
             "login": login_document(inputs.env, name, replica_logins[0], 0),
             "replicaLogins": [
                 login_document(inputs.env, name, login, ordinal)
