@@ -14,8 +14,9 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from spine_runtime.common.errors import ConfigError
 from spine_runtime.common.hosting import LOG_FORMAT
@@ -58,3 +59,23 @@ def runtime_main(
     except OSError as error:
         log.error("Cannot start the %s: %s", name, error)
         return 2
+
+
+def run_on_fastest_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (a dependency; not on every platform), else asyncio's: the
+    flow engine and `spine-runtime host` run on it. With SPINE_FLOW_PROFILE=<file>, the run is
+    profiled (cProfile) into that file: how the flow benchmark report says where the time goes."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main)
+    profile_path = os.environ.get("SPINE_FLOW_PROFILE")
+    if not profile_path:
+        return int(uvloop.run(main))
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return int(profiler.runcall(uvloop.run, main))
+    finally:
+        profiler.dump_stats(profile_path)

@@ -14,12 +14,10 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from spine_runtime.common.configsource import ConfigError, ConfigSource
-from spine_runtime.common.entrypoint import stop_event
+from spine_runtime.common.entrypoint import run_on_fastest_loop, stop_event
 from spine_runtime.common.hosting import LOG_FORMAT, hosted
 from spine_runtime.common.leanserver import LeanServer
 from spine_runtime.config.flow import FlowEngineConfig
@@ -62,26 +60,6 @@ async def run(config_path: Path, stop: asyncio.Event) -> int:
     await engine.stop()
     await server.stop()
     return 0
-
-
-def run_on_fastest_loop(main: Coroutine[Any, Any, int]) -> int:
-    """uvloop where it is installed (a dependency; not on every platform), else asyncio's.
-    With SPINE_FLOW_PROFILE=<file>, the run is profiled (cProfile) into that file: how the
-    benchmark report says where the time goes."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.run(main)
-    profile_path = os.environ.get("SPINE_FLOW_PROFILE")
-    if not profile_path:
-        return int(uvloop.run(main))
-    import cProfile
-
-    profiler = cProfile.Profile()
-    try:
-        return int(profiler.runcall(uvloop.run, main))
-    finally:
-        profiler.dump_stats(profile_path)
 
 
 def main(argv: list[str]) -> int:

@@ -22,12 +22,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
+from spine_runtime.common.entrypoint import run_on_fastest_loop
 from spine_runtime.common.errors import ConfigError
 from spine_runtime.common.hosting import (
     LOG_FORMAT,
@@ -258,16 +258,6 @@ async def run_all(
 
 def names(runtimes: list[HostedRuntime]) -> list[str]:
     return [runtime.name for runtime in runtimes]
-
-
-def run_on_fastest_loop(main: Coroutine[Any, Any, int]) -> int:
-    """uvloop where installed, as the flow engine runs (every hostable runtime passes its tests
-    on it: tests/unit/test_host.py and e2e/test_press_line_local.py run them there)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.run(main)
-    return int(uvloop.run(main))
 
 
 def main(argv: list[str]) -> int:
