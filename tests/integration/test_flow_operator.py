@@ -303,9 +303,3 @@ async def test_an_exposed_http_source_follows_the_flow_on_the_proxy(cluster, ope
         10,
         "no routeUrl",
     )
-    await k8s.patch_merge("spine.iiot.dev/v1alpha1", "Flow", NAMESPACE, "intake", expose)
-    await eventually(lambda: "intake.flow" in proxy_routes(cluster), 15, "routed again")
-    await k8s.request(
-        "DELETE", f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/flows/intake"
-    )
-    await eventually(lambda: "intake.flow" not in proxy_routes(cluster), 15, "unrouted")
