@@ -41,6 +41,9 @@ def child_path(namespace: str, prefix: str, plural: str, name: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
 
 
+HANDLED = "spine.iiot.dev/last-handled-configuration"
+
+
 def ready_spine(
     plane: ControlPlane, namespace: str, spec: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -55,10 +58,13 @@ def ready_spine(
         lambda: (
             (spine := plane.api.get(path))
             and (condition(spine, "Ready") or {}).get("status") == "True"
+            # Ready is written by the handler, before kopf records the spec as handled; a
+            # test that compares the live object must wait for that record too.
+            and HANDLED in spine["metadata"].get("annotations", {})
             and spine
         ),
         60,
-        f"Spine {namespace}/default Ready",
+        f"Spine {namespace}/default Ready and handled",
     )
 
 
