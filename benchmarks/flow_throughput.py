@@ -75,14 +75,23 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
-def relay_flow(name: str, qos: int) -> dict[str, Any]:
+def relay_flow(name: str, qos: int, batch_window_ms: int = 0) -> dict[str, Any]:
     return {
         "name": name,
         "source": {"mqtt": {"topic": f"bench/{name}/in", "qos": qos}},
         "steps": [{"name": "shape", "transform": {"expression": TRANSFORM}}],
         "sinks": [{"mqtt": {"topic": f"spine/flows/{name}/out", "qos": qos}}],
         "maxInFlight": 1000,
+        "batchWindowMs": batch_window_ms,
     }
+
+
+def relay_name(qos: int, window: int) -> str:
+    return f"relay{qos}" + (f"w{window}" if window else "")
+
+
+def engine_label(window: int) -> str:
+    return f"eng+{window}ms" if window else "engine"
 
 
 @dataclass
@@ -291,7 +300,12 @@ def run_all(args: argparse.Namespace) -> None:
 
             receiver_login = Login("bench-receiver", subscribe=("#",), description="bench")
             passwords = asyncio.run(ensure_logins(broker, [DEVICE_LOGIN, receiver_login]))
-            flows = [relay_flow("relay0", 0), relay_flow("relay1", 1)]
+            windows = [int(w) for w in args.batch_windows.split(",") if w]
+            flows = [
+                relay_flow(relay_name(qos, window), qos, window)
+                for window in sorted({0, *windows})
+                for qos in (0, 1)
+            ]
             if args.profile:
                 os.environ["SPINE_FLOW_PROFILE"] = str(Path(args.profile).resolve())
             engine = asyncio.run(start_flow_engine(workdir / "engine", broker, flows))
@@ -340,12 +354,18 @@ def run_all(args: argparse.Namespace) -> None:
                     engine_pid,
                 )
                 for _ in range(args.steady_runs)
+                for window in windows
                 for qos in (0, 1)
                 for label, in_topic, out_topic, engine_pid in (
-                    ("engine", f"bench/relay{qos}/in", f"spine/flows/relay{qos}/out", pid),
+                    (
+                        engine_label(window),
+                        f"bench/{relay_name(qos, window)}/in",
+                        f"spine/flows/{relay_name(qos, window)}/out",
+                        pid,
+                    ),
                     ("driver", f"bench/relay{qos}/direct", f"bench/relay{qos}/direct", None),
                 )
-                if label == "engine" or args.ceiling
+                if label != "driver" or args.ceiling
             ]
             for run in steady:
                 print("steady", run.line(), flush=True)
@@ -398,7 +418,8 @@ def write_report(
         "",
         f"`python -m benchmarks.flow_throughput --seconds {args.seconds} --rates {args.rates}"
         f"{' --ceiling' if args.ceiling else ''}"
-        f"{f' --steady-runs {args.steady_runs}' if args.steady_runs != 1 else ''}`, "
+        f"{f' --steady-runs {args.steady_runs}' if args.steady_runs != 1 else ''}"
+        f"{f' --batch-windows {args.batch_windows}' if args.batch_windows != '0' else ''}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
         f" {platform.python_version()}, {os.cpu_count()} cores, one mosquitto 2.0 on the operator's"
         " config, driver and receiver (C mosquitto_sub) on the same machine.",
@@ -442,14 +463,15 @@ def write_report(
             + " |"
         )
     for index, run in enumerate(steady):
-        if run.label != "engine":
+        if run.label == "driver":
             continue
         # the driver alone ran right after this run (with --ceiling)
         following = steady[index + 1] if index + 1 < len(steady) else None
         driver = following if following and following.label == "driver" else None
         lines.append(
             f"| QoS {run.qos} at 2,000 msg/s: ≤ 60 µs CPU, p99 ≤ 5 ms | "
-            f"{run.cpu_us:.1f} µs, p99 {run.p99_ms:.2f} ms, lost {run.lost}"
+            + ("" if run.label == "engine" else f"{run.label}: ")
+            + f"{run.cpu_us:.1f} µs, p99 {run.p99_ms:.2f} ms, lost {run.lost}"
             + (f" (driver alone: p99 {driver.p99_ms:.2f} ms)" if driver else "")
             + " |"
         )
@@ -470,6 +492,11 @@ def main() -> None:
     )
     parser.add_argument("--ceiling", action="store_true", help="also run without the engine")
     parser.add_argument("--qos", default="0,1", help="QoS levels to step through")
+    parser.add_argument(
+        "--batch-windows",
+        default="0",
+        help="batchWindowMs values for the steady runs, e.g. 0,2 (label eng+2ms)",
+    )
     parser.add_argument(
         "--profile", help="profile the engine (cProfile) into this file; no report is written"
     )

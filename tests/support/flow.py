@@ -281,8 +281,10 @@ def publish_all(
     payloads: list[bytes],
     qos: int = 1,
     timeout: float = 120.0,
+    interval: float = 0.0,
 ) -> None:
-    """Publish as the test device and return once the broker acknowledged every QoS 1 message.
+    """Publish as the test device and return once the broker acknowledged every QoS 1 message;
+    `interval` paces a steady stream (seconds between publishes), else as fast as it goes.
 
     Runs the engine's own gmqtt link in a thread with its own event loop, keeping the broker's
     receive window full. (`mosquitto_pub -l` was tried first: it exits at the end of its input
@@ -293,7 +295,11 @@ def publish_all(
 
     def run() -> None:
         try:
-            asyncio.run(asyncio.wait_for(_publish(broker, password, topic, payloads, qos), timeout))
+            asyncio.run(
+                asyncio.wait_for(
+                    _publish(broker, password, topic, payloads, qos, interval), timeout
+                )
+            )
         except BaseException as error:
             errors.append(error)
 
@@ -305,7 +311,12 @@ def publish_all(
 
 
 async def _publish(
-    broker: LocalBroker, password: str, topic: str, payloads: list[bytes], qos: int
+    broker: LocalBroker,
+    password: str,
+    topic: str,
+    payloads: list[bytes],
+    qos: int,
+    interval: float = 0.0,
 ) -> None:
     from spine_runtime.flow.link import FlowLink
 
@@ -337,7 +348,9 @@ async def _publish(
             outstanding += 1
             finished.clear()
             link.publish(topic, payload, qos, False, done)
-            if qos == 0 and outstanding % 256 == 0:
+            if interval:
+                await asyncio.sleep(interval)
+            elif qos == 0 and outstanding % 256 == 0:
                 await asyncio.sleep(0)  # let the transport write
         if outstanding:
             await finished.wait()

@@ -280,15 +280,21 @@ def test_a_flow_runs_only_if_every_replica_runs_it() -> None:
     assert away.flows["relay"]["received"] == 3 and not away.flows["relay"]["running"]
 
 
-def test_a_flow_without_its_own_max_in_flight_takes_the_spines() -> None:
+def test_a_flow_without_its_own_max_in_flight_or_batch_window_takes_the_spines() -> None:
     spine_body = {"metadata": {"name": "default", "namespace": NAMESPACE}}
-    spine_body["spec"] = {"flowEngine": {"maxInFlight": 400}}
-    flows = [flow_resource("default-window"), flow_resource("own-window", maxInFlight=7)]
+    spine_body["spec"] = {"flowEngine": {"maxInFlight": 400, "batchWindowMs": 3}}
+    flows = [
+        flow_resource("default-window"),
+        flow_resource("own-window", maxInFlight=7, batchWindowMs=0),
+    ]
     inputs = flow.FlowInputs(
         spine_body, flows, [], ENV, SecretInput("spine-flow-engine-token", {"token": "t"}), {}
     )
     accepted, _, _ = flow.select_flows(
         inputs, SpineSpec.model_validate(spine_body["spec"]), NAMESPACE
     )
-    windows = {document["name"]: document["maxInFlight"] for document in accepted}
-    assert windows == {"default-window": 400, "own-window": 7}
+    windows = {
+        document["name"]: (document["maxInFlight"], document["batchWindowMs"])
+        for document in accepted
+    }
+    assert windows == {"default-window": (400, 3), "own-window": (7, 0)}

@@ -186,6 +186,8 @@ def test_a_bad_expression_is_refused_naming_the_step_and_the_position():
         ({"steps": [{"name": "f", "filter": {"expression": "x" * 4097}}]}, "at most 4096"),
         ({"maxInFlight": 0}, "greater than or equal to 1"),
         ({"maxInFlight": 10_001}, "less than or equal to 10000"),
+        ({"batchWindowMs": 51}, "less than or equal to 50"),
+        ({"batchWindowMs": -1}, "greater than or equal to 0"),
         ({"expressionTimeoutMs": 6000}, "less than or equal to 5000"),
         ({"steps": [{"name": "c", "call": {"url": "ftp://x"}}]}, "must be an http:// or https://"),
         (

@@ -30,6 +30,7 @@ from spine_operator.api.common import (
     parse_quantity,
 )
 from spine_operator.desired.haproxy import ClaimPath, Role, TokenString
+from spine_runtime.config.flow import MAX_BATCH_WINDOW_MS
 from spine_runtime.config.flow import MAX_REPLICAS as MAX_FLOW_ENGINE_REPLICAS
 from spine_runtime.config.twin import TwinNamespace
 
@@ -201,6 +202,15 @@ class FlowEngineSpec(CamelModel):
         le=10_000,
         description="Default of each Flow's maxInFlight (messages taken from its source but not "
         "yet accepted by every sink), for Flows that do not set their own.",
+    )
+
+    batch_window_ms: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_BATCH_WINDOW_MS,
+        description="Default of each Flow's batchWindowMs (how long a flow lets source messages "
+        "gather after each read, trading up to that much latency for less CPU per message), for "
+        "Flows that do not set their own.",
     )
 
     resources: ResourceRequirements = Field(

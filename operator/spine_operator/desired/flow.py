@@ -243,12 +243,16 @@ def select_flows(
         document = {
             **resolved,
             "name": name,
-            # A Flow without its own maxInFlight takes the namespace's default from the Spine.
-            **(
-                {}
-                if "max_in_flight" in flow_spec.model_fields_set
-                else {"maxInFlight": spec.flow_engine.max_in_flight}
-            ),
+            # A Flow without its own maxInFlight or batchWindowMs takes the namespace's default
+            # from the Spine.
+            **{
+                alias: getattr(spec.flow_engine, field)
+                for field, alias in (
+                    ("max_in_flight", "maxInFlight"),
+                    ("batch_window_ms", "batchWindowMs"),
+                )
+                if field not in flow_spec.model_fields_set
+            },
             "login": login_document(inputs.env, name, replica_logins[0], 0),
             "replicaLogins": [
                 login_document(inputs.env, name, login, ordinal)

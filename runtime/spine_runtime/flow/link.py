@@ -13,6 +13,9 @@ module adds the three on top of its package handler:
   * `room()` says how many more QoS 1 messages fit the broker's window; the caller waits on
     `window_open` instead of overflowing it.
 `pause()`/`resume()` stop reading the socket: TCP backpressure for a QoS 0 source.
+A batch window (`batch_window`, seconds) stops reading for that long after each read, so what
+arrives meanwhile is read and run as one batch: fewer wakeups per message at a few thousand
+messages a second, for at most that much more latency (benchmarks/reports/flow.md).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class _DirectProtocol(MQTTProtocol):
         BaseMQTTProtocol.connection_made(self, transport)  # not MQTTProtocol's: no read task
         self._unparsed = b""
         self.after_read: Callable[[], None] | None = None  # set by FlowLink at CONNACK
+        self.batch_window = 0.0  # seconds; set by FlowLink at CONNACK
+        self.paused_by_link = False  # backpressure: the end of a batch window leaves it paused
+        self._window_end: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         buffer = self._unparsed + data if self._unparsed else data
@@ -67,6 +73,35 @@ class _DirectProtocol(MQTTProtocol):
             self._parse(buffer)
         finally:
             after_read()
+        if self.batch_window and self._window_end is None:
+            self._hold()
+
+    def _hold(self) -> None:
+        """Read nothing more for one batch window: what arrives meanwhile waits in the kernel
+        and comes in one read, one wakeup, at its end."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        self._window_end = asyncio.get_running_loop().call_later(self.batch_window, self._release)
+
+    def _release(self) -> None:
+        self._window_end = None
+        self.resume_unless_paused()
+
+    def resume_unless_paused(self) -> None:
+        transport = self._transport
+        if self.paused_by_link or self._window_end is not None:
+            return
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(RuntimeError):
+                transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._window_end is not None:
+            self._window_end.cancel()
+            self._window_end = None
+        super().connection_lost(exc)
 
     def _parse(self, buffer: bytes) -> None:
         parsed = self._read_packet(buffer)
@@ -122,8 +157,10 @@ class FlowLink:
         receive_maximum: int = 100,
         keepalive: int = 30,
         tls_ca_file: str | None = None,
+        batch_window: float = 0.0,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
+        self.batch_window = batch_window
         self.subscriptions = list(subscriptions)
         self.unsubscriptions = list(unsubscriptions)  # dropped from a resumed session
         self.on_message = on_message
@@ -193,6 +230,7 @@ class FlowLink:
 
     def _on_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
         protocol = client._connection._protocol
+        protocol.batch_window = self.batch_window
         self._cork(protocol)
         self._frame(protocol)
         self._write_lazily = protocol.write_lazily
@@ -337,22 +375,23 @@ class FlowLink:
 
     def pause(self) -> None:
         if not self._paused:
-            transport = self._transport()
-            if transport is not None:
-                transport.pause_reading()
+            protocol = self._protocol()
+            if protocol is not None and protocol._transport is not None:
+                protocol.paused_by_link = True
+                protocol._transport.pause_reading()
                 self._paused = True
 
     def resume(self) -> None:
         if self._paused:
             self._paused = False
-            transport = self._transport()
-            if transport is not None:
-                with contextlib.suppress(RuntimeError):
-                    transport.resume_reading()
+            protocol = self._protocol()
+            if protocol is not None:
+                protocol.paused_by_link = False
+                protocol.resume_unless_paused()  # or at the end of its batch window
 
-    def _transport(self) -> asyncio.Transport | None:
+    def _protocol(self) -> _DirectProtocol | None:
         connection = self.client._connection
-        return getattr(connection, "_transport", None) if connection is not None else None
+        return getattr(connection, "_protocol", None) if connection is not None else None
 
     # Receiving ---------------------------------------------------------------------------
 

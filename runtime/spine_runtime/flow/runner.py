@@ -170,6 +170,7 @@ class FlowRunner:
             or (source.mqtt is not None and source.mqtt.qos == 1),
             session_expiry=engine.broker.session_expiry_seconds,
             receive_maximum=flow.max_in_flight,
+            batch_window=flow.batch_window_ms / 1000,
             keepalive=engine.broker.keepalive_seconds,
             tls_ca_file=str(engine.broker.tls_ca_file) if engine.broker.tls_ca_file else None,
         )
