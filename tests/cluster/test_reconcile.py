@@ -15,6 +15,7 @@ from tests.support.apiserver import (
     OperatorProcess,
     condition,
     custom_path,
+    settled,
     spine_manifest,
 )
 from tests.support.processes import wait_until
@@ -41,9 +42,6 @@ def child_path(namespace: str, prefix: str, plural: str, name: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
 
 
-HANDLED = "spine.iiot.dev/last-handled-configuration"
-
-
 def ready_spine(
     plane: ControlPlane, namespace: str, spec: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -57,10 +55,7 @@ def ready_spine(
     return wait_until(
         lambda: (
             (spine := plane.api.get(path))
-            and (condition(spine, "Ready") or {}).get("status") == "True"
-            # Ready is written by the handler, before kopf records the spec as handled; a
-            # test that compares the live object must wait for that record too.
-            and HANDLED in spine["metadata"].get("annotations", {})
+            and settled(spine)
             and spine
         ),
         60,

@@ -16,8 +16,8 @@ import pytest
 from tests.support.apiserver import (
     ControlPlane,
     OperatorProcess,
-    condition,
     custom_path,
+    settled,
     spine_manifest,
 )
 from tests.support.processes import wait_until
@@ -71,11 +71,11 @@ def ready(plane: ControlPlane, namespace: str) -> dict[str, Any]:
     return wait_until(
         lambda: (
             (spine := plane.api.get(path))
-            and (condition(spine, "Ready") or {}).get("status") == "True"
+            and settled(spine)
             and spine
         ),
         90,
-        f"Spine {namespace}/default Ready",
+        f"Spine {namespace}/default Ready and handled",
     )
 
 

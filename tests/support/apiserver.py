@@ -647,6 +647,18 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     return None
 
 
+HANDLED = "spine.iiot.dev/last-handled-configuration"
+
+
+def settled(obj: dict[str, Any] | None) -> bool:
+    """Ready, and recorded by kopf as handled. The handler writes Ready before kopf writes its
+    record of the spec; a test that compares the live object, or restarts the operator, must
+    wait for both (else the record's write shows as a change, or a restart handles it anew)."""
+    return (condition(obj, "Ready") or {}).get("status") == "True" and HANDLED in (
+        (obj or {}).get("metadata", {}).get("annotations") or {}
+    )
+
+
 def spine_manifest(namespace: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "spine.iiot.dev/v1alpha1",
