@@ -288,7 +288,8 @@ class FlowLink:
             """Send with the next packet written anyway, or within ACK_DELAY."""
             nonlocal later
             chunks.append(data)
-            if soon is None and later is None:
+            # Within a read, after_read writes it at the read's end: no timer to arm and cancel.
+            if soon is None and later is None and not protocol._spine_reading:
                 later = loop.call_later(ACK_DELAY, flush)
 
         def flush_now() -> None:
