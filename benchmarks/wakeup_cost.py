@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import orjson
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    load = open("/proc/loadavg").read().split()[:3]
+    load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"{os.cpu_count()} cores, load {' '.join(load)}, {args.items} items per figure")
     print("| round | gap ms | sleep alone µs | work back to back µs | work between sleeps µs |")
     print("|---|---|---|---|---|")
