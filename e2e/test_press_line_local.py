@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,7 +223,13 @@ def test_the_flows_run_on_twin_changes_with_their_own_logins(spine_up: SpineUp) 
     def flows() -> dict[str, Any]:
         return dict(httpx.get(f"{url}/status", timeout=5).json()["flows"])
 
-    assert sorted(flows()) == ["alarm-enrich", "legacy-press", "press-alarms", "press-kpi"]
+    assert sorted(flows()) == [
+        "alarm-enrich",
+        "legacy-press",
+        "press-alarms",
+        "press-kpi",
+        "work-orders",
+    ]
     wait_until(
         lambda: all(flows()[name]["received"] > 0 for name in ("press-alarms", "press-kpi")),
         60,
@@ -234,6 +241,50 @@ def test_the_flows_run_on_twin_changes_with_their_own_logins(spine_up: SpineUp) 
     kpi = flows()["press-kpi"]["steps"]
     wait_until(lambda: flows()["press-kpi"]["steps"]["both-values"]["out"] > 0, 60, "KPI input")
     assert kpi["values"]["errors"] == 0
+
+
+def test_a_work_order_posted_through_the_proxy_reaches_its_press_topic(
+    spine_up: SpineUp,
+) -> None:
+    """The example's exposed flow source: the MES posts an order through the proxy with its
+    token; the order is checked and published on the press's topic, where the demo login reads
+    it. Without the role: 403; an order that fails the check: 422, and nothing is published."""
+    import httpx
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    namespace = spine_up.state()["namespaces"]["plant-a"]
+    url = f"{namespace['proxy']['url']}/flows/work-orders/orders"
+    broker = namespace["broker"]
+    received: list[tuple[str, Any]] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=broker["demoUsername"], protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set(
+        broker["demoUsername"], Path(broker["demoPasswordFile"]).read_text().strip()
+    )
+    client.on_message = lambda c, u, m: received.append((m.topic, json.loads(m.payload)))
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_connect = lambda c, *args: c.subscribe("spine/flows/work-orders/out/#", qos=1)
+    client.connect(broker["host"], broker["port"])
+    client.loop_start()
+    try:
+        wait_until(subscribed.is_set, 10, "the demo login's subscription")
+        mes = {"Authorization": f"Bearer {spine_token(spine_up, 'mes:orders:write')}"}
+        order = {"order": "WO-1", "press": "press-1", "quantity": 40}
+        answer = httpx.post(url, json=order, headers=mes, timeout=10)
+        assert answer.status_code == 202, answer.text
+        wait_until(lambda: received, 10, "the order on its press's topic")
+        assert received == [("spine/flows/work-orders/out/press-1", order)]
+        bad = httpx.post(url, json={"order": "WO-2", "press": "press-1"}, headers=mes, timeout=10)
+        assert bad.status_code == 422, bad.text
+        reader = {"Authorization": f"Bearer {spine_token(spine_up, 'spine:twin:read')}"}
+        assert httpx.post(url, json=order, headers=reader, timeout=10).status_code == 403
+        assert len(received) == 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def test_a_value_changed_at_the_plc_shows_in_the_twin(line: PressLine) -> None:

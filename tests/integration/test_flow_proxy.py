@@ -1,7 +1,8 @@
 """A Flow's exposed `http` source through the real Debian HAProxy, on the haproxy.cfg the proxy
 plan renders, with tokens of the real development issuer, in front of the real flow engine on a
 real mosquitto: a token with the role gets 202 and the message reaches the flow's sink; no token
-is 401, a token without the role 403, and neither reaches the engine."""
+is 401, a token without the role 403, and neither reaches the engine; a subject over the
+route's rate limit gets 429."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ pytestmark = [
 NAMESPACE = "plant-a"
 INTAKE = {
     "source": {
-        "http": {"path": "/orders", "methods": ["POST"], "expose": {"roles": ["orders:write"]}}
+        "http": {
+            "path": "/orders",
+            "methods": ["POST"],
+            "expose": {"roles": ["orders:write"], "rateLimit": {"requests": 3, "perSeconds": 60}},
+        }
     },
     "steps": [{"name": "stamp", "set": {"via": '"proxy"'}}],
     "sinks": [{"mqtt": {"topic": "spine/flows/intake/out", "qos": 1}}],
@@ -131,6 +136,13 @@ async def test_an_exposed_http_source_admits_exactly_tokens_with_its_role(
             timeout=10,
         )
         assert other.status_code == 404
+        # The route's rate limit counts per token subject and answers 429 before the engine.
+        bob = {"Authorization": f"Bearer {issuer.token('bob', ['orders:write'])}"}
+        answers = [httpx.post(url, json={"order": 2}, headers=bob, timeout=10) for _ in range(4)]
+        assert [answer.status_code for answer in answers] == [202, 202, 202, 429]
+        assert answers[-1].headers["retry-after"] == "60"
+        assert answers[-1].json() == {"code": 429, "message": "too many requests"}
+        assert engine.flow_status("intake")["received"] == 4  # alice's one and bob's three
     finally:
         out.stop()
         haproxy.stop()

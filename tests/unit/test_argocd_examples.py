@@ -201,7 +201,7 @@ def test_children_carry_no_argocd_tracking_nor_apply_record(tmp_path: Path) -> N
     parents = [
         d for d in documents(sorted(folder.glob("*.yaml"))) if d["apiVersion"].startswith(GROUP)
     ]
-    assert len(parents) == 8 and all(  # Spine, TwinModel, Gateway, four Flows, a registration
+    assert len(parents) == 9 and all(  # Spine, TwinModel, Gateway, five Flows, a registration
         ARGO_LABELS.items() <= p["metadata"]["labels"].items() for p in parents
     )
     objects = render(folder)

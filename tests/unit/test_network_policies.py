@@ -25,7 +25,8 @@ NAMESPACE_PODS = {"podSelector": {}}
 def policies(tmp_path: Path, broker: dict[str, Any] | None = None) -> dict[str, dict]:
     resources = load_resources([PRESS_LINE])
     if broker is not None:
-        next(r for r in resources if r.body["kind"] == "Spine").body["spec"] = {"broker": broker}
+        spine = next(r for r in resources if r.body["kind"] == "Spine").body
+        spine["spec"] = {**spine["spec"], "broker": broker}
     return {
         obj["metadata"]["name"]: obj["spec"]
         for obj in render(resources, ENV)

@@ -15,10 +15,16 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from spine_operator.api.common import PATTERN_HINTS, CamelModel, Condition, DnsLabel, DnsSubdomain
-from spine_operator.desired.haproxy import RateLimit, Role, RoutePath
+from spine_operator.desired.haproxy import Role, RoutePath
 from spine_runtime.config.base import Port
 from spine_runtime.config.catalog import ServiceType
-from spine_runtime.config.flow import HttpPath, TopicFilter, Url, check_topic_filter
+from spine_runtime.config.flow import (
+    HttpPath,
+    RateLimitSpec,
+    TopicFilter,
+    Url,
+    check_topic_filter,
+)
 
 MAX_SPEC_VALUE_CHARS = 1024 * 1024  # the validator's MAX_SPEC_BYTES
 MEDIA_TYPE_PATTERN = r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*(; ?[a-z0-9._-]+=[a-z0-9._-]+)*$"
@@ -96,16 +102,6 @@ class ApiSpecSource(CamelModel):
         return self
 
 
-class RateLimitSpec(CamelModel):
-    """At most `requests` per `perSeconds` from one client address; more get 429."""
-
-    requests: int = Field(ge=1, le=1_000_000, description="Requests admitted per window.")
-    per_seconds: int = Field(ge=1, le=3600, description="The window, in seconds.")
-
-    def for_proxy(self) -> RateLimit:
-        return RateLimit(requests=self.requests, per_seconds=self.per_seconds)
-
-
 class Expose(CamelModel):
     """An HTTP API's route on the namespace's proxy: no valid token, no access (unless public)."""
 
@@ -119,7 +115,9 @@ class Expose(CamelModel):
         description="A token needs any one of these roles; empty admits any valid token.",
     )
     rate_limit: RateLimitSpec | None = Field(
-        default=None, description="At most `requests` per `perSeconds` per client address."
+        default=None,
+        description="At most `requests` per `perSeconds` per token subject (per client address "
+        "on a public route).",
     )
     public: bool = Field(
         default=False, description="Admit requests without a token (a public API or a spec)."

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from spine_operator import labels
-from spine_operator.desired.haproxy import ProxyBackend, ProxyRoute
+from spine_operator.desired.haproxy import ProxyBackend, ProxyRoute, RateLimit
 from spine_operator.environment import Environment
 from spine_runtime.common.configsource import describe_validation_error
 from spine_runtime.config.flow import FlowSpec
@@ -51,6 +51,7 @@ def flow_route(
                 path_prefix=path,  # the engine sees the whole path, as it serves it
             ),
             roles=list(source.expose.roles),
+            rate_limit=RateLimit.of(source.expose.rate_limit),
         )
     except ValidationError as error:
         return (

@@ -19,6 +19,7 @@ from pydantic import Field, StringConstraints
 
 from spine_operator.desired.common import CONFIG_TEMPLATES
 from spine_runtime.config.base import PATTERN_HINTS, CamelModel, Port
+from spine_runtime.config.flow import RateLimitSpec
 from spine_runtime.config.proxy import ROUTE_BACKEND_PREFIX, Role
 
 # A key id from a JWKS: kept to characters that need no quoting in an HAProxy ACL.
@@ -96,6 +97,11 @@ class ProxyAuth(CamelModel):
 class RateLimit(CamelModel):
     requests: int = Field(ge=1, le=1_000_000)
     per_seconds: int = Field(ge=1, le=3600)
+
+    @classmethod
+    def of(cls, spec: RateLimitSpec | None) -> RateLimit | None:
+        """The proxy's limit for what a user wrote (a registration's or a flow's route)."""
+        return cls(requests=spec.requests, per_seconds=spec.per_seconds) if spec else None
 
 
 class ProxyBackend(CamelModel):

@@ -34,6 +34,7 @@ from spine_operator.desired.haproxy import (
     ProxyBackend,
     ProxyInputs,
     ProxyRoute,
+    RateLimit,
     VerifyKey,
     render_haproxy_config,
 )
@@ -385,9 +386,7 @@ def _check_registration(
                     backend=_target_backend(api, env, namespace),
                     roles=api.expose.roles,
                     public=api.expose.public,
-                    rate_limit=(
-                        api.expose.rate_limit.for_proxy() if api.expose.rate_limit else None
-                    ),
+                    rate_limit=RateLimit.of(api.expose.rate_limit),
                 )
             )
         except ValidationError as error:  # the target URL's parts must fit haproxy.cfg too

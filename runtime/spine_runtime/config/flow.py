@@ -226,6 +226,14 @@ class TwinSource(CamelModel):
         return self
 
 
+class RateLimitSpec(CamelModel):
+    """At most `requests` per `perSeconds` per token subject (per client address on a public
+    route), counted by the proxy; more get 429 with Retry-After."""
+
+    requests: int = Field(ge=1, le=1_000_000, description="Requests admitted per window.")
+    per_seconds: int = Field(ge=1, le=3600, description="The window, in seconds.")
+
+
 class HttpSourceExpose(CamelModel):
     """The source's route on the namespace's proxy, fail-closed like a registration's: only a
     valid token of the Spine's issuer (`auth`) that holds one of `roles` gets through."""
@@ -235,6 +243,11 @@ class HttpSourceExpose(CamelModel):
         max_length=32,
         description="A token needs any one of these roles (a write into the plant's data "
         "always names who may make it).",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None,
+        description="At most `requests` per `perSeconds` per token subject; more get 429 from "
+        "the proxy before they reach the engine.",
     )
 
 
