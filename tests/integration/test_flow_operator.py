@@ -303,3 +303,17 @@ async def test_an_exposed_http_source_follows_the_flow_on_the_proxy(cluster, ope
         10,
         "no routeUrl",
     )
+    # Exposed again at once. The withdrawal above may have been applied by the exposure's own
+    # handler, still running (its reconciles read the live Flow): kopf then records the exposed
+    # spec as handled and finds no change; the handler must see the Flow changed and run again.
+    await k8s.patch_merge("spine.iiot.dev/v1alpha1", "Flow", NAMESPACE, "intake", expose)
+    await eventually(lambda: "intake.flow" in proxy_routes(cluster), 15, "routed again")
+    await eventually(
+        lambda: stored(cluster, FLOWS, NAMESPACE, "intake")["status"].get("routeUrl"),
+        10,
+        "status.routeUrl again",
+    )
+    await k8s.request(
+        "DELETE", f"/apis/spine.iiot.dev/v1alpha1/namespaces/{NAMESPACE}/flows/intake"
+    )
+    await eventually(lambda: "intake.flow" not in proxy_routes(cluster), 15, "unrouted")

@@ -3,9 +3,10 @@
 A Flow's change (or deletion), a TwinModel's (a flow may name one), and a change of a
 ServiceRegistration a flow's `serviceRef` names (index `flow_service_references`) reconcile the
 flow engine aggregate (`FLOWS`), which renders every flow into the engine's config, pushes it,
-and writes each Flow's status. A Flow whose http source is (or was) exposed reconciles the
-proxy aggregate (`PROXIES`) too: its route is there. The engine's StatefulSet events refresh the
-Flows' readiness.
+and writes each Flow's status. A Flow whose http source is exposed, or whose route the proxy
+may still hold, reconciles the proxy aggregate (`PROXIES`) too: its route is there. A Flow
+changed while its handler ran is handled again (`retry_if_changed`). The engine's StatefulSet
+events refresh the Flows' readiness.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from typing import Any
 import kopf
 
 from spine_operator import labels
-from spine_operator.api.kinds import FLOW, GROUP, SERVICE_REGISTRATION, TWINMODEL, VERSION
+from spine_operator.api.kinds import (
+    API_VERSION,
+    FLOW,
+    GROUP,
+    SERVICE_REGISTRATION,
+    TWINMODEL,
+    VERSION,
+)
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.flow import COMPONENT as FLOW_ENGINE_COMPONENT
 from spine_operator.desired.flow import flow_username
 from spine_operator.desired.flow_routes import asks_for_route
 from spine_operator.desired.flow_services import registration_refusal
+from spine_operator.reconcile.core import retry_if_changed
 from spine_operator.reconcile.kinds import (
     FLOWS,
     FLOWS_KEY,
@@ -30,6 +39,7 @@ from spine_operator.reconcile.kinds import (
     TWIN_KEY,
     TWINS,
     engine_prune_held,
+    proxy_may_route_flow,
     registration_fingerprints,
 )
 
@@ -38,7 +48,7 @@ from spine_operator.reconcile.kinds import (
 @kopf.on.create(GROUP, VERSION, FLOW.plural)
 @kopf.on.update(GROUP, VERSION, FLOW.plural)
 async def flow_changed(
-    namespace: str | None, body: kopf.Body, old: Any, logger: kopf.Logger, **_: Any
+    namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **_: Any
 ) -> None:
     assert namespace, "Flow is a namespaced kind"
     try:
@@ -46,8 +56,10 @@ async def flow_changed(
     finally:  # a flow with a twin sink sends numbered updates: the twin must know it
         await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
         # An http source exposed (or no longer) is a route on the namespace's proxy.
-        if asks_for_route(dict(body)) or asks_for_route(old if isinstance(old, dict) else None):
+        if asks_for_route(dict(body)) or await proxy_may_route_flow(namespace, name):
             await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
+    # The reconciles read the live Flow, kopf records `body` as handled: they must agree.
+    await retry_if_changed(API_VERSION, FLOW.kind, body)
 
 
 @kopf.on.event(GROUP, VERSION, FLOW.plural)
@@ -61,7 +73,7 @@ async def flow_deleted(
     CONTEXT.metrics.forget(FLOW.kind, namespace, name)
     await FLOWS.reconcile_quietly(namespace, FLOWS_KEY, logger)
     await TWINS.reconcile_quietly(namespace, TWIN_KEY, logger)
-    if asks_for_route(dict(body)):
+    if asks_for_route(dict(body)) or await proxy_may_route_flow(namespace, name):
         await PROXIES.reconcile_quietly(namespace, PROXY_KEY, logger)
     try:
         await CONTEXT.broker_access.remove_login(namespace, flow_username(name))

@@ -123,6 +123,33 @@ async def apply_plan(
     return Outcome(generation, plan=plan, push=push, logins_applied=applied)
 
 
+# Soon enough to follow a user at once, late enough not to spin while a spec is still moving.
+CHANGED_RETRY_DELAY = 1.0
+
+
+async def retry_if_changed(api_version: str, kind: str, body: Any) -> None:
+    """After a change handler's reconciles: ask kopf to run the handler again if the object's
+    spec changed while they ran (its generation moved).
+
+    kopf records the body it called the handler with as handled, but the reconciles read the
+    live objects. A spec changed and changed back while the handler ran (A, then B, then A
+    again) had B applied, and kopf, finding A handled, would never call the handler for the
+    final A: the children would stay B's for good. A retry runs with the live body instead."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata.get("namespace"), metadata["name"]
+    try:
+        live = await CONTEXT.k8s.get(api_version, kind, namespace, name)
+    except ApiError as error:
+        raise kopf_error(translate(error), CONTEXT.retry_delay) from None
+    if live is None:  # deleted: its event handler cleans up
+        return
+    if live["metadata"].get("generation") != metadata.get("generation"):
+        raise kopf.TemporaryError(
+            f"{kind} {namespace}/{name} changed while it was reconciled: reconciling it again",
+            delay=CHANGED_RETRY_DELAY,
+        )
+
+
 @dataclass
 class Reconciler(Generic[Inputs]):
     """A kind's reconcile: the table entry every handler calls."""

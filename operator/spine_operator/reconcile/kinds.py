@@ -386,3 +386,18 @@ async def deliver_gateway_report(key: Key, report: status_poller.RuntimeReport) 
         await report_gateway(CONTEXT.k8s, *key)
     except ApiError as error:
         status_poller.log.warning("Status of Gateway %s/%s not written: %s", *key, error)
+
+
+async def proxy_may_route_flow(namespace: str, flow: str) -> bool:
+    """Whether the namespace's proxy may hold a route of the Flow, as its last reconcile left
+    it (one in flight is waited for: it may have read the Flow before its latest change).
+
+    A Flow that does not ask for a route reconciles the proxy only then: what kopf passes as
+    `old` is the last spec it recorded, not the one the proxy's reconciles read, which other
+    events (a Secret, a registration) start at any time."""
+    key = (namespace, PROXY_KEY)
+    async with PROXIES.locks[key]:
+        outcome = PROXIES.outcomes.get(key)
+    if outcome is None or outcome.plan is None:  # not known here (a restart, a failure)
+        return True
+    return f"Flow/{flow}" in (outcome.fact("routes") or {}).values()
