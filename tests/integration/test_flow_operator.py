@@ -49,8 +49,12 @@ async def create_registration(k8s: Kubernetes, with_service: bool = True) -> Non
 
 
 async def test_flows_run_on_one_engine_with_their_own_logins(cluster, operator) -> None:
+    from tests.support.processes import free_port
+
     k8s = Kubernetes()
-    await k8s.create(spine(NAMESPACE))
+    # With auth, as the example's Spine has: work-orders exposes its source on the proxy.
+    away = f"http://127.0.0.1:{free_port()}"
+    await k8s.create(spine(NAMESPACE, {"auth": {"issuer": away, "audience": "spine"}}))
     await k8s.create(press_model())
     await create_registration(k8s)
     flows = example_flows()
