@@ -10,11 +10,12 @@ from typing import Any
 import kopf
 
 from spine_operator import conditions as cond
-from spine_operator.api.kinds import GATEWAY, GROUP, SPINE, TWINMODEL, VERSION
+from spine_operator.api.kinds import API_VERSION, GATEWAY, GROUP, SPINE, TWINMODEL, VERSION
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.gateway import gateway_secret_names
 from spine_operator.desired.logins import gateway_username
+from spine_operator.reconcile.core import retry_if_changed
 from spine_operator.reconcile.kinds import (
     GATEWAYS,
     TWIN_KEY,
@@ -38,13 +39,14 @@ async def recheck_refused_siblings(namespace: str, name: str, index: Any, logger
 @kopf.on.create(GROUP, VERSION, GATEWAY.plural)
 @kopf.on.update(GROUP, VERSION, GATEWAY.plural)
 async def gateway_changed(
-    namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any
+    namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     assert namespace, "Gateway is a namespaced kind"
     try:
         await GATEWAYS.reconcile(namespace, name, logger)
     finally:
         await recheck_refused_siblings(namespace, name, kwargs["gateways_by_namespace"], logger)
+    await retry_if_changed(API_VERSION, GATEWAY.kind, body)
 
 
 @kopf.on.event(GROUP, VERSION, GATEWAY.plural)

@@ -17,11 +17,12 @@ from pydantic import ValidationError
 
 from spine_operator import conditions as cond
 from spine_operator import labels
-from spine_operator.api.kinds import GROUP, SERVICE_REGISTRATION, VERSION
+from spine_operator.api.kinds import API_VERSION, GROUP, SERVICE_REGISTRATION, VERSION
 from spine_operator.api.serviceregistration import ServiceRegistrationSpec
 from spine_operator.broker_admin import BrokerAccessError
 from spine_operator.context import CONTEXT
 from spine_operator.desired.proxy import registration_logins
+from spine_operator.reconcile.core import retry_if_changed
 from spine_operator.reconcile.kinds import PROXIES, PROXY_KEY
 
 # A registration refused for these is retried; its Service's or ConfigMap's event may come first.
@@ -32,10 +33,11 @@ RETRIED_REASONS = (cond.DEPENDENCY_NOT_FOUND, cond.DEPENDENCY_UNAVAILABLE)
 @kopf.on.create(GROUP, VERSION, SERVICE_REGISTRATION.plural)
 @kopf.on.update(GROUP, VERSION, SERVICE_REGISTRATION.plural)
 async def registration_changed(
-    namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **_: Any
 ) -> None:
     assert namespace, "ServiceRegistration is a namespaced kind"
     await PROXIES.reconcile(namespace, PROXY_KEY, logger)
+    await retry_if_changed(API_VERSION, SERVICE_REGISTRATION.kind, body)
     # The proxy as a whole was applied; this registration may still wait for something no
     # event announces (a spec URL that did not answer): kopf retries it with backoff.
     outcome = PROXIES.outcomes.get((namespace, PROXY_KEY))

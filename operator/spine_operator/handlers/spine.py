@@ -17,6 +17,7 @@ from spine_operator.context import CONTEXT
 from spine_operator.desired.broker import spine_secret_names
 from spine_operator.desired.common import controller_of
 from spine_operator.desired.logins import TWIN_USERNAME
+from spine_operator.reconcile.core import retry_if_changed
 from spine_operator.reconcile.kinds import (
     FLOWS,
     FLOWS_KEY,
@@ -50,9 +51,12 @@ async def reconcile_spine(namespace: str, name: str, logger: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, SPINE.plural)
 @kopf.on.create(GROUP, VERSION, SPINE.plural)
 @kopf.on.update(GROUP, VERSION, SPINE.plural)
-async def spine_changed(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
+async def spine_changed(
+    namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger, **_: Any
+) -> None:
     assert namespace, "Spine is a namespaced kind"
     await reconcile_spine(namespace, name, logger)
+    await retry_if_changed(API_VERSION, SPINE.kind, body)
 
 
 @kopf.on.event(GROUP, VERSION, SPINE.plural)

@@ -11,17 +11,21 @@ from typing import Any
 
 import kopf
 
-from spine_operator.api.kinds import GROUP, TWINMODEL, VERSION
+from spine_operator.api.kinds import API_VERSION, GROUP, TWINMODEL, VERSION
 from spine_operator.context import CONTEXT
+from spine_operator.reconcile.core import retry_if_changed
 from spine_operator.reconcile.kinds import TWIN_KEY, TWINS
 
 
 @kopf.on.resume(GROUP, VERSION, TWINMODEL.plural)
 @kopf.on.create(GROUP, VERSION, TWINMODEL.plural)
 @kopf.on.update(GROUP, VERSION, TWINMODEL.plural)
-async def twinmodel_changed(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+async def twinmodel_changed(
+    namespace: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any
+) -> None:
     assert namespace, "TwinModel is a namespaced kind"
     await TWINS.reconcile(namespace, TWIN_KEY, logger)
+    await retry_if_changed(API_VERSION, TWINMODEL.kind, body)
 
 
 @kopf.on.event(GROUP, VERSION, TWINMODEL.plural)
