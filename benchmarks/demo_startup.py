@@ -214,7 +214,7 @@ def report(runs: list[Run], seconds: float, process_per_runtime: bool = False) -
         f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}. Others may share the cores.",
         "",
         "What it measures: `spine up -f examples/press-line --ports auto` as a subprocess "
-        "(mosquitto, the twin, the flow engine with the example's four flows, one press "
+        "(mosquitto, the twin, the flow engine with the example's five flows, one press "
         "simulator serving Modbus TCP, OPC UA and S7, the gateway, and the API gateway of the "
         "example's ServiceRegistration and `auth`: the proxy's supervisor with HAProxy's "
         "master and worker, the catalog and the development issuer), after installation "
