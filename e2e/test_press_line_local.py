@@ -282,6 +282,15 @@ def test_a_work_order_posted_through_the_proxy_reaches_its_press_topic(
         reader = {"Authorization": f"Bearer {spine_token(spine_up, 'spine:twin:read')}"}
         assert httpx.post(url, json=order, headers=reader, timeout=10).status_code == 403
         assert len(received) == 1
+        # The catalog tells a client where to post what: the route, its roles and the schema
+        # of the flow's first (validate) step.
+        entry = httpx.get(
+            f"{namespace['proxy']['catalog']}flow:work-orders", headers=reader, timeout=10
+        )
+        assert entry.status_code == 200, entry.text
+        api = entry.json()["apis"][0]
+        assert api["url"] == url and api["meta"]["roles"] == ["mes:orders:write"]
+        assert api["spec"]["schema"]["required"] == ["order", "press", "quantity"]
     finally:
         client.disconnect()
         client.loop_stop()

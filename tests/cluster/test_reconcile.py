@@ -53,11 +53,7 @@ def ready_spine(
     plane.mark_statefulset_ready(namespace, "spine-twin")
     path = custom_path(namespace, "spines", "default")
     return wait_until(
-        lambda: (
-            (spine := plane.api.get(path))
-            and settled(spine)
-            and spine
-        ),
+        lambda: (spine := plane.api.get(path)) and settled(spine) and spine,
         60,
         f"Spine {namespace}/default Ready and handled",
     )

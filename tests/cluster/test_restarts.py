@@ -69,11 +69,7 @@ def snapshot(plane: ControlPlane, namespace: str) -> dict[tuple[str, str], dict[
 def ready(plane: ControlPlane, namespace: str) -> dict[str, Any]:
     path = custom_path(namespace, "spines", "default")
     return wait_until(
-        lambda: (
-            (spine := plane.api.get(path))
-            and settled(spine)
-            and spine
-        ),
+        lambda: (spine := plane.api.get(path)) and settled(spine) and spine,
         90,
         f"Spine {namespace}/default Ready and handled",
     )

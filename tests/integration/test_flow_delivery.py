@@ -171,9 +171,7 @@ async def test_a_batch_window_with_a_full_in_flight_window_loses_nothing(
     total = 3000
     try:
         publish_all(engine, "in/tight", numbered(total))
-        wait_until(
-            lambda: seqs(out, "spine/flows/tight/out") == set(range(total)), 60, "all 3,000"
-        )
+        wait_until(lambda: seqs(out, "spine/flows/tight/out") == set(range(total)), 60, "all 3,000")
         wait_until(lambda: engine.flow_status("tight")["inFlight"] == 0, 10, "nothing in flight")
     finally:
         engine.stop()

@@ -22,6 +22,7 @@ from tests.unit.test_build_proxy import (
     AUTH,
     ENV,
     NAMESPACE,
+    catalog_document,
     http_api,
     inputs,
     proxy_document,
@@ -106,3 +107,24 @@ def test_asks_for_route_reads_the_body_without_compiling_it():
     assert not asks_for_route(flow(source={"mqtt": {"topic": "a"}}))
     assert not asks_for_route({"spec": {"source": "nonsense"}})
     assert not asks_for_route(None)
+
+
+def test_the_catalog_lists_each_exposed_source_with_the_schema_its_first_step_checks():
+    schema = {"type": "object", "required": ["order"]}
+    checked = flow("checked")
+    checked["spec"]["steps"] = [{"name": "check", "validate": {"schema": schema}}]
+    plain = flow("plain")
+    unexposed = flow("internal", {"http": {"path": "/x"}})
+    plan = plan_with({"auth": AUTH}, [], [checked, plain, unexposed])
+    entries = {entry.id: entry for entry in catalog_document(plan).entries}
+    assert {"flow:checked", "flow:plain"} <= set(entries)
+    assert not any("internal" in entry for entry in entries)
+    api = entries["flow:checked"].apis[0]
+    assert api.url.endswith("/flows/checked/orders") and api.protocol == "HTTP"
+    assert api.meta == {"methods": ["POST", "PUT"], "roles": ["orders:w"]}
+    assert api.spec is not None and api.spec.schema_ == schema
+    assert entries["flow:plain"].apis[0].spec.media_type == "application/json"
+    assert entries["flow:checked"].owner == "Flow/checked"
+    # Without auth nothing is exposed, so nothing is listed.
+    bare = plan_with({}, [registration("a", "1", http_api())], [checked])
+    assert not any(entry.id.startswith("flow:") for entry in catalog_document(bare).entries)

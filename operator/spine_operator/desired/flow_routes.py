@@ -60,12 +60,12 @@ def flow_route(
         )
 
 
-def flow_routes(
+def exposed_flows(
     flows: list[dict[str, Any]], env: Environment, namespace: str
-) -> list[tuple[ProxyRoute, str]]:
-    """(route, owner) of every Flow whose http source asks to be exposed and can be: a Flow the
-    engine does not run (refused, or not started yet) is answered 404 by the engine."""
-    found: list[tuple[ProxyRoute, str]] = []
+) -> list[tuple[str, FlowSpec, ProxyRoute]]:
+    """(name, spec, route) of every Flow whose http source asks to be exposed and can be: a
+    Flow the engine does not run (refused, or not started yet) is answered 404 by the engine."""
+    found: list[tuple[str, FlowSpec, ProxyRoute]] = []
     for item in sorted(flows, key=lambda flow: flow["metadata"]["name"]):
         name = item["metadata"]["name"]
         if item["metadata"].get("deletionTimestamp") or not asks_for_route(item):
@@ -76,8 +76,52 @@ def flow_routes(
             continue  # the flow engine's plan says why on the Flow
         route = flow_route(name, spec, env, namespace)
         if isinstance(route, ProxyRoute):
-            found.append((route, f"Flow/{name}"))
+            found.append((name, spec, route))
     return found
+
+
+def flow_routes(
+    flows: list[dict[str, Any]], env: Environment, namespace: str
+) -> list[tuple[ProxyRoute, str]]:
+    """(route, owner) of every exposed flow source."""
+    return [(route, f"Flow/{name}") for name, _, route in exposed_flows(flows, env, namespace)]
+
+
+def flow_catalog_entries(
+    flows: list[dict[str, Any]], env: Environment, namespace: str, public_url: str
+) -> list[dict[str, Any]]:
+    """The catalog's entry of every exposed flow source, so a client finds where to send what:
+    its URL on the proxy, methods and roles, and the JSON Schema its first step checks (a
+    `validate` step with an inline schema). Ids `flow:<name>`: no registration (a DNS name)
+    can take one."""
+    entries = []
+    for name, spec, route in exposed_flows(flows, env, namespace):
+        first = spec.steps[0].validate_ if spec.steps else None
+        schema = first.json_schema if first is not None else None
+        api_spec: dict[str, Any] = {"mediaType": "application/json"}
+        if schema is not None:
+            api_spec = {"mediaType": "application/schema+json", "schema": schema}
+        entries.append(
+            {
+                "id": f"flow:{name}",
+                "type": "spine:flow",
+                "title": f"Flow {name}",
+                "description": "Send a JSON message to the flow: 202 once every sink accepted "
+                "it, 422 when it went to the flow's dead letter topic, 503 when the flow is full.",
+                "apis": [
+                    {
+                        "id": "source",
+                        "title": "Source",
+                        "protocol": "HTTP",
+                        "url": f"{public_url}{route.path}",
+                        "spec": api_spec,
+                        "meta": {"methods": list(route.methods or []), "roles": route.roles},
+                    }
+                ],
+                "owner": f"Flow/{name}",
+            }
+        )
+    return entries
 
 
 def asks_for_route(flow: dict[str, Any] | None) -> bool:

@@ -27,7 +27,7 @@ from spine_operator.api.serviceregistration import RegistrationApi, ServiceRegis
 from spine_operator.api.spine import SpineSpec
 from spine_operator.desired import workload
 from spine_operator.desired.common import resources
-from spine_operator.desired.flow_routes import FLOWS_PATH, flow_routes
+from spine_operator.desired.flow_routes import FLOWS_PATH, flow_catalog_entries, flow_routes
 from spine_operator.desired.haproxy import (
     Method,
     ProxyAuth,
@@ -976,9 +976,14 @@ def plan_proxy(inputs: ProxyPlanInputs) -> Plan | Refusal:
         return error
     try:
         haproxy, config = fitting_proxy_config(spec, env, namespace, spine_name, inputs, selection)
+        exposed = (
+            flow_catalog_entries(inputs.flows, env, namespace, public_url)
+            if spec.auth is not None  # else no flow is exposed (the flow engine's plan says so)
+            else []
+        )
         entries = [
             twin_entry(spec, env, namespace, spine_name, public_url),
-            *within_embedding_budget(selection.entries),
+            *within_embedding_budget([*selection.entries, *exposed]),
         ]
         catalog = catalog_config(spec, env, namespace, entries)
     except ValidationError as error:  # each registration passed alone: only their sum can fail
