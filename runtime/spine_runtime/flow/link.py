@@ -78,7 +78,8 @@ class _DirectProtocol(MQTTProtocol):
 
     def _hold(self) -> None:
         """Read nothing more for one batch window: what arrives meanwhile waits in the kernel
-        and comes in one read, one wakeup, at its end."""
+        and comes in one read at its end (two wakeups a window under uvloop: its end, and the
+        first packet after the pause, which libuv reports once before it disarms the socket)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
