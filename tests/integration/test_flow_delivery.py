@@ -10,18 +10,21 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from spine_operator.api.twinmodel import TwinModelSpec
-from tests.support.flow import Collector, FlowEngineHandle, publish_all, start_flow_engine
-from tests.support.mosquitto import LocalBroker
+from tests.support.flow import (
+    Collector,
+    FlowEngineHandle,
+    HttpReceiver,
+    publish_all,
+    start_flow_engine,
+)
+from tests.support.mosquitto import LocalBroker, connect_result
 from tests.support.processes import free_port, wait_until
 from tests.support.twin import start_twin
 
@@ -46,39 +49,6 @@ def numbered(count: int, start: int = 0) -> list[bytes]:
 
 def seqs(collector: Collector, topic: str) -> set[int]:
     return {message["seq"] for message in collector.on(topic)}
-
-
-class Receiver:
-    """A real HTTP server (stdlib) that records JSON bodies; it may answer slowly."""
-
-    def __init__(self, port: int, delay: float = 0.0, reply: Any = None) -> None:
-        self.bodies: list[Any] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
-                if delay:
-                    time.sleep(delay)
-                received.append(body)
-                answer = json.dumps(reply(body) if callable(reply) else {}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -182,22 +152,6 @@ async def test_a_batch_window_with_a_full_in_flight_window_loses_nothing(
         engine.stop()
 
 
-def connack(broker: LocalBroker, username: str, password: str, client_id: str) -> str:
-    """The CONNACK reason the broker gives this login under this client id (MQTT v5)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    outcome: list[str] = []
-    client.on_connect = lambda c, u, f, reason, p=None: outcome.append(str(reason))
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        wait_until(lambda: outcome, 5, "a CONNACK")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return outcome[0]
-
-
 async def test_a_flows_login_connects_only_under_its_own_client_id(
     tmp_path: Path, broker: LocalBroker, collector_factory: Any
 ):
@@ -210,7 +164,7 @@ async def test_a_flows_login_connects_only_under_its_own_client_id(
         connected = re.findall(r"New client connected from \S+ as (flow-bound\S*)", broker.log())
         assert set(connected) == {"flow-bound"}, connected
         for other in ("flow-bound-out", "flow-bound-test", "twin", "gateway-press-1"):
-            assert connack(broker, "flow-bound", password, other) == "Not authorized", other
+            assert connect_result(broker, "flow-bound", password, other) == "Not authorized", other
         # Nothing took the flow's session over: it still relays.
         publish_all(engine, "in/bound", numbered(50))
         wait_until(
@@ -246,7 +200,7 @@ async def test_a_sink_that_is_down_is_retried_and_the_source_is_not_acknowledged
         assert status["inFlight"] == 20 and "retrying" in status["lastError"]["message"]
         # Unacknowledged: a restarted engine gets them all from the broker again.
         engine.kill()
-        receiver = Receiver(port)
+        receiver = HttpReceiver(port)
         engine.start()
         wait_until(
             lambda: {body["seq"] for body in receiver.bodies} == set(range(50)),
@@ -287,8 +241,8 @@ async def test_call_enriches_and_a_call_that_times_out_is_a_dead_letter(
     tmp_path: Path, broker: LocalBroker, collector_factory: Any
 ):
     fast_port, slow_port = free_port(), free_port()
-    fast = Receiver(fast_port, reply=lambda body: {"line": "A", "of": body["thing"]})
-    slow = Receiver(slow_port, delay=1.5)
+    fast = HttpReceiver(fast_port, reply=lambda path, body: {"line": "A", "of": body["thing"]})
+    slow = HttpReceiver(slow_port, delay=1.5)
     flows = [
         {
             "name": "enrich",

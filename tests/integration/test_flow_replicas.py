@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from spine_operator.api.twinmodel import TwinModelSpec
@@ -37,7 +35,7 @@ from tests.support.flow import (
     start_flow_engine,
     start_flow_replicas,
 )
-from tests.support.mosquitto import LocalBroker
+from tests.support.mosquitto import LocalBroker, connect_result
 from tests.support.processes import wait_until
 from tests.support.twin import start_twin
 
@@ -65,22 +63,6 @@ def replicas_to_stop() -> Iterator[list[FlowEngineHandle]]:
     yield started
     for engine in started:
         engine.stop()
-
-
-def connack(broker: LocalBroker, username: str, password: str, client_id: str) -> str:
-    """The CONNACK reason the broker gives this login under this client id (MQTT v5)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    outcome: list[str] = []
-    client.on_connect = lambda c, u, f, reason, p=None: outcome.append(str(reason))
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        wait_until(lambda: outcome, 5, "a CONNACK")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return outcome[0]
 
 
 async def test_two_replicas_split_a_qos1_input_and_a_sigkill_of_one_loses_nothing(
@@ -150,7 +132,7 @@ async def test_scaling_down_removes_the_replicas_login_and_session_and_loses_not
         await admin.wait_connected(10)
         assert await admin.prune_logins(REPLICA_LOGIN_PATTERN, {"flow-scale"}) == ["flow-scale.1"]
         password = Path(first.config["flows"][0]["replicaLogins"][0]["passwordFile"]).read_text()
-        assert connack(broker, "flow-scale.1", password, "flow-scale.1") == "Not authorized"
+        assert connect_result(broker, "flow-scale.1", password, "flow-scale.1") == "Not authorized"
         publish_all(first, "in/scale", numbered(1000, start=200))
         wait_until(
             lambda: (
@@ -179,9 +161,9 @@ async def test_a_replicas_login_cannot_connect_as_another_replica(
     passwords = [Path(login["passwordFile"]).read_text() for login in logins]
     # Replica 1's login under replica 0's id, and the other way round: refused, so neither can
     # take the other's session (and its queued share of the input) over.
-    assert connack(broker, "flow-bound.1", passwords[1], "flow-bound") == "Not authorized"
-    assert connack(broker, "flow-bound", passwords[0], "flow-bound.1") == "Not authorized"
-    assert connack(broker, "flow-bound.1", passwords[1], "flow-bound.2") == "Not authorized"
+    assert connect_result(broker, "flow-bound.1", passwords[1], "flow-bound") == "Not authorized"
+    assert connect_result(broker, "flow-bound", passwords[0], "flow-bound.1") == "Not authorized"
+    assert connect_result(broker, "flow-bound.1", passwords[1], "flow-bound.2") == "Not authorized"
     # Both replicas still run, connected.
     assert all(engine.flow_status("bound")["connected"] for engine in replicas)
 

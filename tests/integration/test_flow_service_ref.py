@@ -5,10 +5,7 @@ backend: the operator's plan resolves the reference to the registered Service (l
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ from spine_operator.desired import flow as flow_plan
 from spine_operator.desired.flow_services import Unresolved
 from spine_operator.environment import Environment
 from spine_runtime.config.flow import FlowSpec
-from tests.support.flow import Collector, publish_all, start_flow_engine
+from tests.support.flow import Collector, HttpReceiver, publish_all, start_flow_engine
 from tests.support.mosquitto import LocalBroker
 from tests.support.processes import free_port, wait_until
 
@@ -28,44 +25,14 @@ NAMESPACE = "plant-a"
 OPENAPI = '{"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {}}'
 
 
-class Backend:
-    """The registered service: a real HTTP server that records (method, path, JSON body)."""
-
-    def __init__(self, port: int) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        seen = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length)) if length else None
-                seen.append((self.command, self.path, body))
-                reply = {"contact": "maintenance-a@example.com"} if self.path == "/contacts" else {}
-                answer = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            do_POST = do_PUT = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def contacts(path: str, body: Any) -> dict[str, Any]:
+    return {"contact": "maintenance-a@example.com"} if path == "/contacts" else {}
 
 
 @pytest.fixture
-def backend() -> Iterator[tuple[Backend, int]]:
+def backend() -> Iterator[tuple[HttpReceiver, int]]:
     port = free_port()
-    server = Backend(port)
+    server = HttpReceiver(port, reply=contacts)
     yield server, port
     server.stop()
 
@@ -116,7 +83,7 @@ FLOW = {
 
 
 async def test_the_engine_calls_and_posts_to_the_registered_service(
-    tmp_path: Path, broker: LocalBroker, backend: tuple[Backend, int]
+    tmp_path: Path, broker: LocalBroker, backend: tuple[HttpReceiver, int]
 ) -> None:
     server, port = backend
     # What `spine up` renders with: Services are local processes on 127.0.0.1.

@@ -20,8 +20,11 @@ import os
 import secrets
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -441,3 +444,48 @@ async def start_flow_replicas(
     for handle in handles:
         handle.wait_connected()
     return handles
+
+
+class HttpReceiver:
+    """A real HTTP server (stdlib, 127.0.0.1) that records each POST or PUT as (method, path,
+    JSON body) and answers 200 with `reply(path, body)` (default {}), after `delay` seconds."""
+
+    def __init__(
+        self,
+        port: int,
+        delay: float = 0.0,
+        reply: Callable[[str, Any], Any] | None = None,
+    ) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length)) if length else None
+                if delay:
+                    time.sleep(delay)
+                seen.append((self.command, self.path, body))
+                answer = json.dumps(reply(self.path, body) if reply else {}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_POST = do_PUT = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [body for _, _, body in self.requests]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

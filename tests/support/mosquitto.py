@@ -95,3 +95,26 @@ class LocalBroker:
         client.loop_start()
         wait_until(client.is_connected, 5, "the MQTT client to connect")
         return client
+
+
+def connect_result(
+    broker: LocalBroker, username: str | None, password: str | None, client_id: str | None = None
+) -> str:
+    """The CONNACK reason the broker gives this login (MQTT v5)."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"t-{uuid.uuid4().hex[:6]}",
+        protocol=mqtt.MQTTv5,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    outcome: list[str] = []
+    client.on_connect = lambda c, u, f, reason, p=None: outcome.append(str(reason))
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        wait_until(lambda: outcome, 5, "a CONNACK")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return outcome[0]
